@@ -1,0 +1,415 @@
+package backhand
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/time/rate"
+)
+
+// announcer is the running side of one App: it owns the sockets, sends this
+// node's announcement every interval, and feeds received ones to the table.
+type announcer struct {
+	app    *App
+	node   *node
+	logger *zap.Logger
+	conns  []net.PacketConn
+	send   net.PacketConn
+	sign   *signer                          // used by sendLoop only
+	dests  atomic.Pointer[[]netip.AddrPort] // unicast peers, resolved
+
+	resolved map[string][]netip.AddrPort // last good addresses per peer host:port
+
+	system   *systemGatherer
+	reporter *appReporter
+	latency  latencyEWMA
+
+	rejectLog *rate.Limiter // debug logs of rejected datagrams
+	sendLog   *rate.Limiter // warnings about failed sends
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// startAnnouncer binds the sockets of app and starts its goroutines.
+func startAnnouncer(app *App) (*announcer, error) {
+	an := &announcer{
+		app:       app,
+		node:      app.node,
+		logger:    app.logger,
+		sign:      newSigner(app.key),
+		resolved:  map[string][]netip.AddrPort{},
+		system:    newSystemGatherer(""),
+		rejectLog: rate.NewLimiter(rate.Every(time.Second), 10),
+		sendLog:   rate.NewLimiter(rate.Every(10*time.Second), 3),
+	}
+	if app.AppReport != nil {
+		an.reporter = newAppReporter(*app.AppReport)
+	}
+	if err := an.listen(); err != nil {
+		an.closeConns()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	an.cancel = cancel
+	an.resolve(ctx) // the first announcement should reach the peers
+	for _, c := range an.conns {
+		an.wg.Go(func() { an.readLoop(c) })
+	}
+	an.wg.Go(func() { an.sendLoop(ctx) })
+	if slices.ContainsFunc(app.peers, func(h hostPort) bool { return !isIP(h.host) }) {
+		an.wg.Go(func() { an.resolveLoop(ctx) })
+	}
+	return an, nil
+}
+
+func (an *announcer) stop() error {
+	an.cancel()
+	err := an.closeConns()
+	an.wg.Wait()
+	if an.reporter != nil {
+		an.reporter.close()
+	}
+	return err
+}
+
+func (an *announcer) closeConns() error {
+	var errs []error
+	for _, c := range an.conns {
+		errs = append(errs, c.Close())
+	}
+	an.conns = nil
+	return errors.Join(errs...)
+}
+
+// listen binds every listen address through Caddy's network helpers, which
+// set SO_REUSEPORT so a reloaded config can bind while the old one runs.
+func (an *announcer) listen() error {
+	lc := net.ListenConfig{}
+	if len(an.app.broadcast) > 0 {
+		lc.Control = setBroadcast
+	}
+	for _, na := range an.app.listen {
+		lns, err := na.ListenAll(context.Background(), lc)
+		if err != nil {
+			return fmt.Errorf("backhand: listen %s: %v", na, err)
+		}
+		for _, ln := range lns {
+			pc, ok := ln.(net.PacketConn)
+			if !ok {
+				return fmt.Errorf("backhand: listen %s: not a packet socket", na)
+			}
+			an.conns = append(an.conns, pc)
+			if err := an.joinGroups(pc); err != nil {
+				return err
+			}
+		}
+	}
+	an.send = an.conns[0]
+	return nil
+}
+
+func setBroadcast(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
+	})
+	return errors.Join(err, serr)
+}
+
+// udpConn digs the *net.UDPConn out of Caddy's wrapper, for socket options.
+func udpConn(pc net.PacketConn) *net.UDPConn {
+	for {
+		switch c := pc.(type) {
+		case *net.UDPConn:
+			return c
+		case interface{ Unwrap() net.PacketConn }:
+			pc = c.Unwrap()
+		default:
+			return nil
+		}
+	}
+}
+
+// joinGroups joins the multicast groups whose port pc is bound to.
+func (an *announcer) joinGroups(pc net.PacketConn) error {
+	uc := udpConn(pc)
+	if uc == nil {
+		return nil
+	}
+	local, ok := uc.LocalAddr().(*net.UDPAddr)
+	if !ok {
+		return nil
+	}
+	for _, g := range an.app.groups {
+		if int(g.group.Port()) != local.Port || !local.IP.IsUnspecified() {
+			continue
+		}
+		grp := &net.UDPAddr{IP: g.group.Addr().AsSlice()}
+		var err error
+		if g.group.Addr().Is4() {
+			err = ipv4.NewPacketConn(uc).JoinGroup(g.ifi, grp)
+		} else {
+			err = ipv6.NewPacketConn(uc).JoinGroup(g.ifi, grp)
+		}
+		if err != nil {
+			return fmt.Errorf("backhand: multicast %s: joining the group: %v", g.group, err)
+		}
+	}
+	return nil
+}
+
+// sendLoop announces at once, then every interval with +-10% jitter.
+func (an *announcer) sendLoop(ctx context.Context) {
+	interval := time.Duration(an.app.Interval)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var buf []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		buf = an.announce(ctx, time.Now(), buf[:0])
+		an.evict(time.Now())
+		jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(interval))
+		timer.Reset(interval + jitter)
+	}
+}
+
+// announce gathers this node's figures, publishes its own table entry and
+// sends the datagram to every destination. It returns buf for reuse.
+func (an *announcer) announce(ctx context.Context, now time.Time, buf []byte) []byte {
+	app := an.app
+	a := announcement{
+		Incarnation: an.node.incarnation,
+		Seq:         an.node.seq.Add(1),
+		SentAt:      now.UnixNano(),
+		Cluster:     app.Cluster,
+		Node:        app.Name,
+		Advertise:   app.advertise,
+		Tags:        app.Tags,
+		Figures:     an.gather(ctx, now),
+	}
+	an.node.table.updateSelf(&Peer{
+		Name: a.Node, Advertise: a.Advertise, Tags: a.Tags, Figures: a.Figures,
+		Incarnation: a.Incarnation, Seq: a.Seq, SentAt: a.SentAt,
+		ReceivedAt: now, FirstSeen: now,
+	})
+	buf, err := a.encode(buf, an.sign)
+	if err != nil {
+		an.logger.Error("encoding announcement", zap.Error(err))
+		return buf
+	}
+	for _, d := range *an.destinations() {
+		an.sendTo(buf, d)
+	}
+	for _, g := range app.groups {
+		an.setMulticast(g)
+		an.sendTo(buf, g.group)
+	}
+	for _, b := range app.broadcast {
+		an.sendTo(buf, b)
+	}
+	an.node.stats.sent.Add(1)
+	return buf
+}
+
+func (an *announcer) sendTo(buf []byte, to netip.AddrPort) {
+	_, err := an.send.WriteTo(buf, net.UDPAddrFromAddrPort(to))
+	if err != nil && an.sendLog.Allow() {
+		an.logger.Warn("sending announcement", zap.Stringer("to", to), zap.Error(err))
+	}
+}
+
+func (an *announcer) setMulticast(g multicastDest) {
+	uc := udpConn(an.send)
+	if uc == nil {
+		return
+	}
+	if g.group.Addr().Is4() {
+		pc := ipv4.NewPacketConn(uc)
+		_ = pc.SetMulticastTTL(g.ttl)
+		if g.ifi != nil {
+			_ = pc.SetMulticastInterface(g.ifi)
+		}
+		return
+	}
+	pc := ipv6.NewPacketConn(uc)
+	_ = pc.SetMulticastHopLimit(g.ttl)
+	if g.ifi != nil {
+		_ = pc.SetMulticastInterface(g.ifi)
+	}
+}
+
+// gather collects this node's figures for one announcement.
+func (an *announcer) gather(ctx context.Context, now time.Time) Figures {
+	app := an.app
+	var f Figures
+	if err := an.system.sample(now, &f); err != nil && an.sendLog.Allow() {
+		an.logger.Warn("gathering system figures", zap.Error(err))
+	}
+	st := &an.node.stats
+	f.Busy = uint32(max(st.busy.Load(), 0))
+	f.Capacity = uint32(app.Capacity)
+	f.LatencyMicros = an.latency.update(st, now)
+	f.Forwarded = st.forwarded.Load()
+	f.Speed = uint32(app.Speed)
+	if f.Speed == 0 {
+		f.Speed = an.node.measuredSpeed()
+	}
+	f.Draining = app.Drain || an.node.draining.Load()
+	if an.reporter != nil {
+		rctx, cancel := context.WithTimeout(ctx, time.Duration(app.Interval)/2)
+		rep, err := an.reporter.read(rctx)
+		cancel()
+		if err != nil {
+			if an.sendLog.Allow() {
+				an.logger.Warn("reading the application's report", zap.Error(err))
+			}
+		} else {
+			rep.apply(&f)
+		}
+	}
+	return f
+}
+
+// evict removes peers silent for too long and logs them.
+func (an *announcer) evict(now time.Time) {
+	for _, p := range an.node.table.sweep(now) {
+		an.logger.Info("peer evicted", zap.String("peer", p.Name), zap.Duration("silent", p.Age(now)))
+	}
+}
+
+// readLoop receives datagrams until the socket is closed.
+func (an *announcer) readLoop(pc net.PacketConn) {
+	buf := make([]byte, maxDatagram+1) // one more byte detects oversized datagrams
+	v := newSigner(an.app.key)
+	var a announcement
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				return // Caddy's shared-socket Close on non-Linux sets a deadline
+			}
+			continue
+		}
+		an.receive(buf[:n], addrPort(from), v, &a, time.Now())
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// receive checks one datagram and takes it into the table.
+func (an *announcer) receive(b []byte, from netip.AddrPort, v *signer, a *announcement, now time.Time) {
+	t := an.node.table
+	if len(an.app.accept) > 0 && !slices.ContainsFunc(an.app.accept, func(p netip.Prefix) bool { return p.Contains(from.Addr()) }) {
+		an.rejected(t.countReject(rejectACL), from, nil)
+		return
+	}
+	if err := a.decode(b, v); err != nil {
+		an.rejected(t.countReject(reasonOf(err)), from, nil)
+		return
+	}
+	if a.Cluster != an.app.Cluster {
+		an.rejected(t.countReject(rejectWrongCluster), from, a)
+		return
+	}
+	joined, err := t.accept(a, from, now)
+	switch {
+	case errors.Is(err, errOwn):
+	case err != nil:
+		an.rejected(reasonOf(err), from, a)
+	case joined:
+		an.logger.Info("peer joined", zap.String("peer", a.Node), zap.String("advertise", a.Advertise), zap.Stringer("from", from))
+	}
+}
+
+// rejected logs a rejection at debug level, rate-limited so that a flood
+// cannot flood the log. Counting is the table's job.
+func (an *announcer) rejected(r rejectReason, from netip.AddrPort, a *announcement) {
+	if !an.logger.Core().Enabled(zap.DebugLevel) || !an.rejectLog.Allow() {
+		return
+	}
+	fields := []zap.Field{zap.String("reason", r.String()), zap.Stringer("from", from)}
+	if a != nil {
+		fields = append(fields, zap.String("node", a.Node), zap.String("cluster", a.Cluster))
+	}
+	an.logger.Debug("announcement rejected", fields...)
+}
+
+func (an *announcer) destinations() *[]netip.AddrPort {
+	if d := an.dests.Load(); d != nil {
+		return d
+	}
+	return &[]netip.AddrPort{}
+}
+
+// resolveLoop re-resolves DNS peer names so that a changing set of
+// addresses (a Kubernetes headless service) is followed.
+func (an *announcer) resolveLoop(ctx context.Context) {
+	t := time.NewTicker(time.Duration(an.app.ResolveInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			an.resolve(ctx)
+		}
+	}
+}
+
+// resolve turns the peer list into addresses. A name that fails to resolve
+// keeps its previous addresses, so a DNS hiccup does not cut the cluster.
+func (an *announcer) resolve(ctx context.Context) {
+	var out []netip.AddrPort
+	for _, hp := range an.app.peers {
+		if addr, err := netip.ParseAddr(hp.host); err == nil {
+			out = append(out, netip.AddrPortFrom(addr.Unmap(), hp.port))
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		addrs, err := net.DefaultResolver.LookupNetIP(rctx, "ip", hp.host)
+		cancel()
+		if err != nil {
+			an.logger.Warn("resolving peer; keeping its previous addresses", zap.String("peer", hp.host), zap.Error(err))
+		} else {
+			aps := make([]netip.AddrPort, 0, len(addrs))
+			for _, addr := range addrs {
+				aps = append(aps, netip.AddrPortFrom(addr.Unmap(), hp.port))
+			}
+			an.resolved[hp.String()] = aps
+		}
+		out = append(out, an.resolved[hp.String()]...)
+	}
+	slices.SortFunc(out, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	out = slices.Compact(out)
+	an.dests.Store(&out)
+}
+
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
+}

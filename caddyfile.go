@@ -1,0 +1,297 @@
+package backhand
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("backhand", parseGlobalOption)
+}
+
+// parseGlobalOption sets up the backhand app from the global option. A
+// second `backhand` block adds to the first.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(App)
+	if prev, ok := existing.(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(prev.Value, app); err != nil {
+			return nil, err
+		}
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "backhand", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens. Syntax:
+//
+//	backhand {
+//		name        <node name>
+//		cluster     <cluster name>
+//		advertise   <host:port | http(s)://host:port>
+//		tags        <tag...>
+//		interval    <duration>
+//		max_age     <duration>
+//		evict_after <duration>
+//		listen      <udp address...>
+//		peers       <host:port...>
+//		resolve_interval <duration>
+//		multicast   <group:port>[,<ttl>] [ttl <n>] [interface <name>]
+//		broadcast   <address:port...>
+//		accept      <cidr...>
+//		key         <secret>
+//		insecure_no_key
+//		replay_window <duration>
+//		max_peers   <n>
+//		capacity    <n>
+//		speed       <n>
+//		drain
+//		app_report  file <path> | url <http://127.0.0.1:port/path> [timeout <duration>]
+//	}
+//
+// Options that take lists may be repeated; their values add up.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		if err := a.unmarshalOption(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *App) unmarshalOption(d *caddyfile.Dispenser) error {
+	switch opt := d.Val(); opt {
+	case "name":
+		return oneString(d, &a.Name)
+	case "cluster":
+		return oneString(d, &a.Cluster)
+	case "advertise":
+		return oneString(d, &a.Advertise)
+	case "key":
+		return oneString(d, &a.Key)
+	case "tags":
+		return moreStrings(d, &a.Tags)
+	case "listen":
+		return moreStrings(d, &a.Listen)
+	case "peers":
+		return moreStrings(d, &a.Peers)
+	case "broadcast":
+		return moreStrings(d, &a.Broadcast)
+	case "accept":
+		return moreStrings(d, &a.Accept)
+	case "interval":
+		return oneDuration(d, &a.Interval)
+	case "max_age":
+		return oneDuration(d, &a.MaxAge)
+	case "evict_after":
+		return oneDuration(d, &a.EvictAfter)
+	case "resolve_interval":
+		return oneDuration(d, &a.ResolveInterval)
+	case "replay_window":
+		return oneDuration(d, &a.ReplayWindow)
+	case "max_peers":
+		return oneInt(d, &a.MaxPeers)
+	case "capacity":
+		return oneInt(d, &a.Capacity)
+	case "speed":
+		return oneInt(d, &a.Speed)
+	case "insecure_no_key":
+		return flag(d, &a.InsecureNoKey)
+	case "drain":
+		return flag(d, &a.Drain)
+	case "multicast":
+		return a.unmarshalMulticast(d)
+	case "app_report":
+		return a.unmarshalAppReport(d)
+	default:
+		return d.Errf("unknown backhand option %q", opt)
+	}
+}
+
+// unmarshalMulticast reads `multicast <group:port>[,<ttl>] [ttl <n>]
+// [interface <name>]`; the comma form is mod_backhand's MulticastStats.
+func (a *App) unmarshalMulticast(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	g := MulticastGroup{Address: d.Val()}
+	if addr, ttl, ok := strings.Cut(g.Address, ","); ok {
+		n, err := strconv.Atoi(ttl)
+		if err != nil {
+			return d.Errf("multicast %s: ttl %q is not a number", g.Address, ttl)
+		}
+		g.Address, g.TTL = addr, n
+	}
+	for d.NextArg() {
+		switch key := d.Val(); key {
+		case "ttl":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil {
+				return d.Errf("multicast %s: ttl %q is not a number", g.Address, d.Val())
+			}
+			g.TTL = n
+		case "interface":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			g.Interface = d.Val()
+		default:
+			return d.Errf("multicast %s: unknown argument %q (want ttl or interface)", g.Address, key)
+		}
+	}
+	a.Multicast = append(a.Multicast, g)
+	return nil
+}
+
+// unmarshalAppReport reads `app_report file <path>` or `app_report url
+// <url>`, each with an optional `timeout <duration>`.
+func (a *App) unmarshalAppReport(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	src := new(AppReportSource)
+	kind := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	switch kind {
+	case "file":
+		src.File = d.Val()
+	case "url":
+		src.URL = d.Val()
+	default:
+		return d.Errf("app_report: want file or url, got %q", kind)
+	}
+	if d.NextArg() {
+		if d.Val() != "timeout" || !d.NextArg() {
+			return d.Errf("app_report: want `timeout <duration>` after the %s", kind)
+		}
+		dur, err := caddy.ParseDuration(d.Val())
+		if err != nil {
+			return d.Errf("app_report: timeout %q: %v", d.Val(), err)
+		}
+		src.Timeout = caddy.Duration(dur)
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	a.AppReport = src
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
+//
+//	dynamic backhand {
+//		max_age      <duration>
+//		tags         <tag...>
+//		name         <regexp>
+//		exclude_self
+//	}
+func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "max_age":
+			if err := oneDuration(d, &u.MaxAge); err != nil {
+				return err
+			}
+		case "tags":
+			if err := moreStrings(d, &u.Tags); err != nil {
+				return err
+			}
+		case "name":
+			if err := oneString(d, &u.Name); err != nil {
+				return err
+			}
+		case "exclude_self":
+			if err := flag(d, &u.ExcludeSelf); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unknown dynamic backhand option %q", opt)
+		}
+	}
+	return nil
+}
+
+func oneString(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func moreStrings(d *caddyfile.Dispenser, dst *[]string) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	*dst = append(*dst, args...)
+	return nil
+}
+
+func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	var s string
+	if err := oneString(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %q is not a duration: %v", opt, s, err)
+	}
+	if dur <= 0 {
+		return d.Errf("%s: must be positive, got %s", opt, s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+func oneInt(d *caddyfile.Dispenser, dst *int) error {
+	opt := d.Val()
+	var s string
+	if err := oneString(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return d.Errf("%s: %q is not a whole number", opt, s)
+	}
+	*dst = n
+	return nil
+}
+
+func flag(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Upstreams)(nil)
+)

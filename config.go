@@ -1,0 +1,326 @@
+package backhand
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// compile fills the defaults and checks every option, turning the JSON
+// config into what the announcer uses. Each error names the option and the
+// value that is wrong.
+func (a *App) compile() error {
+	if err := a.compileIdentity(); err != nil {
+		return err
+	}
+	if err := a.compileTiming(); err != nil {
+		return err
+	}
+	if err := a.compileKey(); err != nil {
+		return err
+	}
+	if err := a.compileNetwork(); err != nil {
+		return err
+	}
+	return a.compileFigures()
+}
+
+func (a *App) compileIdentity() error {
+	if a.Name == "" {
+		a.Name = defaultName()
+	}
+	if len(a.Name) > maxNameLen || !printable(a.Name) {
+		return errOption("name", "%q must be 1-%d printable bytes without spaces", a.Name, maxNameLen)
+	}
+	if a.Cluster == "" {
+		a.Cluster = defaultCluster
+	}
+	if len(a.Cluster) > maxNameLen || !printable(a.Cluster) {
+		return errOption("cluster", "%q must be 1-%d printable bytes without spaces", a.Cluster, maxNameLen)
+	}
+	if len(a.Tags) > maxTags {
+		return errOption("tags", "at most %d tags, got %d", maxTags, len(a.Tags))
+	}
+	for _, t := range a.Tags {
+		if t == "" || len(t) > maxTagLen || !printable(t) {
+			return errOption("tags", "%q must be 1-%d printable bytes without spaces", t, maxTagLen)
+		}
+	}
+	adv, err := parseAdvertise(a.Advertise)
+	if err != nil {
+		return errOption("advertise", "%v", err)
+	}
+	a.advertise = adv
+	return nil
+}
+
+// parseAdvertise accepts host:port or an http(s) URL and returns host:port.
+func parseAdvertise(s string) (string, error) {
+	if s == "" {
+		return net.JoinHostPort(defaultAdvertiseHost(), defaultAdvertisePort), nil
+	}
+	hostport := s
+	if strings.Contains(s, "://") {
+		u, err := url.Parse(s)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return "", fmt.Errorf("%q is not host:port or an http(s) URL", s)
+		}
+		hostport = u.Host
+		if u.Port() == "" {
+			port := "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+			hostport = net.JoinHostPort(u.Hostname(), port)
+		}
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" {
+		return "", fmt.Errorf("%q is not host:port", s)
+	}
+	if _, err := parsePort(port); err != nil {
+		return "", fmt.Errorf("%q: %v", s, err)
+	}
+	if len(hostport) > maxAddrLen {
+		return "", fmt.Errorf("%q is longer than %d bytes", s, maxAddrLen)
+	}
+	return hostport, nil
+}
+
+func (a *App) compileTiming() error {
+	if a.Interval == 0 {
+		a.Interval = caddy.Duration(defaultInterval)
+	}
+	if a.Interval < caddy.Duration(10*time.Millisecond) {
+		return errOption("interval", "must be at least 10ms, got %v", time.Duration(a.Interval))
+	}
+	if a.MaxAge == 0 {
+		a.MaxAge = 3 * a.Interval
+	}
+	if a.MaxAge < a.Interval {
+		return errOption("max_age", "must be at least the interval (%v), got %v", time.Duration(a.Interval), time.Duration(a.MaxAge))
+	}
+	if a.EvictAfter == 0 {
+		a.EvictAfter = max(60*a.Interval, caddy.Duration(time.Minute))
+	}
+	if a.EvictAfter < a.MaxAge {
+		return errOption("evict_after", "must be at least max_age (%v), got %v", time.Duration(a.MaxAge), time.Duration(a.EvictAfter))
+	}
+	if a.ResolveInterval == 0 {
+		a.ResolveInterval = caddy.Duration(defaultResolveInterval)
+	}
+	if a.ResolveInterval < caddy.Duration(time.Second) {
+		return errOption("resolve_interval", "must be at least 1s, got %v", time.Duration(a.ResolveInterval))
+	}
+	if a.ReplayWindow == 0 {
+		a.ReplayWindow = caddy.Duration(10 * time.Second)
+	}
+	if a.ReplayWindow < 2*a.Interval {
+		return errOption("replay_window", "must be at least two intervals (%v), got %v", time.Duration(2*a.Interval), time.Duration(a.ReplayWindow))
+	}
+	return nil
+}
+
+func (a *App) compileKey() error {
+	key := caddy.NewReplacer().ReplaceKnown(a.Key, "")
+	switch {
+	case a.Key != "" && a.InsecureNoKey:
+		return errOption("key", "is set together with insecure_no_key; choose one")
+	case a.InsecureNoKey:
+		a.key = nil
+	case a.Key == "":
+		return errOption("key", "is required: set a shared secret of at least %d bytes (e.g. {env.BACKHAND_KEY}), or insecure_no_key to run without one", minKeyLen)
+	case len(key) < minKeyLen:
+		// Never echo the secret itself.
+		return errOption("key", "is %d bytes after replacing placeholders; at least %d are required", len(key), minKeyLen)
+	default:
+		a.key = announceKey([]byte(key))
+	}
+	return nil
+}
+
+func (a *App) compileNetwork() error {
+	if len(a.Listen) == 0 {
+		a.Listen = []string{defaultListen}
+	}
+	a.listen = a.listen[:0]
+	for _, l := range a.Listen {
+		na, err := caddy.ParseNetworkAddressWithDefaults(l, "udp", 4445)
+		if err != nil {
+			return errOption("listen", "%q: %v", l, err)
+		}
+		if !strings.HasPrefix(na.Network, "udp") {
+			return errOption("listen", "%q: network must be udp, udp4 or udp6, got %q", l, na.Network)
+		}
+		a.listen = append(a.listen, na)
+	}
+	a.peers = a.peers[:0]
+	for _, p := range a.Peers {
+		hp, err := parseHostPort(p)
+		if err != nil {
+			return errOption("peers", "%v", err)
+		}
+		a.peers = append(a.peers, hp)
+	}
+	a.groups = a.groups[:0]
+	for _, g := range a.Multicast {
+		d, err := a.compileGroup(g)
+		if err != nil {
+			return err
+		}
+		a.groups = append(a.groups, d)
+	}
+	a.broadcast = a.broadcast[:0]
+	for _, b := range a.Broadcast {
+		ap, err := netip.ParseAddrPort(b)
+		if err != nil || !ap.Addr().Is4() || ap.Port() == 0 {
+			return errOption("broadcast", "%q is not an IPv4 address:port", b)
+		}
+		a.broadcast = append(a.broadcast, ap)
+	}
+	a.accept = a.accept[:0]
+	for _, c := range a.Accept {
+		p, err := parsePrefix(c)
+		if err != nil {
+			return errOption("accept", "%q is not a CIDR range or IP address", c)
+		}
+		a.accept = append(a.accept, p)
+	}
+	if a.MaxPeers == 0 {
+		a.MaxPeers = defaultMaxPeers
+	}
+	if a.MaxPeers < 1 || a.MaxPeers > 1<<16 {
+		return errOption("max_peers", "must be 1-65536, got %d", a.MaxPeers)
+	}
+	return nil
+}
+
+func (a *App) compileGroup(g MulticastGroup) (multicastDest, error) {
+	ap, err := netip.ParseAddrPort(g.Address)
+	if err != nil || !ap.Addr().IsMulticast() || ap.Port() == 0 {
+		return multicastDest{}, errOption("multicast", "%q is not a multicast group:port", g.Address)
+	}
+	d := multicastDest{group: ap, ttl: g.TTL}
+	if d.ttl == 0 {
+		d.ttl = 1
+	}
+	if d.ttl < 1 || d.ttl > 255 {
+		return multicastDest{}, errOption("multicast", "%s: ttl must be 1-255, got %d", g.Address, g.TTL)
+	}
+	if g.Interface != "" {
+		ifi, err := net.InterfaceByName(g.Interface)
+		if err != nil {
+			return multicastDest{}, errOption("multicast", "%s: interface %q: %v", g.Address, g.Interface, err)
+		}
+		d.ifi = ifi
+	}
+	if !a.receivesOn(ap.Port()) {
+		return multicastDest{}, errOption("multicast", "%s: no listen address on port %d with a wildcard host (e.g. udp/:%d) to receive the group on", g.Address, ap.Port(), ap.Port())
+	}
+	return d, nil
+}
+
+// receivesOn reports whether a wildcard listen address covers port, which a
+// multicast group needs to be received.
+func (a *App) receivesOn(port uint16) bool {
+	for _, na := range a.listen {
+		if na.StartPort <= uint(port) && uint(port) <= na.EndPort && (na.Host == "" || na.Host == "0.0.0.0" || na.Host == "::") {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *App) compileFigures() error {
+	if a.Capacity == 0 {
+		a.Capacity = defaultCapacity
+	}
+	if a.Capacity < 1 || a.Capacity > 1<<30 {
+		return errOption("capacity", "must be 1-%d, got %d", 1<<30, a.Capacity)
+	}
+	if a.Speed < 0 || a.Speed > 1<<30 {
+		return errOption("speed", "must be 0 (measure) or 1-%d, got %d", 1<<30, a.Speed)
+	}
+	if a.AppReport != nil {
+		if err := a.AppReport.Validate(); err != nil {
+			return fmt.Errorf("backhand: %w", err)
+		}
+	}
+	return nil
+}
+
+// parseHostPort accepts "host:port" with an IP address or a DNS name.
+func parseHostPort(s string) (hostPort, error) {
+	if strings.Contains(s, "://") || strings.Contains(s, "/") {
+		return hostPort{}, fmt.Errorf("%q is not host:port (no scheme or path)", s)
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return hostPort{}, fmt.Errorf("%q is not host:port", s)
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return hostPort{}, fmt.Errorf("%q: %v", s, err)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && !validDNSName(host) {
+		return hostPort{}, fmt.Errorf("%q: %q is neither an IP address nor a DNS name", s, host)
+	}
+	return hostPort{host: host, port: p}, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || p == 0 {
+		return 0, fmt.Errorf("port %q must be 1-65535", s)
+	}
+	return uint16(p), nil
+}
+
+// parsePrefix accepts a CIDR range or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(addr, addr.BitLen()), nil
+}
+
+func validDNSName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c == '-' || c == '_' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// printable reports whether s is non-empty visible ASCII without spaces.
+func printable(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}

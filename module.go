@@ -1,0 +1,363 @@
+// Package backhand brings Apache mod_backhand's idea to Caddy: every node of
+// a web cluster announces its resources to its peers about once a second,
+// and reverse_proxy forwards each request to the peer best able to serve it.
+//
+// The package holds the backhand app (gathering, announcing, listening and
+// the peer table), the `dynamic backhand` upstream source, the
+// `backhand_track` handler that counts this node's own requests, and their
+// Caddyfile forms.
+package backhand
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// Defaults for the app's options.
+const (
+	defaultCluster         = "default"
+	defaultInterval        = time.Second
+	defaultListen          = "udp/:4445"
+	defaultMaxPeers        = 1024
+	defaultCapacity        = 256
+	defaultResolveInterval = 30 * time.Second
+	defaultAdvertisePort   = "80"
+	minKeyLen              = 16
+	speedBudget            = 100 * time.Millisecond
+)
+
+// App is the backhand app: it gathers this node's resources, announces them
+// to the peers of its cluster every interval, listens for their
+// announcements, and keeps the live table of peers that the `dynamic
+// backhand` upstream source reads.
+//
+// The peer table belongs to the process, not to one config: it survives
+// config reloads through the admin API, and so do the node's sequence
+// numbers and request counters.
+type App struct {
+	// Name identifies this node in its cluster; peers see it and
+	// byHostname-style filters match on it. At most 64 bytes.
+	// Default: the host name.
+	Name string `json:"name,omitempty"`
+
+	// Cluster names the cluster; announcements from another cluster are
+	// rejected. At most 64 bytes. Default: "default".
+	Cluster string `json:"cluster,omitempty"`
+
+	// Advertise is the host:port that peers forward HTTP requests to
+	// (mod_backhand's `MulticastStats <myip> ...`). A URL such as
+	// http://10.0.0.4:8080 is accepted and reduced to its host:port.
+	// Default: the first non-loopback address of this host, port 80.
+	Advertise string `json:"advertise,omitempty"`
+
+	// Tags are short labels (at most 8, each at most 32 bytes) so that
+	// different machines can do different things, e.g. "cgi", "images".
+	Tags []string `json:"tags,omitempty"`
+
+	// Interval is how often this node gathers and announces its figures.
+	// Each announcement is sent after the interval plus or minus up to 10%
+	// of random jitter, so nodes do not synchronise. Default: 1s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// MaxAge is how long a peer stays live without being heard from; the
+	// `dynamic backhand` source uses it unless it sets its own.
+	// Default: 3 intervals.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// EvictAfter is how long a silent peer stays in the table (shown as
+	// stale) before it is removed. Default: 60 intervals, at least 1m.
+	EvictAfter caddy.Duration `json:"evict_after,omitempty"`
+
+	// Listen are the UDP network addresses on which to receive
+	// announcements, such as "udp/:4445" or "udp/10.0.0.4:4445". The first
+	// also sends them. Default: ["udp/:4445"].
+	Listen []string `json:"listen,omitempty"`
+
+	// Peers are unicast destinations as host:port: IP addresses or DNS
+	// names. A name may resolve to several addresses (a Kubernetes headless
+	// service); each one gets the announcement. Listing this node itself
+	// is harmless, so every node can share one list.
+	Peers []string `json:"peers,omitempty"`
+
+	// ResolveInterval is how often DNS names in Peers are resolved again.
+	// Default: 30s.
+	ResolveInterval caddy.Duration `json:"resolve_interval,omitempty"`
+
+	// Multicast are multicast groups to announce to and receive from. Opt-in.
+	Multicast []MulticastGroup `json:"multicast,omitempty"`
+
+	// Broadcast are broadcast addresses (host:port) to announce to. Opt-in.
+	Broadcast []string `json:"broadcast,omitempty"`
+
+	// Accept are the CIDR ranges (or single IPs) announcements may come
+	// from (mod_backhand's AcceptStats); others are dropped before they are
+	// parsed. Default: any source.
+	Accept []string `json:"accept,omitempty"`
+
+	// Key is the shared secret that signs and verifies announcements
+	// (HMAC-SHA256), at least 16 bytes. It may be a placeholder such as
+	// {env.BACKHAND_KEY}. Required unless InsecureNoKey is set.
+	Key string `json:"key,omitempty"`
+
+	// InsecureNoKey runs without a key: announcements are unsigned, and
+	// anyone who can reach the listen address can inject peers. Only for
+	// closed networks and tests; logged as a warning.
+	InsecureNoKey bool `json:"insecure_no_key,omitempty"`
+
+	// ReplayWindow is how far an announcement's send time may be from this
+	// node's clock; older (replayed) or future ones are rejected. Peers need
+	// clocks synchronised to well within it. Default: 10s.
+	ReplayWindow caddy.Duration `json:"replay_window,omitempty"`
+
+	// MaxPeers bounds the peer table, self included, so spoofed or
+	// churning node names cannot grow memory: a new name is accepted only
+	// if there is room or a stale entry can be evicted. Default: 1024.
+	MaxPeers int `json:"max_peers,omitempty"`
+
+	// Capacity is how many requests this node can serve at once; it is
+	// announced beside Busy, the requests in flight. Default: 256.
+	Capacity int `json:"capacity,omitempty"`
+
+	// Speed is this node's speed rating, where 1000 is a reference core
+	// (mod_backhand's arriba). Default: measured by a benchmark of about
+	// 100ms once per process.
+	Speed int `json:"speed,omitempty"`
+
+	// Drain announces this node as draining: peers send it no new requests.
+	Drain bool `json:"drain,omitempty"`
+
+	// AppReport reads figures that the local application reports about
+	// itself (load, weight, drain), each interval.
+	AppReport *AppReportSource `json:"app_report,omitempty"`
+
+	ctx       caddy.Context
+	logger    *zap.Logger
+	node      *node
+	key       []byte
+	advertise string
+	accept    []netip.Prefix
+	listen    []caddy.NetworkAddress
+	peers     []hostPort
+	groups    []multicastDest
+	broadcast []netip.AddrPort
+	running   *announcer
+}
+
+// MulticastGroup is one multicast destination, e.g. mod_backhand's
+// `MulticastStats 225.220.221.20:4445,1`.
+type MulticastGroup struct {
+	// Address is the group and port, e.g. "239.255.44.45:4445". A listen
+	// address on the same port with a wildcard host receives from it.
+	Address string `json:"address"`
+
+	// TTL is the multicast TTL (hop limit). Default: 1, the local network.
+	TTL int `json:"ttl,omitempty"`
+
+	// Interface names the network interface to send and join on.
+	// Default: the system's choice.
+	Interface string `json:"interface,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "backhand",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision fills defaults, compiles the config and attaches to the
+// process-level node state of the cluster.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	if err := a.compile(); err != nil {
+		return err
+	}
+	val, _, err := nodes.LoadOrNew(a.Cluster, func() (caddy.Destructor, error) { return newNode(), nil })
+	if err != nil {
+		return err
+	}
+	a.node = val.(*node)
+	return nil
+}
+
+// Validate has nothing left to check: compile did it with the defaults in
+// place, so that messages can name the option and its value.
+func (a *App) Validate() error { return nil }
+
+// Start binds the UDP sockets and starts announcing.
+func (a *App) Start() error {
+	a.node.table.limits.Store(a.tableLimits())
+	a.node.table.dropStaleSelf(a.Name)
+	an, err := startAnnouncer(a)
+	if err != nil {
+		return err
+	}
+	a.running = an
+	running.Store(a)
+	a.logger.Info("announcing",
+		zap.String("node", a.Name),
+		zap.String("cluster", a.Cluster),
+		zap.String("advertise", a.advertise),
+		zap.Strings("tags", a.Tags),
+		zap.Duration("interval", time.Duration(a.Interval)),
+		zap.Strings("listen", a.Listen),
+		zap.Strings("peers", a.Peers),
+		zap.Int("multicast_groups", len(a.groups)),
+		zap.Int("broadcast", len(a.broadcast)),
+		zap.Bool("signed", a.key != nil))
+	if a.key == nil {
+		a.logger.Warn("announcements are NOT authenticated (insecure_no_key): anyone who reaches the listen address can inject peers")
+	}
+	return nil
+}
+
+// Stop stops announcing and closes the sockets. The peer table stays for
+// the next config.
+func (a *App) Stop() error {
+	if a.running == nil {
+		return nil
+	}
+	err := a.running.stop()
+	a.running = nil
+	running.CompareAndSwap(a, nil)
+	return err
+}
+
+// Cleanup releases this config's hold on the node state.
+func (a *App) Cleanup() error {
+	if a.node == nil {
+		return nil
+	}
+	_, err := nodes.Delete(a.Cluster)
+	return err
+}
+
+func (a *App) tableLimits() *tableLimits {
+	return &tableLimits{
+		maxPeers:      a.MaxPeers,
+		replayWindow:  time.Duration(a.ReplayWindow),
+		maxAge:        time.Duration(a.MaxAge),
+		evictAfter:    time.Duration(a.EvictAfter),
+		selfName:      a.Name,
+		selfAdvertise: a.advertise,
+		incarnation:   a.node.incarnation,
+	}
+}
+
+// nodes holds the process-level state of each cluster this process is a
+// member of, keyed by cluster name. A config reload provisions the new app
+// (taking a reference) before cleaning up the old one, so the state lives on.
+var nodes = caddy.NewUsagePool()
+
+// node is what outlives a config: the peer table, this process's
+// incarnation and sequence numbers, and the counters of its own requests.
+type node struct {
+	table       *peerTable
+	incarnation uint64
+	seq         atomic.Uint64
+	stats       localStats
+	draining    atomic.Bool // set through the admin API
+	speedOnce   sync.Once
+	speed       uint32
+}
+
+func newNode() *node {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return &node{
+		table:       newPeerTable(tableLimits{maxPeers: defaultMaxPeers}),
+		incarnation: binary.BigEndian.Uint64(b[:]),
+	}
+}
+
+// Destruct implements caddy.Destructor; the node holds no OS resources.
+func (*node) Destruct() error { return nil }
+
+// measuredSpeed runs the speed benchmark once per process.
+func (n *node) measuredSpeed() uint32 {
+	n.speedOnce.Do(func() { n.speed = measureSpeed(speedBudget) })
+	return n.speed
+}
+
+// hostPort is an unresolved host:port destination.
+type hostPort struct {
+	host string
+	port uint16
+}
+
+func (h hostPort) String() string { return net.JoinHostPort(h.host, strconv.Itoa(int(h.port))) }
+
+// multicastDest is a compiled MulticastGroup.
+type multicastDest struct {
+	group netip.AddrPort
+	ttl   int
+	ifi   *net.Interface
+}
+
+// defaultName is the host name, trimmed to fit the wire format.
+func defaultName() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "caddy-" + strconv.Itoa(os.Getpid())
+	}
+	if len(h) > maxNameLen {
+		h = h[:maxNameLen]
+	}
+	return h
+}
+
+// defaultAdvertiseHost is the first global unicast address of this host
+// (IPv4 preferred), or the loopback address when there is none.
+func defaultAdvertiseHost() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "127.0.0.1"
+	}
+	var v6 string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || !ipn.IP.IsGlobalUnicast() {
+			continue
+		}
+		if ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+		if v6 == "" {
+			v6 = ipn.IP.String()
+		}
+	}
+	if v6 != "" {
+		return v6
+	}
+	return "127.0.0.1"
+}
+
+func errOption(option string, format string, args ...any) error {
+	return fmt.Errorf("backhand: %s: "+format, append([]any{option}, args...)...)
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*node)(nil)
+)

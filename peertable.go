@@ -1,0 +1,277 @@
+package backhand
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Peer is one node of the cluster as this node last heard it. A Peer is
+// immutable once published: an announcement replaces it with a new one, so
+// readers on the request path need no lock.
+type Peer struct {
+	Name        string
+	Advertise   string // host:port to forward HTTP to
+	Tags        []string
+	Figures     Figures
+	Incarnation uint64
+	Seq         uint64
+	SentAt      int64          // Unix ns, by the sender's clock
+	ReceivedAt  time.Time      // by this node's clock; ages are measured from it
+	FirstSeen   time.Time      // when this incarnation was first heard (slow start)
+	Source      netip.AddrPort // UDP source; zero for self
+	Self        bool
+}
+
+// Age is how long ago the peer was last heard from.
+func (p *Peer) Age(now time.Time) time.Duration { return now.Sub(p.ReceivedAt) }
+
+// HasTags reports whether the peer carries every one of tags.
+func (p *Peer) HasTags(tags []string) bool {
+	for _, t := range tags {
+		if !slices.Contains(p.Tags, t) {
+			return false
+		}
+	}
+	return true
+}
+
+// rejectReason says why a datagram was not taken into the table.
+type rejectReason uint8
+
+const (
+	rejectTruncated rejectReason = iota
+	rejectOversized
+	rejectBadMagic
+	rejectBadVersion
+	rejectMalformed
+	rejectUnsigned     // we need a key; the datagram has no MAC
+	rejectAuthMismatch // we run without a key; the datagram is signed
+	rejectBadMAC
+	rejectWrongCluster
+	rejectACL
+	rejectReplay
+	rejectOutOfWindow // send time too far from our clock
+	rejectTableFull
+	rejectDuplicateID // another process announces this node's name
+	numRejectReasons
+)
+
+var rejectNames = [numRejectReasons]string{
+	"truncated", "oversized", "bad_magic", "bad_version", "malformed",
+	"unsigned", "auth_mismatch", "bad_mac", "wrong_cluster", "acl",
+	"replay", "out_of_window", "table_full", "duplicate_id",
+}
+
+func (r rejectReason) String() string {
+	if r < numRejectReasons {
+		return rejectNames[r]
+	}
+	return "unknown"
+}
+
+// tableLimits are the parts of the config the table enforces. The table
+// outlives configs, so the running app stores its limits here on Start.
+type tableLimits struct {
+	maxPeers      int
+	replayWindow  time.Duration
+	maxAge        time.Duration // older entries may be evicted to make room
+	evictAfter    time.Duration
+	selfName      string
+	selfAdvertise string
+	incarnation   uint64
+}
+
+// peerSlot holds the current record of one node name.
+type peerSlot struct {
+	name string
+	cur  atomic.Pointer[Peer]
+}
+
+// peerView is an immutable, name-sorted list of slots: it changes only when
+// a node joins or is evicted, while each slot's record changes in place.
+type peerView []*peerSlot
+
+// peerTable is the live table of peers, self included. Writers (the UDP
+// readers and the announcer) serialize on mu; readers load the view.
+type peerTable struct {
+	mu      sync.Mutex
+	slots   map[string]*peerSlot
+	view    atomic.Pointer[peerView]
+	limits  atomic.Pointer[tableLimits]
+	accepts atomic.Uint64
+	rejects [numRejectReasons]atomic.Uint64
+}
+
+func newPeerTable(l tableLimits) *peerTable {
+	t := &peerTable{slots: make(map[string]*peerSlot)}
+	t.limits.Store(&l)
+	t.view.Store(&peerView{})
+	return t
+}
+
+// selfAdvertise is the address this node advertises.
+func (t *peerTable) selfAdvertise() string { return t.limits.Load().selfAdvertise }
+
+// peers returns the current view. Callers must not modify it.
+func (t *peerTable) peers() peerView { return *t.view.Load() }
+
+// lookup returns the named peer's record, or nil.
+func (t *peerTable) lookup(name string) *Peer {
+	v := t.peers()
+	i, ok := slices.BinarySearchFunc(v, name, func(s *peerSlot, n string) int { return strings.Compare(s.name, n) })
+	if !ok {
+		return nil
+	}
+	return v[i].cur.Load()
+}
+
+// countReject records a rejection and returns its reason.
+func (t *peerTable) countReject(r rejectReason) rejectReason {
+	t.rejects[r].Add(1)
+	return r
+}
+
+// errOwn marks our own datagram come back (multicast loop, self in the peer
+// list): not an error, and not counted as a rejection.
+var errOwn = reject(numRejectReasons)
+
+// accept takes a verified announcement from src into the table, enforcing
+// the time window, replay order and the size bound. It reports whether a
+// new node joined. Rejections are counted.
+func (t *peerTable) accept(a *announcement, src netip.AddrPort, now time.Time) (joined bool, err error) {
+	l := t.limits.Load()
+	if a.Node == l.selfName {
+		if a.Incarnation == l.incarnation {
+			return false, errOwn
+		}
+		return false, reject(t.countReject(rejectDuplicateID))
+	}
+	if skew := now.UnixNano() - a.SentAt; skew > int64(l.replayWindow) || -skew > int64(l.replayWindow) {
+		return false, reject(t.countReject(rejectOutOfWindow))
+	}
+	p := &Peer{
+		Name: a.Node, Advertise: a.Advertise, Tags: slices.Clone(a.Tags), Figures: a.Figures,
+		Incarnation: a.Incarnation, Seq: a.Seq, SentAt: a.SentAt,
+		ReceivedAt: now, FirstSeen: now, Source: src,
+	}
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if slot := t.slots[a.Node]; slot != nil {
+		cur := slot.cur.Load()
+		if cur.Incarnation == a.Incarnation {
+			if a.Seq <= cur.Seq {
+				return false, reject(t.countReject(rejectReplay))
+			}
+			p.FirstSeen = cur.FirstSeen
+		} else if a.SentAt <= cur.SentAt {
+			// A restart brings a new incarnation, always with a later
+			// send time; an older one is a replay of the previous life.
+			return false, reject(t.countReject(rejectReplay))
+		}
+		slot.cur.Store(p)
+		t.accepts.Add(1)
+		return false, nil
+	}
+	if len(t.slots) >= l.maxPeers && !t.evictOldestLocked(now, l.maxAge) {
+		return false, reject(t.countReject(rejectTableFull))
+	}
+	t.insertLocked(p)
+	t.accepts.Add(1)
+	return true, nil
+}
+
+// updateSelf publishes this node's own record.
+func (t *peerTable) updateSelf(p *Peer) {
+	p.Self = true
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if slot := t.slots[p.Name]; slot != nil {
+		if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
+			p.FirstSeen = cur.FirstSeen
+		}
+		slot.cur.Store(p)
+		return
+	}
+	t.insertLocked(p)
+}
+
+func (t *peerTable) insertLocked(p *Peer) {
+	slot := &peerSlot{name: p.Name}
+	slot.cur.Store(p)
+	t.slots[p.Name] = slot
+	t.publishLocked()
+}
+
+// publishLocked rebuilds the sorted view after a join or an eviction.
+func (t *peerTable) publishLocked() {
+	v := make(peerView, 0, len(t.slots))
+	for _, s := range t.slots {
+		v = append(v, s)
+	}
+	slices.SortFunc(v, func(a, b *peerSlot) int { return strings.Compare(a.name, b.name) })
+	t.view.Store(&v)
+}
+
+// evictOldestLocked removes the least recently heard peer if it is older
+// than maxAge, to make room for a new one; live peers are never displaced,
+// so a flood of new names cannot push out the real cluster.
+func (t *peerTable) evictOldestLocked(now time.Time, maxAge time.Duration) bool {
+	var oldest *peerSlot
+	var oldestAt time.Time
+	for _, s := range t.slots {
+		p := s.cur.Load()
+		if p.Self {
+			continue
+		}
+		if oldest == nil || p.ReceivedAt.Before(oldestAt) {
+			oldest, oldestAt = s, p.ReceivedAt
+		}
+	}
+	if oldest == nil || now.Sub(oldestAt) <= maxAge {
+		return false
+	}
+	delete(t.slots, oldest.name)
+	t.publishLocked()
+	return true
+}
+
+// sweep evicts peers silent for longer than evictAfter and returns them.
+func (t *peerTable) sweep(now time.Time) []*Peer {
+	evictAfter := t.limits.Load().evictAfter
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var gone []*Peer
+	for name, s := range t.slots {
+		if p := s.cur.Load(); !p.Self && p.Age(now) > evictAfter {
+			delete(t.slots, name)
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) > 0 {
+		t.publishLocked()
+	}
+	return gone
+}
+
+// dropStaleSelf drops self entries whose name is not selfName: after a
+// reload that renamed this node, the old self record must not linger as a
+// live peer.
+func (t *peerTable) dropStaleSelf(selfName string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := false
+	for name, s := range t.slots {
+		if s.cur.Load().Self && name != selfName {
+			delete(t.slots, name)
+			changed = true
+		}
+	}
+	if changed {
+		t.publishLocked()
+	}
+}
