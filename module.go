@@ -203,7 +203,7 @@ func (a *App) Validate() error { return nil }
 
 // Start binds the UDP sockets and starts announcing.
 func (a *App) Start() error {
-	a.node.table.limits.Store(a.tableLimits())
+	a.node.table.setLimits(a.tableLimits())
 	a.node.table.dropStaleSelf(a.Name)
 	an, err := startAnnouncer(a)
 	if err != nil {

@@ -104,6 +104,11 @@ type peerTable struct {
 	limits  atomic.Pointer[tableLimits]
 	accepts atomic.Uint64
 	rejects [numRejectReasons]atomic.Uint64
+
+	// noStaleUntil is when the oldest entry of the last full scan turns
+	// stale: until then a full table has nothing to evict, so a flood of
+	// new names costs O(1) each instead of a scan of the table.
+	noStaleUntil time.Time
 }
 
 func newPeerTable(l tableLimits) *peerTable {
@@ -115,6 +120,14 @@ func newPeerTable(l tableLimits) *peerTable {
 
 // selfAdvertise is the address this node advertises.
 func (t *peerTable) selfAdvertise() string { return t.limits.Load().selfAdvertise }
+
+// setLimits applies a (new) config's limits.
+func (t *peerTable) setLimits(l *tableLimits) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.limits.Store(l)
+	t.noStaleUntil = time.Time{}
+}
 
 // peers returns the current view. Callers must not modify it.
 func (t *peerTable) peers() peerView { return *t.view.Load() }
@@ -221,6 +234,9 @@ func (t *peerTable) publishLocked() {
 // than maxAge, to make room for a new one; live peers are never displaced,
 // so a flood of new names cannot push out the real cluster.
 func (t *peerTable) evictOldestLocked(now time.Time, maxAge time.Duration) bool {
+	if now.Before(t.noStaleUntil) {
+		return false
+	}
 	var oldest *peerSlot
 	var oldestAt time.Time
 	for _, s := range t.slots {
@@ -232,7 +248,11 @@ func (t *peerTable) evictOldestLocked(now time.Time, maxAge time.Duration) bool 
 			oldest, oldestAt = s, p.ReceivedAt
 		}
 	}
-	if oldest == nil || now.Sub(oldestAt) <= maxAge {
+	if oldest == nil {
+		return false
+	}
+	if now.Sub(oldestAt) <= maxAge {
+		t.noStaleUntil = oldestAt.Add(maxAge)
 		return false
 	}
 	delete(t.slots, oldest.name)
