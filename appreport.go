@@ -39,8 +39,8 @@ const defaultAppReportTimeout = 250 * time.Millisecond
 //     4294967.295 are announced as that.
 //   - `weight=<0-1000>`: the weight the node asks for, an integer where 1000
 //     is full weight and 0 asks for no requests.
-//   - `<0-100>%`: HAProxy's form of the weight, an integer percentage;
-//     `75%` is `weight=750`.
+//   - `<0-100>%` or `weight=<0-100>%`: the weight as an integer percentage,
+//     HAProxy's form; `75%` is `weight=750`.
 //   - `drain`: the node wants no new requests. HAProxy's `down`, `maint`,
 //     `stopped` and `fail` mean the same.
 //   - `ready`, `up`: accepted for HAProxy compatibility; they change nothing
@@ -171,11 +171,12 @@ func (r *appReport) parseToken(tok string) error {
 	if v, ok := strings.CutPrefix(tok, "load="); ok {
 		return r.parseLoad(tok, v)
 	}
-	if v, ok := strings.CutPrefix(tok, "weight="); ok {
-		return r.parseWeight(tok, v, 1000, 1)
+	v, isWeight := strings.CutPrefix(tok, "weight=")
+	if p, ok := strings.CutSuffix(v, "%"); ok {
+		return r.parseWeight(tok, p, 100, 10)
 	}
-	if v, ok := strings.CutSuffix(tok, "%"); ok {
-		return r.parseWeight(tok, v, 100, 10)
+	if isWeight {
+		return r.parseWeight(tok, v, 1000, 1)
 	}
 	return fmt.Errorf("app_report: unknown token %q", clipForLog(tok, 64))
 }

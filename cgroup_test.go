@@ -114,10 +114,10 @@ func TestCgroupDirFor(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := map[string]string{
-		"/":                          mount,
+		"/":                           mount,
 		"/system.slice/caddy.service": sub,
-		"/docker/abc":                mount, // no cgroup namespace: fall back
-		"/../../etc":                 mount, // cannot climb above the mount
+		"/docker/abc":                 mount, // no cgroup namespace: fall back
+		"/../../etc":                  mount, // cannot climb above the mount
 	}
 	for p, want := range tests {
 		if got := cgroupDirFor(mount, p); got != want {

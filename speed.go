@@ -7,18 +7,21 @@ import (
 )
 
 // The speed benchmark is one "round" repeated: sort 1024 pseudo-random
-// integers, then hash 4 KiB with FNV-1a. Both are plain Go, branchy and
-// multiply-bound like request handling, and use no instruction-set extension.
-// A hash like SHA-256 was rejected: the same core rates 3.6x higher with the
-// SHA extensions than without, and 8x with AVX2 off too, which says nothing
-// about how fast it serves requests.
+// integers (branchy), then hash 4 KiB with FNV-1a (a chain of multiplies).
+// Both are plain Go that no instruction-set extension speeds up. SHA-256 was
+// rejected: on the same core it ran 3.6x faster with the SHA extensions than
+// without them, and 8x faster than with AVX2 off too, which says nothing
+// about how fast a node serves requests.
 const (
 	speedSortLen  = 1024
 	speedHashLen  = 4096
-	speedBatch    = 4  // rounds between clock reads, ~64µs on the reference core
-	speedWindows  = 5  // the budget is split in windows; the fastest counts
-	speedMinScore = 1  // a rating is never 0, which would read as "unknown"
-	speedRefRound = 16 // µs per round on the reference core (rating 1000)
+	speedBatch    = 4 // rounds between clock reads, ~60µs on the reference core
+	speedWindows  = 5 // the budget is split in windows; the fastest counts
+	speedMinScore = 1 // a rating is never 0, which would read as "unknown"
+	// speedRefRate is the rounds per second of the reference core (rating
+	// 1000): the fastest window of an AMD EPYC vCPU at 2.6 GHz (Zen, in a
+	// VM), about 15µs a round.
+	speedRefRate = 65000
 )
 
 // The benchmark's fixed inputs, filled by a xorshift generator with a fixed
@@ -47,13 +50,12 @@ func init() {
 }
 
 // measureSpeed runs a CPU benchmark for about budget on the calling goroutine
-// and returns a rating where 1000 means a reference core: an AMD EPYC core at
-// 2.6 GHz (Zen, in a VM), where one round takes 16µs. The rating is
+// and returns a rating where 1000 means a reference core (see speedRefRate),
 // proportional to rounds per second, at least 1.
 //
 // The budget is split into windows and the fastest window counts, so that
 // the rating is not dragged down by a moment of preemption, start-up work or
-// frequency ramp-up. Each window ends at the first batch of rounds (~64µs on
+// frequency ramp-up. Each window ends at the first batch of rounds (~60µs on
 // the reference core) past its share of budget, so the whole runs at most
 // budget plus five batches; a budget <= 0 runs five batches.
 func measureSpeed(budget time.Duration) uint32 {
@@ -100,6 +102,5 @@ func speedRound(scratch *[speedSortLen]uint32) uint64 {
 // speedRating converts rounds per second into the rating, clamped to
 // [speedMinScore, MaxUint32].
 func speedRating(roundsPerSec float64) uint32 {
-	// rounds/s * 16µs is the speed relative to the reference core.
-	return max(milli32(roundsPerSec*speedRefRound/1e6), speedMinScore)
+	return max(milli32(roundsPerSec/speedRefRate), speedMinScore)
 }
