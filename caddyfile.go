@@ -231,6 +231,89 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens: one
+// candidacy function per line, in order, and the policy's own options.
+// Syntax:
+//
+//	lb_policy backhand {
+//		<function> [<args...>]
+//		...
+//		max_age  <duration>
+//		predict  on|off
+//		keep     <n>
+//		fallback <policy> [<args...>]
+//	}
+//
+// For example `byAge 6s`, `byRandom`, `byLogWindow`, `byLoad 0.5`; see the
+// functions' documentation. An empty block runs DefaultChain.
+func (s *Selection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // policy name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		if err := s.unmarshalLine(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalLine reads one line of the policy's block.
+func (s *Selection) unmarshalLine(d *caddyfile.Dispenser) error {
+	switch name := d.Val(); name {
+	case "max_age":
+		return oneDuration(d, &s.MaxAge)
+	case "keep":
+		return oneInt(d, &s.Keep)
+	case "predict":
+		var v string
+		if err := oneString(d, &v); err != nil {
+			return err
+		}
+		if v != "on" && v != "off" {
+			return d.Errf("predict: want on or off, got %q", v)
+		}
+		on := v == "on"
+		s.Predict = &on
+		return nil
+	case "fallback":
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		policy := d.Val()
+		mod, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.selection_policies."+policy)
+		if err != nil {
+			return err
+		}
+		s.FallbackRaw = caddyconfig.JSONModuleObject(mod, "policy", policy, nil)
+		return nil
+	default:
+		fn, err := unmarshalFunction(d, name)
+		if err != nil {
+			return err
+		}
+		s.ChainRaw = append(s.ChainRaw, fn)
+		return nil
+	}
+}
+
+// unmarshalFunction reads one candidacy function line.
+func unmarshalFunction(d *caddyfile.Dispenser, name string) (json.RawMessage, error) {
+	modID := "backhand.functions." + name
+	if _, err := caddy.GetModule(modID); err != nil {
+		return nil, d.Errf("unknown candidacy function or option %q", name)
+	}
+	mod, err := caddyfile.UnmarshalModule(d, modID)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := mod.(CandidacyFunction); !ok {
+		return nil, d.Errf("module %s is not a candidacy function", modID)
+	}
+	return caddyconfig.JSONModuleObject(mod, "function", name, nil), nil
+}
+
 func oneString(d *caddyfile.Dispenser, dst *string) error {
 	if !d.NextArg() {
 		return d.ArgErr()
@@ -294,4 +377,5 @@ func flag(d *caddyfile.Dispenser, dst *bool) error {
 var (
 	_ caddyfile.Unmarshaler = (*App)(nil)
 	_ caddyfile.Unmarshaler = (*Upstreams)(nil)
+	_ caddyfile.Unmarshaler = (*Selection)(nil)
 )

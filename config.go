@@ -140,7 +140,8 @@ func (a *App) compileKey() error {
 		// Never echo the secret itself.
 		return errOption("key", "is %d bytes after replacing placeholders; at least %d are required", len(key), minKeyLen)
 	default:
-		a.key = announceKey([]byte(key))
+		a.secret = []byte(key)
+		a.key = announceKey(a.secret)
 	}
 	return nil
 }

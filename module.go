@@ -148,7 +148,8 @@ type App struct {
 	ctx       caddy.Context
 	logger    *zap.Logger
 	node      *node
-	key       []byte
+	key       []byte // signs announcements
+	secret    []byte // the shared secret itself, for deriving other keys
 	advertise string
 	accept    []netip.Prefix
 	listen    []caddy.NetworkAddress
@@ -204,6 +205,7 @@ func (a *App) Validate() error { return nil }
 // Start binds the UDP sockets and starts announcing.
 func (a *App) Start() error {
 	a.node.table.setLimits(a.tableLimits())
+	a.node.keys.Store(deriveKeys(a.secret))
 	a.node.table.dropStaleSelf(a.Name)
 	an, err := startAnnouncer(a)
 	if err != nil {
@@ -274,6 +276,7 @@ type node struct {
 	seq         atomic.Uint64
 	stats       localStats
 	draining    atomic.Bool // set through the admin API
+	keys        atomic.Pointer[derivedKeys]
 	speedOnce   sync.Once
 	speed       uint32
 }
@@ -281,10 +284,32 @@ type node struct {
 func newNode() *node {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
-	return &node{
+	n := &node{
 		table:       newPeerTable(tableLimits{maxPeers: defaultMaxPeers}),
 		incarnation: binary.BigEndian.Uint64(b[:]),
 	}
+	n.keys.Store(&derivedKeys{})
+	return n
+}
+
+// derivedKeys are the keys derived from the cluster's shared secret for
+// what it authenticates besides announcements; nil without a secret.
+type derivedKeys struct {
+	cookie []byte // byCookie's cookies
+	hop    []byte // the hop marker of forwarded requests
+}
+
+// Labels that separate the keys derived from one secret.
+const (
+	cookieLabel = "caddy-backhand cookie v1"
+	hopLabel    = "caddy-backhand hop v1"
+)
+
+func deriveKeys(secret []byte) *derivedKeys {
+	if secret == nil {
+		return &derivedKeys{}
+	}
+	return &derivedKeys{cookie: deriveKey(secret, cookieLabel), hop: deriveKey(secret, hopLabel)}
 }
 
 // Destruct implements caddy.Destructor; the node holds no OS resources.

@@ -85,10 +85,12 @@ type tableLimits struct {
 	incarnation   uint64
 }
 
-// peerSlot holds the current record of one node name.
+// peerSlot holds the current record of one node name, and what this node
+// itself observes of that peer.
 type peerSlot struct {
-	name string
-	cur  atomic.Pointer[Peer]
+	name  string
+	cur   atomic.Pointer[Peer]
+	local peerLocal
 }
 
 // peerView is an immutable, name-sorted list of slots: it changes only when
@@ -142,6 +144,17 @@ func (t *peerTable) lookup(name string) *Peer {
 	return v[i].cur.Load()
 }
 
+// selfSlot returns this node's slot in view, or nil before the first
+// announcement.
+func (t *peerTable) selfSlot(v peerView) *peerSlot {
+	name := t.limits.Load().selfName
+	i, ok := slices.BinarySearchFunc(v, name, func(s *peerSlot, n string) int { return strings.Compare(s.name, n) })
+	if !ok {
+		return nil
+	}
+	return v[i]
+}
+
 // countReject records a rejection and returns its reason.
 func (t *peerTable) countReject(r rejectReason) rejectReason {
 	t.rejects[r].Add(1)
@@ -187,6 +200,7 @@ func (t *peerTable) accept(a *announcement, src netip.AddrPort, now time.Time) (
 			return false, reject(t.countReject(rejectReplay))
 		}
 		slot.cur.Store(p)
+		slot.local.announced(&p.Figures)
 		t.accepts.Add(1)
 		return false, nil
 	}
@@ -208,6 +222,7 @@ func (t *peerTable) updateSelf(p *Peer) {
 			p.FirstSeen = cur.FirstSeen
 		}
 		slot.cur.Store(p)
+		slot.local.announced(&p.Figures)
 		return
 	}
 	t.insertLocked(p)
@@ -216,6 +231,7 @@ func (t *peerTable) updateSelf(p *Peer) {
 func (t *peerTable) insertLocked(p *Peer) {
 	slot := &peerSlot{name: p.Name}
 	slot.cur.Store(p)
+	slot.local.announced(&p.Figures)
 	t.slots[p.Name] = slot
 	t.publishLocked()
 }

@@ -86,8 +86,15 @@ func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	st := t.stats
 	st.busy.Add(1)
 	start := time.Now()
+	rs := ensureState(r)
+	if rs != nil {
+		rs.tracked = true
+	}
 	defer func() {
 		st.busy.Add(-1)
+		if rs != nil {
+			rs.finish(time.Now())
+		}
 		if forwardedToPeer(r) {
 			// A peer served it: its time is the peer's latency, not ours.
 			st.forwarded.Add(1)

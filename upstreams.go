@@ -37,9 +37,11 @@ type Upstreams struct {
 	// should not serve requests itself (mod_backhand's removeSelf).
 	ExcludeSelf bool `json:"exclude_self,omitempty"`
 
+	node   *node
 	table  *peerTable
 	maxAge time.Duration
 	name   *regexp.Regexp
+	policy *Selection // the handler's lb_policy, when it is backhand
 }
 
 // CaddyModule returns the Caddy module information.
@@ -56,7 +58,8 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	u.table = app.node.table
+	u.node, u.table = app.node, app.node.table
+	u.policy = siblingPolicy(ctx)
 	u.maxAge = time.Duration(u.MaxAge)
 	if u.maxAge == 0 {
 		u.maxAge = time.Duration(app.MaxAge)
@@ -74,15 +77,77 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// GetUpstreams returns fresh upstreams for the live peers: reverse_proxy
-// writes into each Upstream it is given, so sharing them between requests
-// would race. One allocation holds them all.
+// siblingPolicy returns the backhand policy of the reverse_proxy handler
+// this source is provisioned in, if that is its policy. The handler loads
+// its selection policy before its upstream source.
+func siblingPolicy(ctx caddy.Context) *Selection {
+	mods := ctx.Modules()
+	if len(mods) < 2 {
+		return nil
+	}
+	h, ok := mods[len(mods)-2].(*reverseproxy.Handler)
+	if !ok || h.LoadBalancing == nil {
+		return nil
+	}
+	s, _ := h.LoadBalancing.SelectionPolicy.(*Selection)
+	return s
+}
+
+// GetUpstreams returns fresh upstreams: reverse_proxy writes into each
+// Upstream it is given, so sharing them between requests would race. With
+// the backhand policy, they are the chain's best few candidates, so the
+// cost does not grow with the number of peers; otherwise all live peers,
+// in one allocation.
 func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	if u.policy != nil {
+		if ups := u.candidates(r); ups != nil {
+			return ups, nil
+		}
+	}
+	return u.all(r), nil
+}
+
+// candidates runs the policy's chain (or takes the plan that the backhand
+// directive made with it) and offers its best candidates. It returns nil
+// when the chain leaves none, so that the fallback gets every live peer.
+func (u *Upstreams) candidates(r *http.Request) []*reverseproxy.Upstream {
+	st := ensureState(r)
+	if st != nil && st.nPlanned > 0 {
+		return u.offer(st, st.takePlan())
+	}
+	c := newCandidates(r, time.Now(), u.node, u.policy)
+	defer c.release()
+	c.exclude = st
+	c.filter(u)
+	u.policy.run(c)
+	if c.first() == nil {
+		return nil
+	}
+	return u.offer(st, c.list)
+}
+
+// offer turns the first keep candidates into upstreams.
+func (u *Upstreams) offer(st *requestState, c []Candidate) []*reverseproxy.Upstream {
+	k := min(len(c), u.policy.keep)
+	ups := make([]reverseproxy.Upstream, k)
+	out := make([]*reverseproxy.Upstream, k)
+	for i := range k {
+		ups[i].Dial = c[i].Peer.Advertise
+		out[i] = &ups[i]
+	}
+	if st != nil {
+		st.offer(c[:k], out)
+	}
+	return out
+}
+
+// all returns upstreams for every live peer that passes the filters.
+func (u *Upstreams) all(r *http.Request) []*reverseproxy.Upstream {
 	now := time.Now()
 	view := u.table.peers()
 	n := 0
 	for _, s := range view {
-		if u.keep(s.cur.Load(), now) {
+		if u.keepAt(s.cur.Load(), now) {
 			n++
 		}
 	}
@@ -90,17 +155,20 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	out := make([]*reverseproxy.Upstream, 0, n)
 	for _, s := range view {
 		p := s.cur.Load()
-		if len(out) < n && u.keep(p, now) {
+		if len(out) < n && u.keepAt(p, now) {
 			ups[len(out)].Dial = p.Advertise
 			out = append(out, &ups[len(out)])
 		}
 	}
 	markBackhanded(r, u.table)
-	return out, nil
+	return out
 }
 
-// keep reports whether p is a live candidate under this source's filters.
-func (u *Upstreams) keep(p *Peer, now time.Time) bool {
+// keep is the source's filters as a candidacy filter.
+func (u *Upstreams) keep(c *Candidates, p *Peer) bool { return u.keepAt(p, c.now) }
+
+// keepAt reports whether p is a live candidate under this source's filters.
+func (u *Upstreams) keepAt(p *Peer, now time.Time) bool {
 	switch {
 	case p.Figures.Draining, p.Age(now) > u.maxAge, p.Advertise == "":
 		return false
@@ -128,6 +196,9 @@ func markBackhanded(r *http.Request, t *peerTable) {
 // forwardedToPeer reports whether r was proxied to a peer other than this
 // node, through a backhand source.
 func forwardedToPeer(r *http.Request) bool {
+	if st := stateOf(r); st != nil && st.chosen != nil {
+		return !st.chosen.cur.Load().Self
+	}
 	t, ok := caddyhttp.GetVar(r.Context(), backhandedVar).(*peerTable)
 	if !ok {
 		return false

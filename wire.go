@@ -58,8 +58,13 @@ func announceKey(secret []byte) []byte {
 	if len(secret) == 0 {
 		return nil
 	}
+	return deriveKey(secret, announceLabel)
+}
+
+// deriveKey is HMAC-SHA256(secret, label): one key per use of the secret.
+func deriveKey(secret []byte, label string) []byte {
 	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(announceLabel))
+	m.Write([]byte(label))
 	return m.Sum(nil)
 }
 

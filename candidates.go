@@ -1,0 +1,263 @@
+package backhand
+
+import (
+	"math/bits"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Candidate is one peer on a candidacy chain's list.
+type Candidate struct {
+	// Peer is the peer's last announcement. Never nil.
+	Peer *Peer
+
+	slot *peerSlot
+	key  float64 // sort key, set by the ordering function that runs
+}
+
+// Candidates is the list a candidacy chain works on. It starts as the live
+// peers (heard within max_age, not draining), self included, in the order
+// of their names; each function filters, reorders or truncates it, and the
+// first candidate left wins. An empty list means "serve locally".
+//
+// The list is evaluated lazily, so that the common chain "byAge, byRandom,
+// byWindow 2, <order>" costs O(1) in the number of peers: filters that only
+// look at one peer at a time are deferred, a shuffle followed by a window
+// draws just the window's members at random (rejecting the ones a filter
+// drops), and only what survives is sorted. Third-party functions see the
+// same semantics through All, Filter, Truncate and Sort.
+type Candidates struct {
+	req    *http.Request
+	now    time.Time
+	self   *peerSlot
+	stats  *localStats // this node's live counters, fresher than its own announcement
+	view   peerView
+	rnd    func(n int) int
+	policy *Selection
+
+	pending  []peerFilter // filters not yet applied to the view
+	shuffled bool         // a shuffle of the whole list is pending
+	done     bool         // list holds the whole (remaining) candidate list
+	list     []Candidate
+
+	exclude *requestState // peers this request already tried are not candidates again
+
+	costBase float64    // byCost's n
+	predict  bool       // estimates include what this node sent since the announcement
+	redirect redirector // set by HTTPRedirectTo*: answer with a redirect to the winner
+	cookie   string     // set by byCookie: the cookie that names the winner
+	off      bool       // off (backhand_off): serve locally, whatever follows
+}
+
+// peerFilter is a filter that looks at one peer at a time, so the list can
+// apply it lazily.
+type peerFilter interface {
+	keep(c *Candidates, p *Peer) bool
+}
+
+var candidatesPool = sync.Pool{New: func() any { return new(Candidates) }}
+
+// newCandidates starts a list from the table's view. Release it with
+// release when done.
+func newCandidates(r *http.Request, now time.Time, n *node, s *Selection) *Candidates {
+	c := candidatesPool.Get().(*Candidates)
+	c.req, c.now, c.policy = r, now, s
+	c.view = n.table.peers()
+	c.self = n.table.selfSlot(c.view)
+	c.stats = &n.stats
+	c.rnd = rand.IntN
+	c.predict = s != nil && s.predict
+	return c
+}
+
+func (c *Candidates) release() {
+	pending := c.pending[:0]
+	list := c.list[:0]
+	clear(c.list[:cap(c.list)]) // drop peer pointers so the pool keeps no old records
+	*c = Candidates{pending: pending, list: list}
+	candidatesPool.Put(c)
+}
+
+// Request is the request being balanced.
+func (c *Candidates) Request() *http.Request { return c.req }
+
+// Now is the time the chain started.
+func (c *Candidates) Now() time.Time { return c.now }
+
+// Intn returns a uniform random int in [0, n), from the per-request source.
+func (c *Candidates) Intn(n int) int { return c.rnd(n) }
+
+// filter adds a lazily applied filter.
+func (c *Candidates) filter(f peerFilter) {
+	if c.done {
+		c.list = slices.DeleteFunc(c.list, func(x Candidate) bool { return !f.keep(c, x.Peer) })
+		return
+	}
+	c.pending = append(c.pending, f)
+}
+
+// passes reports whether the peer of slot s, p, survives the live-peer rule
+// and the pending filters.
+func (c *Candidates) passes(s *peerSlot, p *Peer) bool {
+	if !c.live(p) || (c.exclude != nil && c.exclude.wasTried(s)) {
+		return false
+	}
+	for _, f := range c.pending {
+		if !f.keep(c, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// live is the starting rule: heard within the policy's max_age (self is
+// always fresh) and not draining.
+func (c *Candidates) live(p *Peer) bool {
+	if p.Figures.Draining || p.Advertise == "" {
+		return false
+	}
+	return p.Self || c.policy == nil || p.Age(c.now) <= c.policy.maxAge
+}
+
+// shuffle puts the list in uniformly random order.
+func (c *Candidates) shuffle() {
+	if !c.done {
+		c.shuffled = true // what came before does not matter to a uniform order
+		return
+	}
+	for i := len(c.list) - 1; i > 0; i-- {
+		j := c.rnd(i + 1)
+		c.list[i], c.list[j] = c.list[j], c.list[i]
+	}
+}
+
+// truncate keeps at most the first n candidates.
+func (c *Candidates) truncate(n int) {
+	if c.done {
+		if len(c.list) > n {
+			c.list = c.list[:n]
+		}
+		return
+	}
+	c.materialize(n)
+}
+
+// materialize evaluates the pending filters and shuffle into the list,
+// keeping at most limit candidates (limit < 0: all of them).
+func (c *Candidates) materialize(limit int) {
+	if c.done {
+		return
+	}
+	c.list = c.list[:0]
+	if limit < 0 || limit > len(c.view) {
+		limit = len(c.view)
+	}
+	if c.shuffled && limit < len(c.view) && c.sample(limit) {
+		c.finish()
+		return
+	}
+	c.list = c.list[:0]
+	for _, s := range c.view {
+		if p := s.cur.Load(); c.passes(s, p) {
+			c.list = append(c.list, Candidate{Peer: p, slot: s})
+		}
+	}
+	c.done = true
+	if c.shuffled {
+		c.shuffle()
+	}
+	if len(c.list) > limit {
+		c.list = c.list[:limit]
+	}
+	c.finish()
+}
+
+func (c *Candidates) finish() {
+	c.done, c.shuffled = true, false
+	c.pending = c.pending[:0]
+}
+
+// sample draws k distinct candidates uniformly at random from those that
+// pass, by rejection: O(k) draws while most peers pass. It gives up (false)
+// after too many rejections, when a full pass is cheaper.
+func (c *Candidates) sample(k int) bool {
+	n := len(c.view)
+	budget := 4*k + 8
+	for len(c.list) < k {
+		if budget == 0 {
+			c.list = c.list[:0]
+			return false
+		}
+		budget--
+		s := c.view[c.rnd(n)]
+		if slices.ContainsFunc(c.list, func(x Candidate) bool { return x.slot == s }) {
+			continue
+		}
+		if p := s.cur.Load(); c.passes(s, p) {
+			c.list = append(c.list, Candidate{Peer: p, slot: s})
+		}
+	}
+	return true
+}
+
+// All evaluates the list and returns it; functions may reorder it in place.
+func (c *Candidates) All() []Candidate {
+	c.materialize(-1)
+	return c.list
+}
+
+// Filter keeps the candidates for which keep returns true, in order.
+func (c *Candidates) Filter(keep func(*Candidate) bool) {
+	c.materialize(-1)
+	c.list = slices.DeleteFunc(c.list, func(x Candidate) bool { return !keep(&x) })
+}
+
+// Truncate keeps at most the first n candidates.
+func (c *Candidates) Truncate(n int) { c.truncate(max(n, 0)) }
+
+// Sort orders the candidates by ascending key; ties keep their order (so a
+// shuffle before a sort breaks ties at random).
+func (c *Candidates) Sort(key func(*Candidate) float64) {
+	c.materialize(-1)
+	for i := range c.list {
+		c.list[i].key = key(&c.list[i])
+	}
+	c.sortByKey()
+}
+
+// sortByKey is a stable sort on the precomputed keys: insertion sort for
+// the short lists that windows leave, the library's otherwise.
+func (c *Candidates) sortByKey() {
+	if len(c.list) <= 12 {
+		for i := 1; i < len(c.list); i++ {
+			for j := i; j > 0 && c.list[j].key < c.list[j-1].key; j-- {
+				c.list[j], c.list[j-1] = c.list[j-1], c.list[j]
+			}
+		}
+		return
+	}
+	slices.SortStableFunc(c.list, func(a, b Candidate) int {
+		switch {
+		case a.key < b.key:
+			return -1
+		case a.key > b.key:
+			return 1
+		}
+		return 0
+	})
+}
+
+// first is the winner: the first candidate, or nil to serve locally.
+func (c *Candidates) first() *Candidate {
+	c.materialize(-1)
+	if c.off || len(c.list) == 0 {
+		return nil
+	}
+	return &c.list[0]
+}
+
+// log2Floor is floor(log2(n)) for n >= 1.
+func log2Floor(n int) int { return bits.Len(uint(n)) - 1 }

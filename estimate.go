@@ -1,0 +1,61 @@
+package backhand
+
+// The figures candidacy functions rank by. Announced figures are up to an
+// interval old; with prediction on (the default, or addPrediction), each
+// load-like figure of a peer also counts the requests this node has sent it
+// since its last announcement and still has in flight, which the
+// announcement cannot know about. For this node itself the live counters
+// are used instead of its own last announcement.
+
+// busy estimates the requests in flight at x's peer now.
+func (c *Candidates) busy(x *Candidate) float64 {
+	if x.Peer.Self && c.stats != nil {
+		return float64(max(c.stats.busy.Load(), 0))
+	}
+	return float64(x.Peer.Figures.Busy) + c.predicted(x)
+}
+
+// predicted is what this node added to x's peer since its announcement, or
+// 0 with prediction off.
+func (c *Candidates) predicted(x *Candidate) float64 {
+	if !c.predict || x.Peer.Self || x.slot == nil {
+		return 0
+	}
+	return float64(x.slot.local.sentSinceAnnounce())
+}
+
+// load estimates x's load average: the announced one plus, with
+// prediction, one runnable task per request sent since.
+func (c *Candidates) load(x *Candidate) float64 {
+	return float64(x.Peer.Figures.Load1000)/1000 + c.predicted(x)
+}
+
+// cpuIdle estimates x's idle CPU share, 0-1: the announced one less, with
+// prediction, one CPU's worth per request sent since.
+func (c *Candidates) cpuIdle(x *Candidate) float64 {
+	idle := float64(x.Peer.Figures.CPUIdle1000)/1000 - c.predicted(x)/cpus(x.Peer)
+	return min(max(idle, 0), 1)
+}
+
+// cpus is the peer's CPU count, at least a thousandth.
+func cpus(p *Peer) float64 { return max(float64(p.Figures.CPUMilli)/1000, 0.001) }
+
+// capacity is the peer's announced capacity, at least 1.
+func capacity(p *Peer) float64 { return max(float64(p.Figures.Capacity), 1) }
+
+// speed is the peer's speed relative to a reference core (1.0); an unknown
+// speed counts as the reference.
+func speed(p *Peer) float64 {
+	if p.Figures.Speed == 0 {
+		return 1
+	}
+	return float64(p.Figures.Speed) / 1000
+}
+
+// weight is the application-reported weight, 0-1; 1 when none is reported.
+func weight(p *Peer) float64 {
+	if !p.Figures.HasAppWeight {
+		return 1
+	}
+	return float64(p.Figures.AppWeight) / 1000
+}

@@ -1,0 +1,349 @@
+package backhand
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// The candidacy functions that reorder or truncate the list. Orderings are
+// stable: ties keep the order that came before (random after byRandom).
+
+func init() {
+	for _, f := range []caddy.Module{
+		new(ByRandom), new(ByLogWindow), new(ByWindow), new(ByLoad), new(ByBusyChildren),
+		new(ByCPU), new(ByCost), new(ByLatency), new(ByWeight), new(ByWait), new(AddPrediction),
+	} {
+		caddy.RegisterModule(f)
+	}
+}
+
+// ranker gives a candidate's sort key; lower sorts first.
+type ranker interface {
+	rank(c *Candidates, x *Candidate) float64
+}
+
+// orderBy sorts the list by r's keys.
+func (c *Candidates) orderBy(r ranker) {
+	c.materialize(-1)
+	for i := range c.list {
+		c.list[i].key = r.rank(c, &c.list[i])
+	}
+	c.sortByKey()
+}
+
+// ByRandom shuffles the list uniformly, as mod_backhand's byRandom. Before
+// a window (byLogWindow, byWindow) it costs only the window's draws.
+type ByRandom struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByRandom) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byRandom", func() caddy.Module { return new(ByRandom) })
+}
+
+// Candidates applies the function.
+func (ByRandom) Candidates(c *Candidates) { c.shuffle() }
+
+// ByLogWindow keeps the first floor(log2 n) of the n candidates, at least
+// one (mod_backhand's byLogWindow; its rounding was not documented). After
+// byRandom it is a random sample of log2 n peers.
+type ByLogWindow struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByLogWindow) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byLogWindow", func() caddy.Module { return new(ByLogWindow) })
+}
+
+// Candidates applies the function.
+func (ByLogWindow) Candidates(c *Candidates) {
+	n := len(c.All())
+	if n > 0 {
+		c.truncate(max(log2Floor(n), 1))
+	}
+}
+
+// ByWindow keeps the first N candidates: `byWindow 2`. After byRandom it
+// samples N peers, so `byRandom; byWindow 2; <order>` is the power of two
+// choices.
+type ByWindow struct {
+	// N is how many candidates to keep, at least 1. Default: 2.
+	N int `json:"n,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (ByWindow) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byWindow", func() caddy.Module { return new(ByWindow) })
+}
+
+// Provision fills the default.
+func (f *ByWindow) Provision(caddy.Context) error {
+	if f.N == 0 {
+		f.N = 2
+	}
+	if f.N < 1 {
+		return fmt.Errorf("byWindow: n must be at least 1, got %d", f.N)
+	}
+	return nil
+}
+
+// Candidates applies the function.
+func (f *ByWindow) Candidates(c *Candidates) { c.truncate(max(f.N, 1)) }
+
+// UnmarshalCaddyfile reads `byWindow [n]`.
+func (f *ByWindow) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if !d.NextArg() {
+		return nil
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n < 1 {
+		return d.Errf("byWindow: %q is not a whole number >= 1", d.Val())
+	}
+	f.N = n
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// biased holds the self bias of byLoad and byBusyChildren.
+type biased struct {
+	// Bias is subtracted from this node's own figure before sorting, so it
+	// wins ties and near-ties: it offsets the cost of forwarding a request
+	// (mod_backhand: sensible values are about 0 to 1). Default: 0.
+	Bias float64 `json:"bias,omitempty"`
+}
+
+func (b *biased) selfBias(x *Candidate) float64 {
+	if x.Peer.Self {
+		return -b.Bias
+	}
+	return 0
+}
+
+// UnmarshalCaddyfile reads `<name> [bias]`.
+func (b *biased) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	name := d.Val()
+	if !d.NextArg() {
+		return nil
+	}
+	v, err := strconv.ParseFloat(d.Val(), 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		return d.Errf("%s: bias %q is not a number", name, d.Val())
+	}
+	b.Bias = v
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// ByLoad orders by load, least first: the load average (with prediction,
+// plus the requests this node sent since the announcement) divided by the
+// number of CPUs and by the speed rating, so a load of 4 on an 8-CPU node
+// counts as half a load of 4 on a 4-CPU one. `byLoad [bias]`.
+type ByLoad struct{ biased }
+
+// CaddyModule returns the Caddy module information.
+func (ByLoad) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byLoad", func() caddy.Module { return new(ByLoad) })
+}
+
+// Candidates applies the function.
+func (f *ByLoad) Candidates(c *Candidates) { c.orderBy(f) }
+
+func (f *ByLoad) rank(c *Candidates, x *Candidate) float64 {
+	return c.load(x)/(cpus(x.Peer)*speed(x.Peer)) + f.selfBias(x)
+}
+
+// ByBusyChildren orders by the share of capacity in use, least first:
+// requests in flight (with prediction, plus those this node sent since the
+// announcement; for this node, its live count) divided by the announced
+// capacity, mod_backhand's busy children over all children.
+// `byBusyChildren [bias]`, the bias in the same 0-1 units.
+type ByBusyChildren struct{ biased }
+
+// CaddyModule returns the Caddy module information.
+func (ByBusyChildren) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byBusyChildren", func() caddy.Module { return new(ByBusyChildren) })
+}
+
+// Candidates applies the function.
+func (f *ByBusyChildren) Candidates(c *Candidates) { c.orderBy(f) }
+
+func (f *ByBusyChildren) rank(c *Candidates, x *Candidate) float64 {
+	return c.busy(x)/capacity(x.Peer) + f.selfBias(x)
+}
+
+// ByCPU orders by idle CPU, most idle first (with prediction, each request
+// sent since the announcement takes one CPU's worth of idle away).
+type ByCPU struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByCPU) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byCPU", func() caddy.Module { return new(ByCPU) })
+}
+
+// Candidates applies the function.
+func (f *ByCPU) Candidates(c *Candidates) { c.orderBy(f) }
+
+func (f *ByCPU) rank(c *Candidates, x *Candidate) float64 { return -c.cpuIdle(x) }
+
+// ByCost orders by the marginal opportunity cost of one more request, the
+// Amir-Awerbuch cost that mod_backhand's byCost used: each resource with
+// utilisation u costs n^u, n being the number of candidates (at least 2),
+// and a node costs the sum over its resources. The resources are CPU, with
+// u = load / load_hwm, load_hwm being the smallest power of two at or above
+// the highest load the peer has announced (at least 1), and one request
+// adding 1/load_hwm; and memory, with u = 1 - available/total and one
+// request adding 1/capacity. Least costly first.
+type ByCost struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByCost) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byCost", func() caddy.Module { return new(ByCost) })
+}
+
+// Candidates applies the function.
+func (f *ByCost) Candidates(c *Candidates) {
+	c.materialize(-1)
+	c.costBase = max(float64(len(c.list)), 2)
+	c.orderBy(f)
+}
+
+func (f *ByCost) rank(c *Candidates, x *Candidate) float64 {
+	n := c.costBase
+	load := c.load(x)
+	hwm := loadHWM(max(load, float64(x.slot.local.loadHWM.Load())/1000))
+	uCPU := load / hwm
+	cost := math.Pow(n, uCPU+1/hwm) - math.Pow(n, uCPU)
+	if t := x.Peer.Figures.MemTotal; t > 0 {
+		uMem := 1 - float64(min(x.Peer.Figures.MemAvail, t))/float64(t)
+		cost += math.Pow(n, uMem+1/capacity(x.Peer)) - math.Pow(n, uMem)
+	}
+	return cost
+}
+
+// loadHWM is the smallest power of two at or above load, at least 1.
+func loadHWM(load float64) float64 {
+	if load <= 1 || math.IsNaN(load) {
+		return 1
+	}
+	return math.Exp2(math.Ceil(math.Log2(load)))
+}
+
+// ByLatency orders by expected latency, least first: the peak-EWMA of the
+// response times this node has seen from the peer (Finagle's and Linkerd's
+// estimate: it jumps up at a slow response and decays over 10s) times this
+// node's requests in flight there plus one. A peer this node has no
+// samples of counts with the latency it announces for itself.
+type ByLatency struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByLatency) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byLatency", func() caddy.Module { return new(ByLatency) })
+}
+
+// Candidates applies the function.
+func (f *ByLatency) Candidates(c *Candidates) { c.orderBy(f) }
+
+func (f *ByLatency) rank(c *Candidates, x *Candidate) float64 {
+	lat, ok := 0.0, false
+	if !x.Peer.Self && x.slot != nil {
+		lat, ok = x.slot.local.latency.micros()
+	}
+	if !ok {
+		lat = float64(x.Peer.Figures.LatencyMicros)
+	}
+	pending := 0.0
+	switch {
+	case x.Peer.Self:
+		pending = c.busy(x)
+	case x.slot != nil:
+		pending = float64(max(x.slot.local.inflight.Load(), 0))
+	}
+	return max(lat, 1) * (pending + 1)
+}
+
+// ByWeight shuffles the list at random in proportion to the weights that
+// the peers' applications report (app_report), so a peer at weight 0.5
+// comes first half as often as one at full weight; peers without a report
+// count as full weight and peers at weight 0 are dropped. (A weighted
+// sample without replacement: key -ln(U)/w, lowest first.)
+type ByWeight struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByWeight) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byWeight", func() caddy.Module { return new(ByWeight) })
+}
+
+// Candidates applies the function.
+func (f *ByWeight) Candidates(c *Candidates) {
+	c.filter(f)
+	c.orderBy(f)
+}
+
+func (f *ByWeight) keep(_ *Candidates, p *Peer) bool { return weight(p) > 0 }
+
+func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
+	u := (float64(c.rnd(1<<30)) + 1) / (1<<30 + 1)
+	return -math.Log(u) / weight(x.Peer)
+}
+
+// ByWait orders by expected wait, shortest first: (requests in flight + 1)
+// divided by capacity times speed, the figure an ideal balancer that saw
+// every queue would minimise. In flight is estimated as for
+// byBusyChildren; the application's weight, when reported, scales the
+// capacity. Part of the recommended default chain.
+type ByWait struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByWait) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byWait", func() caddy.Module { return new(ByWait) })
+}
+
+// Candidates applies the function.
+func (f *ByWait) Candidates(c *Candidates) { c.orderBy(f) }
+
+func (f *ByWait) rank(c *Candidates, x *Candidate) float64 {
+	w := weight(x.Peer)
+	if w <= 0 {
+		return math.Inf(1)
+	}
+	return (c.busy(x) + 1) / (capacity(x.Peer) * speed(x.Peer) * w)
+}
+
+// AddPrediction makes the load-like functions after it (byLoad,
+// byBusyChildren, byCPU, byCost, byWait) count, for each peer, the requests
+// this node has sent it since its last announcement and still has in
+// flight, which the announcement cannot know about yet. The policy's
+// `predict` setting does the same for the whole chain (on by default).
+type AddPrediction struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (AddPrediction) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("addPrediction", func() caddy.Module { return new(AddPrediction) })
+}
+
+// Candidates applies the function.
+func (AddPrediction) Candidates(c *Candidates) { c.predict = true }
+
+// Interface guards
+var (
+	_ CandidacyFunction = (*ByRandom)(nil)
+	_ CandidacyFunction = (*ByLogWindow)(nil)
+	_ CandidacyFunction = (*ByWindow)(nil)
+	_ CandidacyFunction = (*ByLoad)(nil)
+	_ CandidacyFunction = (*ByBusyChildren)(nil)
+	_ CandidacyFunction = (*ByCPU)(nil)
+	_ CandidacyFunction = (*ByCost)(nil)
+	_ CandidacyFunction = (*ByLatency)(nil)
+	_ CandidacyFunction = (*ByWeight)(nil)
+	_ CandidacyFunction = (*ByWait)(nil)
+	_ CandidacyFunction = (*AddPrediction)(nil)
+	_ caddy.Provisioner = (*ByWindow)(nil)
+)

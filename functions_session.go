@@ -1,0 +1,221 @@
+package backhand
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// The candidacy functions that keep a client with one server: bySession
+// (mod_backhand's, keyed by the application's session id) and byCookie
+// (a cookie that backhand sets and signs itself).
+
+func init() {
+	caddy.RegisterModule(new(BySession))
+	caddy.RegisterModule(new(ByCookie))
+}
+
+// BySession sends a session back to the server that created it, as
+// mod_backhand's bySession (by Martin Domig): the application puts the
+// server's IPv4 address, as 8 hex digits, at the start of its session id
+// (e.g. PHPSESSID=7f000001...). bySession reads the id from the first Cookie
+// header, or else from the query argument of the same name, decodes the
+// address, and if a candidate's advertised address has that IP, it becomes
+// the only candidate; otherwise the list is left as it is.
+// `bySession [name]`.
+type BySession struct {
+	// Name is the cookie or query argument. Default: PHPSESSID.
+	Name string `json:"name,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (BySession) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("bySession", func() caddy.Module { return new(BySession) })
+}
+
+// Candidates applies the function.
+func (f *BySession) Candidates(c *Candidates) {
+	ip, ok := sessionAddr(c.req, f.name())
+	if !ok {
+		return
+	}
+	for i, x := range c.All() {
+		if hostIP(x.Peer.Advertise) == ip {
+			c.list[0] = c.list[i]
+			c.list = c.list[:1]
+			return
+		}
+	}
+}
+
+func (f *BySession) name() string {
+	if f.Name == "" {
+		return "PHPSESSID"
+	}
+	return f.Name
+}
+
+// UnmarshalCaddyfile reads `bySession [name]`.
+func (f *BySession) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if !d.NextArg() {
+		return nil
+	}
+	f.Name = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// sessionAddr finds the session id named name and decodes the IPv4 address
+// in its first 8 hex digits.
+func sessionAddr(r *http.Request, name string) (netip.Addr, bool) {
+	if r == nil {
+		return netip.Addr{}, false
+	}
+	v, ok := "", false
+	if cookies := r.Header.Values("Cookie"); len(cookies) > 0 {
+		v, ok = cookieValue(cookies[0], name)
+	}
+	if !ok {
+		v = r.URL.Query().Get(name)
+	}
+	if len(v) < 8 {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	if _, err := hex.Decode(b[:], []byte(v[:8])); err != nil {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom4(b), true
+}
+
+// cookieValue finds name in one Cookie header's value.
+func cookieValue(header, name string) (string, bool) {
+	for part := range strings.SplitSeq(header, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if ok && k == name {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// hostIP is the IP address in a host:port, or the zero Addr for a name.
+func hostIP(hostport string) netip.Addr {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// ByCookie keeps a client with the node that served it first, by a cookie
+// that backhand sets and signs itself (HMAC-SHA256 with a key derived from
+// the cluster key, so clients cannot steer themselves to a node of their
+// choice): when the request carries a valid cookie naming a candidate, that
+// candidate becomes the only one. The `backhand` directive sets the cookie
+// (HttpOnly, SameSite=Lax, Path=/) whenever the winner differs from it, and
+// so does the policy when reverse_proxy hands it a response writer.
+// `byCookie [name]`.
+type ByCookie struct {
+	// Name is the cookie's name. Default: backhand.
+	Name string `json:"name,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (ByCookie) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byCookie", func() caddy.Module { return new(ByCookie) })
+}
+
+func (f *ByCookie) name() string {
+	if f.Name == "" {
+		return "backhand"
+	}
+	return f.Name
+}
+
+// Candidates applies the function.
+func (f *ByCookie) Candidates(c *Candidates) {
+	c.cookie = f.name()
+	if c.req == nil || c.policy == nil {
+		return
+	}
+	ck, err := c.req.Cookie(c.cookie)
+	if err != nil {
+		return
+	}
+	node, ok := c.policy.node.cookieNode(ck.Value)
+	if !ok {
+		return
+	}
+	for i, x := range c.All() {
+		if x.Peer.Name == node {
+			c.list[0] = c.list[i]
+			c.list = c.list[:1]
+			return
+		}
+	}
+}
+
+// UnmarshalCaddyfile reads `byCookie [name]`.
+func (f *ByCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if !d.NextArg() {
+		return nil
+	}
+	f.Name = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// cookieValueFor is "<node>.<hex MAC of node>"; without a cluster key, just
+// the node name.
+func (n *node) cookieValueFor(name string) string {
+	key := n.keys.Load().cookie
+	if key == nil {
+		return name
+	}
+	return name + "." + hex.EncodeToString(cookieMAC(key, name))
+}
+
+func cookieMAC(key []byte, name string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(name))
+	return m.Sum(nil)[:16]
+}
+
+// cookieNode checks a cookie value and returns the node it names.
+func (n *node) cookieNode(v string) (string, bool) {
+	key := n.keys.Load().cookie
+	if key == nil {
+		return v, v != ""
+	}
+	i := strings.LastIndexByte(v, '.') // node names may contain dots; the MAC does not
+	if i < 0 {
+		return "", false
+	}
+	name, mac := v[:i], v[i+1:]
+	got, err := hex.DecodeString(mac)
+	return name, err == nil && hmac.Equal(got, cookieMAC(key, name))
+}
+
+// Interface guards
+var (
+	_ CandidacyFunction = (*BySession)(nil)
+	_ CandidacyFunction = (*ByCookie)(nil)
+)

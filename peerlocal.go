@@ -1,0 +1,88 @@
+package backhand
+
+import (
+	"math"
+	"sync/atomic"
+	"time"
+)
+
+// peerLocal is what this node itself knows about one peer, fresher than
+// the peer's announcements: the requests it has in flight there, and how
+// fast that peer has answered it. It lives in the peer's slot, so it
+// survives config reloads like the table does.
+type peerLocal struct {
+	inflight   atomic.Int64  // requests this node has in flight to the peer now
+	atAnnounce atomic.Int64  // inflight when the peer's last announcement arrived
+	sent       atomic.Uint64 // requests this node has sent to the peer
+	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
+	latency    peakEWMA
+}
+
+// announced records that a new announcement has arrived: from now on, what
+// the peer announced already includes the requests in flight at this moment.
+func (l *peerLocal) announced(f *Figures) {
+	l.atAnnounce.Store(l.inflight.Load())
+	for {
+		hwm := l.loadHWM.Load()
+		if f.Load1000 <= hwm || l.loadHWM.CompareAndSwap(hwm, f.Load1000) {
+			return
+		}
+	}
+}
+
+// sentSinceAnnounce is how many more requests this node has in flight to
+// the peer than when its last announcement arrived: the part of the peer's
+// load that the announcement cannot know about yet. Never negative.
+func (l *peerLocal) sentSinceAnnounce() int64 {
+	return max(l.inflight.Load()-l.atAnnounce.Load(), 0)
+}
+
+func (l *peerLocal) begin() {
+	l.inflight.Add(1)
+	l.sent.Add(1)
+}
+
+func (l *peerLocal) end(d time.Duration, now time.Time) {
+	l.inflight.Add(-1)
+	l.latency.observe(d, now)
+}
+
+// peakEWMA is Finagle's and Linkerd's latency estimate: an exponentially
+// weighted moving average that jumps up to any slower observation at once
+// and decays towards faster ones with time constant peakEWMATau, so a peer
+// that turns slow is avoided quickly and recovers gradually.
+type peakEWMA struct {
+	state atomic.Pointer[ewmaState]
+}
+
+type ewmaState struct {
+	micros float64
+	at     time.Time
+}
+
+const peakEWMATau = 10 * time.Second
+
+func (e *peakEWMA) observe(d time.Duration, now time.Time) {
+	sample := float64(d.Microseconds())
+	for {
+		old := e.state.Load()
+		next := &ewmaState{micros: sample, at: now}
+		if old != nil && sample < old.micros {
+			w := math.Exp(-float64(now.Sub(old.at)) / float64(peakEWMATau))
+			next.micros = old.micros*w + sample*(1-w)
+		}
+		if e.state.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// micros returns the current estimate in microseconds and whether there is
+// one at all.
+func (e *peakEWMA) micros() (float64, bool) {
+	s := e.state.Load()
+	if s == nil {
+		return 0, false
+	}
+	return s.micros, true
+}

@@ -1,0 +1,204 @@
+package backhand
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(Selection{})
+}
+
+// CandidacyFunction is one step of a backhand candidacy chain, as in
+// mod_backhand: it filters, reorders or truncates the candidate list. Other
+// Caddy modules can add functions by registering a module in the
+// `backhand.functions` namespace that implements this interface (and
+// caddyfile.Unmarshaler, to be written as a line of `lb_policy backhand`);
+// see the byCookie-free example in example_function_test.go.
+type CandidacyFunction interface {
+	Candidates(c *Candidates)
+}
+
+// Selection is the `backhand` selection policy for reverse_proxy: it runs a
+// chain of candidacy functions over the live peers of the backhand app's
+// table, and the first candidate left wins. Upstreams that Caddy reports as
+// not available (passive health checks, max requests) are never chosen.
+//
+// With `dynamic backhand` in the same reverse_proxy, the source runs the
+// chain and hands reverse_proxy only the best `keep` candidates, so the
+// work per request does not grow with the number of peers. With other
+// upstreams, the chain's candidates are matched to the pool by their
+// advertised address.
+//
+// When the chain leaves no candidate (or `off` ran), or none of its
+// candidates is available, the fallback policy chooses among the pool's
+// upstreams (with `dynamic backhand`, every live peer). In the `backhand`
+// directive an empty chain means this node serves the request itself.
+type Selection struct {
+	// Chain is the list of candidacy functions, in order, each an object
+	// with its name in "function" and its arguments, e.g.
+	// {"function": "byAge", "max_age": "6s"}. Default: the recommended chain
+	// (see DefaultChain).
+	ChainRaw []json.RawMessage `json:"chain,omitempty" caddy:"namespace=backhand.functions inline_key=function"`
+
+	// MaxAge is how recently a peer must have announced to start on the
+	// list. Default: the backhand app's max_age.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// Predict makes every load-like function rank peers by an estimate that
+	// adds, to each peer's announced figure, the requests this node has sent
+	// it since that announcement and still has in flight (the same as
+	// putting addPrediction first). Default: true.
+	Predict *bool `json:"predict,omitempty"`
+
+	// Keep is how many of the chain's best candidates reverse_proxy gets
+	// from `dynamic backhand` on each attempt: the first available one wins,
+	// the others stand in when Caddy reports it unavailable. Default: 4.
+	Keep int `json:"keep,omitempty"`
+
+	// Fallback is the policy used when the chain leaves no available
+	// candidate. Default: random.
+	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
+	chain    []CandidacyFunction
+	fallback reverseproxy.Selector
+	node     *node
+	app      *App
+	maxAge   time.Duration
+	predict  bool
+	keep     int
+}
+
+const (
+	defaultKeep = 4
+	maxKeep     = 16
+)
+
+// CaddyModule returns the Caddy module information.
+func (Selection) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.selection_policies.backhand",
+		New: func() caddy.Module { return new(Selection) },
+	}
+}
+
+// Provision loads the chain and the fallback policy.
+func (s *Selection) Provision(ctx caddy.Context) error {
+	app, err := backhandApp(ctx, "lb_policy backhand")
+	if err != nil {
+		return err
+	}
+	s.app, s.node = app, app.node
+	s.maxAge = time.Duration(s.MaxAge)
+	if s.maxAge == 0 {
+		s.maxAge = time.Duration(app.MaxAge)
+	}
+	if s.maxAge < 0 {
+		return errOption("lb_policy backhand", "max_age must be positive, got %v", s.maxAge)
+	}
+	s.predict = s.Predict == nil || *s.Predict
+	s.keep = s.Keep
+	if s.keep == 0 {
+		s.keep = defaultKeep
+	}
+	if s.keep < 1 || s.keep > maxKeep {
+		return errOption("lb_policy backhand", "keep must be 1-%d, got %d", maxKeep, s.Keep)
+	}
+	if err := s.loadChain(ctx); err != nil {
+		return err
+	}
+	if s.FallbackRaw == nil {
+		s.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.RandomSelection{}, "policy", "random", nil)
+	}
+	mod, err := ctx.LoadModule(s, "FallbackRaw")
+	if err != nil {
+		return fmt.Errorf("lb_policy backhand: loading fallback policy: %v", err)
+	}
+	s.fallback = mod.(reverseproxy.Selector)
+	return nil
+}
+
+func (s *Selection) loadChain(ctx caddy.Context) error {
+	if len(s.ChainRaw) == 0 {
+		s.chain = DefaultChain()
+		return nil
+	}
+	mods, err := ctx.LoadModule(s, "ChainRaw")
+	if err != nil {
+		return fmt.Errorf("lb_policy backhand: loading candidacy functions: %v", err)
+	}
+	for _, m := range mods.([]any) {
+		f, ok := m.(CandidacyFunction)
+		if !ok {
+			return fmt.Errorf("lb_policy backhand: module %T is not a candidacy function", m)
+		}
+		s.chain = append(s.chain, f)
+	}
+	return nil
+}
+
+// DefaultChain is the chain used when none is configured: drop peers heard
+// from too long ago, sample two at random, and take the one whose estimated
+// wait is shortest (requests in flight, plus what this node sent since the
+// announcement, relative to capacity and speed). Sampling two rather than
+// log2(n) keeps stale figures from herding traffic onto one peer.
+func DefaultChain() []CandidacyFunction {
+	return []CandidacyFunction{&ByAge{}, &ByRandom{}, &ByWindow{N: 2}, &ByWait{}}
+}
+
+// run runs the chain over c.
+func (s *Selection) run(c *Candidates) {
+	for _, f := range s.chain {
+		f.Candidates(c)
+		if c.off {
+			return
+		}
+	}
+}
+
+// Select chooses an upstream from pool. When `dynamic backhand` already ran
+// the chain for this attempt, the pool is the chain's best candidates in
+// order and the first available one wins; otherwise the chain runs here.
+func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	st := stateOf(r)
+	if st != nil && st.offeredFor(pool) {
+		for i, up := range pool {
+			if up.Available() {
+				st.choose(st.offered[i], time.Now())
+				return up
+			}
+		}
+		return s.fallback.Select(pool, r, w)
+	}
+	c := newCandidates(r, time.Now(), s.node, s)
+	defer c.release()
+	if st != nil {
+		c.exclude = st
+	}
+	s.run(c)
+	if first := c.first(); first != nil {
+		for _, x := range c.list {
+			for _, up := range pool {
+				if up.Dial == x.Peer.Advertise && up.Available() {
+					if st != nil {
+						st.choose(x.slot, c.now)
+					}
+					return up
+				}
+			}
+		}
+	}
+	return s.fallback.Select(pool, r, w)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*Selection)(nil)
+	_ reverseproxy.Selector = (*Selection)(nil)
+)
