@@ -198,9 +198,12 @@ func (f *ByCPU) rank(c *Candidates, x *Candidate) float64 { return -c.cpuIdle(x)
 // utilisation u costs n^u, n being the number of candidates (at least 2),
 // and a node costs the sum over its resources. The resources are CPU, with
 // u = load / load_hwm, load_hwm being the smallest power of two at or above
-// the highest load the peer has announced (at least 1), and one request
-// adding 1/load_hwm; and memory, with u = 1 - available/total and one
-// request adding 1/capacity. Least costly first.
+// the highest load the peer has announced, as in mod_backhand (here also at
+// least its CPU count, so that an idle 8-CPU node is not taken for a 1-CPU
+// one), and one request adding 1/load_hwm; and memory, with
+// u = 1 - available/total and one request adding 1/capacity. Least costly
+// first. With prediction, load counts the requests sent since the
+// announcement.
 type ByCost struct{ noArgs }
 
 // CaddyModule returns the Caddy module information.
@@ -218,7 +221,7 @@ func (f *ByCost) Candidates(c *Candidates) {
 func (f *ByCost) rank(c *Candidates, x *Candidate) float64 {
 	n := c.costBase
 	load := c.load(x)
-	hwm := loadHWM(max(load, float64(x.slot.local.loadHWM.Load())/1000))
+	hwm := loadHWM(max(load, float64(x.slot.local.loadHWM.Load())/1000, cpus(x.Peer)))
 	uCPU := load / hwm
 	cost := math.Pow(n, uCPU+1/hwm) - math.Pow(n, uCPU)
 	if t := x.Peer.Figures.MemTotal; t > 0 {

@@ -136,24 +136,27 @@ func (t *peerTable) peers() peerView { return *t.view.Load() }
 
 // lookup returns the named peer's record, or nil.
 func (t *peerTable) lookup(name string) *Peer {
-	v := t.peers()
-	i, ok := slices.BinarySearchFunc(v, name, func(s *peerSlot, n string) int { return strings.Compare(s.name, n) })
-	if !ok {
-		return nil
+	if s := t.lookupSlot(name); s != nil {
+		return s.cur.Load()
 	}
-	return v[i].cur.Load()
+	return nil
 }
 
-// selfSlot returns this node's slot in view, or nil before the first
-// announcement.
-func (t *peerTable) selfSlot(v peerView) *peerSlot {
-	name := t.limits.Load().selfName
+// lookupSlot returns the named peer's slot, or nil.
+func (t *peerTable) lookupSlot(name string) *peerSlot { return t.peers().find(name) }
+
+// find returns the named slot of v, or nil.
+func (v peerView) find(name string) *peerSlot {
 	i, ok := slices.BinarySearchFunc(v, name, func(s *peerSlot, n string) int { return strings.Compare(s.name, n) })
 	if !ok {
 		return nil
 	}
 	return v[i]
 }
+
+// selfSlot returns this node's slot in view, or nil before the first
+// announcement.
+func (t *peerTable) selfSlot(v peerView) *peerSlot { return v.find(t.limits.Load().selfName) }
 
 // countReject records a rejection and returns its reason.
 func (t *peerTable) countReject(r rejectReason) rejectReason {

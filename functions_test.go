@@ -1,0 +1,481 @@
+package backhand
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// now is the fixed time of the chain tests.
+var now = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+// tp builds a test peer heard age ago, with figure setters applied.
+func tp(name string, age time.Duration, set ...func(*Peer)) *Peer {
+	p := &Peer{
+		Name: name, Advertise: "127.0.0.1:80", ReceivedAt: now.Add(-age), FirstSeen: now.Add(-time.Hour),
+		Figures: Figures{CPUMilli: 1000, Capacity: 100, Speed: 1000, CPUIdle1000: 500, MemTotal: 1000, MemAvail: 500},
+	}
+	for _, s := range set {
+		s(p)
+	}
+	return p
+}
+
+func busy(n uint32) func(*Peer)     { return func(p *Peer) { p.Figures.Busy = n } }
+func withLoad(l uint32) func(*Peer) { return func(p *Peer) { p.Figures.Load1000 = l } }
+func cpuN(m uint32) func(*Peer)     { return func(p *Peer) { p.Figures.CPUMilli = m } }
+func idle(i uint16) func(*Peer)     { return func(p *Peer) { p.Figures.CPUIdle1000 = i } }
+func spd(s uint32) func(*Peer)      { return func(p *Peer) { p.Figures.Speed = s } }
+func adv(a string) func(*Peer)      { return func(p *Peer) { p.Advertise = a } }
+func tags(t ...string) func(*Peer)  { return func(p *Peer) { p.Tags = t } }
+func self(p *Peer)                  { p.Self = true }
+func draining(p *Peer)              { p.Figures.Draining = true }
+func appWeight(w uint16) func(*Peer) {
+	return func(p *Peer) { p.Figures.AppWeight, p.Figures.HasAppWeight = w, true }
+}
+func withMem(total, avail uint64) func(*Peer) {
+	return func(p *Peer) { p.Figures.MemTotal, p.Figures.MemAvail = total, avail }
+}
+
+// testNode builds a node whose table holds peers; "me" is self.
+func testNode(peers ...*Peer) *node {
+	n := newNode()
+	n.table.setLimits(&tableLimits{maxPeers: 1 << 16, selfName: "me", maxAge: 3 * time.Second, evictAfter: time.Hour, replayWindow: time.Hour})
+	n.table.mu.Lock()
+	for _, p := range peers {
+		n.table.insertLocked(p)
+	}
+	n.table.mu.Unlock()
+	return n
+}
+
+func policy(n *node, fns ...CandidacyFunction) *Selection {
+	return &Selection{chain: fns, node: n, maxAge: 3 * time.Second, keep: 4}
+}
+
+// chainNames runs the chain and returns the names left, in order; nil
+// for "serve locally" (empty or off).
+func chainNames(s *Selection, r *http.Request, seed uint64) []string {
+	c := newCandidates(r, now, s.node, s)
+	defer c.release()
+	rng := rand.New(rand.NewPCG(seed, seed))
+	c.rnd = rng.IntN
+	s.run(c)
+	if c.first() == nil {
+		return nil
+	}
+	var out []string
+	for _, x := range c.list {
+		out = append(out, x.Peer.Name)
+	}
+	return out
+}
+
+func fig(n ...string) []string { return n }
+
+func TestChainFunctions(t *testing.T) {
+	req := httptest.NewRequest("GET", "http://www.example.com/x?PHPSESSID=7f000003deadbeef", nil)
+	tests := []struct {
+		name  string
+		peers []*Peer
+		chain []CandidacyFunction
+		want  []string
+	}{
+		{"start: live peers by name, self included, stale and draining out",
+			[]*Peer{tp("c", time.Second), tp("a", 0), tp("me", 0, self), tp("old", 4*time.Second), tp("d", 0, draining)},
+			nil, fig("a", "c", "me")},
+		{"start: empty table", nil, nil, nil},
+		{"byAge tighter than max_age",
+			[]*Peer{tp("a", 500*time.Millisecond), tp("b", 2500*time.Millisecond), tp("me", 5*time.Second, self)},
+			[]CandidacyFunction{&ByAge{MaxAge: caddy.Duration(2 * time.Second)}}, fig("a", "me")},
+		{"byAge without argument keeps the starting rule",
+			[]*Peer{tp("a", 0), tp("b", 2500*time.Millisecond)},
+			[]CandidacyFunction{&ByAge{}}, fig("a", "b")},
+		{"byLogWindow of 1 keeps 1", []*Peer{tp("a", 0)}, []CandidacyFunction{&ByLogWindow{}}, fig("a")},
+		{"byLogWindow of 3 keeps 1", []*Peer{tp("a", 0), tp("b", 0), tp("c", 0)}, []CandidacyFunction{&ByLogWindow{}}, fig("a")},
+		{"byLogWindow of 4 keeps 2", []*Peer{tp("a", 0), tp("b", 0), tp("c", 0), tp("d", 0)}, []CandidacyFunction{&ByLogWindow{}}, fig("a", "b")},
+		{"byLogWindow of 8 keeps 3", peersNamed(8), []CandidacyFunction{&ByLogWindow{}}, fig("p0", "p1", "p2")},
+		{"byLogWindow of none", nil, []CandidacyFunction{&ByLogWindow{}}, nil},
+		{"byWindow 2", peersNamed(5), []CandidacyFunction{&ByWindow{N: 2}}, fig("p0", "p1")},
+		{"byLoad per CPU and speed, least first",
+			[]*Peer{tp("a", 0, withLoad(2000), cpuN(4000)), tp("b", 0, withLoad(1000), cpuN(1000)), tp("c", 0, withLoad(3000), cpuN(8000), spd(2000))},
+			[]CandidacyFunction{&ByLoad{}}, fig("c", "a", "b")}, // 0.1875, 0.5, 1.0
+		{"byLoad ties keep order",
+			[]*Peer{tp("a", 0, withLoad(1000)), tp("b", 0, withLoad(1000)), tp("c", 0, withLoad(500))},
+			[]CandidacyFunction{&ByLoad{}}, fig("c", "a", "b")},
+		{"byLoad bias favours self",
+			[]*Peer{tp("a", 0, withLoad(500)), tp("me", 0, self, withLoad(600))},
+			[]CandidacyFunction{&ByLoad{biased{Bias: 0.2}}}, fig("me", "a")},
+		{"byLoad small bias is not enough",
+			[]*Peer{tp("a", 0, withLoad(500)), tp("me", 0, self, withLoad(600))},
+			[]CandidacyFunction{&ByLoad{biased{Bias: 0.05}}}, fig("a", "me")},
+		{"byBusyChildren relative to capacity",
+			[]*Peer{tp("a", 0, busy(30)), tp("b", 0, busy(50), func(p *Peer) { p.Figures.Capacity = 200 }), tp("c", 0, busy(10))},
+			[]CandidacyFunction{&ByBusyChildren{}}, fig("c", "b", "a")},
+		{"byCPU most idle first",
+			[]*Peer{tp("a", 0, idle(200)), tp("b", 0, idle(900)), tp("c", 0, idle(500))},
+			[]CandidacyFunction{&ByCPU{}}, fig("b", "c", "a")},
+		{"byCost: memory pressure costs",
+			[]*Peer{tp("a", 0, withMem(1000, 100)), tp("b", 0, withMem(1000, 900)), tp("c", 0, withMem(1000, 500))},
+			[]CandidacyFunction{&ByCost{}}, fig("b", "c", "a")},
+		{"byCost: CPU load costs (same load_hwm 4)",
+			[]*Peer{tp("a", 0, withLoad(3000), cpuN(4000)), tp("b", 0, withLoad(100), cpuN(4000)), tp("c", 0, withLoad(1500), cpuN(4000))},
+			[]CandidacyFunction{&ByCost{}}, fig("b", "c", "a")},
+		{"byCost: at equal load, more CPUs cost less",
+			[]*Peer{tp("one", 0, withLoad(1000), cpuN(1000)), tp("eight", 0, withLoad(1000), cpuN(8000))},
+			[]CandidacyFunction{&ByCost{}}, fig("eight", "one")},
+		{"byHostname",
+			[]*Peer{tp("sun-1", 0), tp("alpha-2", 0), tp("intel-3", 0)},
+			[]CandidacyFunction{mustProvision(&ByHostname{Pattern: "^(sun|alpha)"})}, fig("alpha-2", "sun-1")},
+		{"byTag needs every tag",
+			[]*Peer{tp("a", 0, tags("cgi", "images")), tp("b", 0, tags("cgi")), tp("c", 0)},
+			[]CandidacyFunction{&ByTag{Tags: []string{"cgi", "images"}}}, fig("a")},
+		{"removeSelf", []*Peer{tp("a", 0), tp("me", 0, self)}, []CandidacyFunction{&RemoveSelf{}}, fig("a")},
+		{"addSelf after a window dropped it",
+			[]*Peer{tp("a", 0), tp("b", 0), tp("me", 0, self)},
+			[]CandidacyFunction{&ByWindow{N: 1}, &AddSelf{}}, fig("a", "me")},
+		{"addSelf does not duplicate",
+			[]*Peer{tp("a", 0), tp("me", 0, self)},
+			[]CandidacyFunction{&AddSelf{}}, fig("a", "me")},
+		{"addSelf not while draining",
+			[]*Peer{tp("a", 0), tp("me", 0, self, draining)},
+			[]CandidacyFunction{&AddSelf{}}, fig("a")},
+		{"off serves locally", []*Peer{tp("a", 0)}, []CandidacyFunction{&Off{}, &AddSelf{}}, nil},
+		{"bySession from the query: 7f000003 is 127.0.0.3",
+			[]*Peer{tp("a", 0, adv("127.0.0.2:80")), tp("b", 0, adv("127.0.0.3:8080")), tp("c", 0, adv("127.0.0.4:80"))},
+			[]CandidacyFunction{&BySession{}}, fig("b")},
+		{"bySession without a match leaves the list",
+			[]*Peer{tp("a", 0, adv("127.0.0.2:80")), tp("c", 0, adv("127.0.0.4:80"))},
+			[]CandidacyFunction{&BySession{}}, fig("a", "c")},
+		{"byWait uses capacity and speed",
+			[]*Peer{tp("slow", 0, busy(4), spd(1000)), tp("fast", 0, busy(12), spd(4000)), tp("mid", 0, busy(6), spd(2000))},
+			[]CandidacyFunction{&ByWait{}}, fig("fast", "mid", "slow")}, // 13/400, 7/200, 5/100
+		{"byWeight drops weight 0",
+			[]*Peer{tp("a", 0, appWeight(0)), tp("b", 0, appWeight(500))},
+			[]CandidacyFunction{&ByWeight{}}, fig("b")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := policy(testNode(tt.peers...), tt.chain...)
+			if got := chainNames(s, req, 1); !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func peersNamed(n int) []*Peer {
+	var ps []*Peer
+	for i := range n {
+		ps = append(ps, tp(fmt.Sprintf("p%d", i), 0))
+	}
+	return ps
+}
+
+func mustProvision[T caddy.Provisioner](f T) T {
+	if err := f.Provision(caddy.Context{}); err != nil {
+		panic(err)
+	}
+	return f
+}
+
+// Prediction: requests this node sent since a peer's announcement count
+// on top of the announced figure; for self the live counter counts.
+func TestPrediction(t *testing.T) {
+	n := testNode(tp("a", 0, busy(10)), tp("b", 0, busy(12)), tp("me", 0, self, busy(0)))
+	slot := n.table.lookupSlot("a")
+	for range 5 {
+		slot.local.begin() // 5 requests sent to a since its announcement
+	}
+	n.stats.busy.Store(20) // self is busier than its own announcement says
+
+	without := policy(n, &ByBusyChildren{})
+	without.predict = false
+	if got := chainNames(without, nil, 1); !slices.Equal(got, fig("a", "b", "me")) {
+		t.Errorf("announced only: got %v, want [a b me] (self uses its live count)", got)
+	}
+	with := policy(n, &AddPrediction{}, &ByBusyChildren{})
+	if got := chainNames(with, nil, 1); !slices.Equal(got, fig("b", "a", "me")) {
+		t.Errorf("with addPrediction: got %v, want [b a me]: a is at 10+5", got)
+	}
+	// A new announcement from a already includes those requests.
+	mustAccept(t, n.table, &announcement{Node: "a", Incarnation: 1, Seq: 1, SentAt: time.Now().UnixNano(), Figures: Figures{Busy: 15, Capacity: 100}}, time.Now())
+	if got := n.table.lookupSlot("a").local.sentSinceAnnounce(); got != 0 {
+		t.Errorf("after a's announcement, %d requests count as unannounced, want 0", got)
+	}
+}
+
+func TestByCookieSignedAndForged(t *testing.T) {
+	n := testNode(tp("a", 0), tp("b.example", 0), tp("c", 0))
+	n.keys.Store(deriveKeys([]byte("cluster-secret-of-some-length")))
+	s := policy(n, &ByCookie{})
+	for _, tt := range []struct {
+		cookie string
+		want   []string
+	}{
+		{n.cookieValueFor("b.example"), fig("b.example")},
+		{"b.example." + strings.Repeat("0", 32), fig("a", "b.example", "c")}, // forged MAC
+		{"b.example", fig("a", "b.example", "c")},                            // no MAC
+		{n.cookieValueFor("gone"), fig("a", "b.example", "c")},               // not a candidate
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.AddCookie(&http.Cookie{Name: "backhand", Value: tt.cookie})
+		if got := chainNames(s, r, 1); !slices.Equal(got, tt.want) {
+			t.Errorf("cookie %q: got %v, want %v", tt.cookie, got, tt.want)
+		}
+	}
+}
+
+func TestBySessionCookieHeader(t *testing.T) {
+	n := testNode(tp("a", 0, adv("127.0.0.2:80")), tp("b", 0, adv("10.1.2.3:80")))
+	s := policy(n, &BySession{Name: "SID"})
+	r := httptest.NewRequest("GET", "/?SID=7f000002", nil)
+	r.Header.Add("Cookie", "x=1; SID=0a010203ffff")
+	r.Header.Add("Cookie", "SID=7f000002") // only the first Cookie header counts
+	if got := chainNames(s, r, 1); !slices.Equal(got, fig("b")) {
+		t.Errorf("got %v, want [b] from the first Cookie header (0a010203 = 10.1.2.3)", got)
+	}
+	r = httptest.NewRequest("GET", "/?SID=zz000002", nil)
+	if got := chainNames(s, r, 1); !slices.Equal(got, fig("a", "b")) {
+		t.Errorf("malformed id: got %v, want the list unchanged", got)
+	}
+}
+
+func TestRedirectFormat(t *testing.T) {
+	tests := []struct{ format, want string }{
+		{"%S", "www-1.datacenter-3"},
+		{"%S.%-2H.%-1H", "www-1.datacenter-3.example.com"},
+		{"%1S.example.net:%P", "www-1.example.net:8080"},
+		{"%2S-%1H", "datacenter-3-www"},
+		{"%9S|%-9H|%%", "||%"},
+		{"%H", "www.example.com"},
+	}
+	for _, tt := range tests {
+		got, err := expandRedirectFormat(tt.format, "www-1.datacenter-3", "www.example.com", "8080")
+		if err != nil || got != tt.want {
+			t.Errorf("%q: got %q, %v; want %q", tt.format, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"%", "%-", "%X", "%2P", "%1%"} {
+		if _, err := expandRedirectFormat(bad, "s", "h", "1"); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+}
+
+func TestSlowStartRamp(t *testing.T) {
+	f := mustProvision(&SlowStart{Window: caddy.Duration(10 * time.Second)})
+	for _, tt := range []struct {
+		age  time.Duration
+		want float64
+	}{{0, 0.1}, {500 * time.Millisecond, 0.1}, {5 * time.Second, 0.5}, {10 * time.Second, 1}, {time.Hour, 1}} {
+		if got := f.rampWeight(tt.age); got < tt.want-1e-9 || got > tt.want+1e-9 {
+			t.Errorf("age %v: weight %v, want %v", tt.age, got, tt.want)
+		}
+	}
+	// A peer half-way through its window is kept about half the time.
+	young := tp("young", 0, func(p *Peer) { p.FirstSeen = now.Add(-5 * time.Second) })
+	s := policy(testNode(young), f)
+	kept := 0
+	const rounds = 4000
+	for i := range rounds {
+		if len(chainNames(s, nil, uint64(i))) == 1 {
+			kept++
+		}
+	}
+	if share := float64(kept) / rounds; share < 0.45 || share > 0.55 {
+		t.Errorf("kept %.3f of the time, want about 0.5", share)
+	}
+}
+
+// byRandom must be uniform: over 4 peers, each comes first a quarter of the
+// time, within a chi-square bound (fixed seeds, so the test is exact).
+func TestByRandomUniform(t *testing.T) {
+	s := policy(testNode(peersNamed(4)...), &ByRandom{})
+	counts := map[string]int{}
+	const rounds = 40000
+	for i := range rounds {
+		counts[chainNames(s, nil, uint64(i))[0]]++
+	}
+	chi2 := 0.0
+	for _, c := range counts {
+		d := float64(c) - rounds/4
+		chi2 += d * d / (rounds / 4)
+	}
+	if len(counts) != 4 || chi2 > 16.27 { // p = 0.001 for 3 degrees of freedom
+		t.Errorf("first places %v: chi-square %.2f, not uniform", counts, chi2)
+	}
+}
+
+// byRandom; byWindow 2; <order> is the power of two choices: every pair is
+// drawn uniformly without replacement and the worse of the two never wins,
+// so the worst peer never wins and the best wins 1-(1-2/n) = 2/n... of the
+// time: with 4 peers, best 50%, second 33%, third 17%, worst 0%.
+func TestByWindow2PowerOfTwo(t *testing.T) {
+	s := policy(testNode(tp("w0", 0, busy(0)), tp("w1", 0, busy(10)), tp("w2", 0, busy(20)), tp("w3", 0, busy(30))),
+		&ByRandom{}, &ByWindow{N: 2}, &ByBusyChildren{})
+	counts := map[string]int{}
+	const rounds = 30000
+	for i := range rounds {
+		got := chainNames(s, nil, uint64(i))
+		if len(got) != 2 || got[0] == got[1] {
+			t.Fatalf("window %v, want two distinct peers", got)
+		}
+		counts[got[0]]++
+	}
+	want := map[string]float64{"w0": 0.5, "w1": 1.0 / 3, "w2": 1.0 / 6, "w3": 0}
+	for name, share := range want {
+		if got := float64(counts[name]) / rounds; got < share-0.015 || got > share+0.015 {
+			t.Errorf("%s won %.3f, want %.3f", name, got, share)
+		}
+	}
+}
+
+func TestByWeightProportional(t *testing.T) {
+	s := policy(testNode(tp("full", 0), tp("half", 0, appWeight(500))), &ByWeight{})
+	counts := map[string]int{}
+	const rounds = 30000
+	for i := range rounds {
+		counts[chainNames(s, nil, uint64(i))[0]]++
+	}
+	if got := float64(counts["full"]) / rounds; got < 2.0/3-0.015 || got > 2.0/3+0.015 {
+		t.Errorf("full weight first %.3f of the time, want 2/3", got)
+	}
+}
+
+func TestByLatencyPeakEWMA(t *testing.T) {
+	n := testNode(tp("a", 0, func(p *Peer) { p.Figures.LatencyMicros = 5000 }), tp("b", 0, func(p *Peer) { p.Figures.LatencyMicros = 1000 }))
+	s := policy(n, &ByLatency{})
+	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("b", "a")) {
+		t.Errorf("without samples: got %v, want the announced latencies to decide [b a]", got)
+	}
+	b := n.table.lookupSlot("b")
+	b.local.latency.observe(20*time.Millisecond, now) // b turned slow for this node
+	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("a", "b")) {
+		t.Errorf("after a slow sample from b: got %v, want [a b]", got)
+	}
+	b.local.latency.observe(time.Millisecond, now.Add(time.Minute)) // long after, fast again
+	if lat, _ := b.local.latency.micros(); lat > 1100 {
+		t.Errorf("peak EWMA %vµs a minute after the peak, want it decayed to about 1000", lat)
+	}
+}
+
+// The herd: one table, announced once, and many decisions before the next
+// announcement, each leaving its request in flight. Ranked on announced
+// figures alone, every decision goes to the apparent minimum; with
+// prediction, the requests this node sent count and the load spreads.
+func TestHerd(t *testing.T) {
+	const peers, decisions = 10, 1000
+	run := func(predict bool, chain ...CandidacyFunction) float64 {
+		var ps []*Peer
+		for i := range peers {
+			b := uint32(20)
+			if i == 3 {
+				b = 10 // the apparent minimum
+			}
+			ps = append(ps, tp(fmt.Sprintf("p%d", i), 0, busy(b)))
+		}
+		n := testNode(ps...)
+		s := policy(n, chain...)
+		s.predict = predict
+		toMin := 0
+		for i := range decisions {
+			c := newCandidates(nil, now, n, s)
+			c.rnd = rand.New(rand.NewPCG(uint64(i), 7)).IntN
+			s.run(c)
+			x := c.first()
+			x.slot.local.begin()
+			if x.Peer.Name == "p3" {
+				toMin++
+			}
+			c.release()
+		}
+		return float64(toMin) / decisions
+	}
+	classic := []CandidacyFunction{&ByAge{}, &ByRandom{}, &ByLogWindow{}, &ByBusyChildren{}}
+	stale, predicted := run(false, classic...), run(true, classic...)
+	t.Logf("byRandom byLogWindow byBusyChildren, share to the apparent minimum: announced only %.3f, with prediction %.3f", stale, predicted)
+	leastAll, leastAllPredicted := run(false, &ByBusyChildren{}), run(true, &ByBusyChildren{})
+	t.Logf("byBusyChildren over all peers: announced only %.3f, with prediction %.3f", leastAll, leastAllPredicted)
+	if leastAll != 1 {
+		t.Errorf("least busy of all, announced only: %.3f to the apparent minimum, want 1 (the stampede)", leastAll)
+	}
+	// With prediction, the minimum takes requests until it catches up with
+	// the others (10 more), then the load spreads evenly: (10+99)/1000.
+	if leastAllPredicted > 0.12 {
+		t.Errorf("least busy of all, with prediction: %.3f to the apparent minimum, want about 0.109", leastAllPredicted)
+	}
+	// byLogWindow samples 3 of 10: the minimum is in the sample 3/10 of the
+	// time and then always wins without prediction.
+	if stale < 0.27 || stale > 0.33 {
+		t.Errorf("announced only: %.3f to the apparent minimum, want about 0.30 (every sample holding it)", stale)
+	}
+	if predicted > 0.15 {
+		t.Errorf("with prediction: %.3f to the apparent minimum, want it to get little more than its share (0.1)", predicted)
+	}
+}
+
+func TestUnmarshalFunctions(t *testing.T) {
+	tests := []struct {
+		line string
+		want CandidacyFunction
+		err  string
+	}{
+		{"byAge 6", &ByAge{MaxAge: caddy.Duration(6 * time.Second)}, ""},
+		{"byAge 0.5", &ByAge{MaxAge: caddy.Duration(500 * time.Millisecond)}, ""},
+		{"byAge 6s", &ByAge{MaxAge: caddy.Duration(6 * time.Second)}, ""},
+		{"byAge", &ByAge{}, ""},
+		{"byAge -1", nil, "not a positive duration"},
+		{"byAge soon", nil, "not a positive duration"},
+		{"byLoad 0.5", &ByLoad{biased{Bias: 0.5}}, ""},
+		{"byLoad x", nil, `bias "x" is not a number`},
+		{"byBusyChildren", &ByBusyChildren{}, ""},
+		{"byWindow 3", &ByWindow{N: 3}, ""},
+		{"byWindow 0", nil, "not a whole number >= 1"},
+		{"byRandom now", nil, `byRandom takes no arguments, got "now"`},
+		{"byHostname ^www", &ByHostname{Pattern: "^www"}, ""},
+		{"byTag cgi images", &ByTag{Tags: []string{"cgi", "images"}}, ""},
+		{"bySession JSESSIONID", &BySession{Name: "JSESSIONID"}, ""},
+		{"byCookie", &ByCookie{}, ""},
+		{"slowStart 30s 2 0.2", &SlowStart{Window: caddy.Duration(30 * time.Second), Aggression: 2, MinWeight: 0.2}, ""},
+		{"HTTPRedirectToName %S.%-2H.%-1H", &HTTPRedirectToName{Format: "%S.%-2H.%-1H"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.line, func(t *testing.T) {
+			d := caddyfile.NewTestDispenser(tt.line)
+			name := strings.Fields(tt.line)[0]
+			_, err := unmarshalFunctionModule(d, name)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := unmarshalFunctionModule(caddyfile.NewTestDispenser(tt.line), name)
+			if fmt.Sprintf("%#v", got) != fmt.Sprintf("%#v", tt.want) {
+				t.Errorf("got %#v, want %#v", got, tt.want)
+			}
+		})
+	}
+}
+
+// unmarshalFunctionModule reads one line into its function module.
+func unmarshalFunctionModule(d *caddyfile.Dispenser, name string) (CandidacyFunction, error) {
+	d.Next()
+	mod, err := caddyfile.UnmarshalModule(d, "backhand.functions."+name)
+	if err != nil {
+		return nil, err
+	}
+	return mod.(CandidacyFunction), nil
+}
