@@ -1,0 +1,129 @@
+package backhand
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+var benchSizes = []int{4, 64, 1024}
+
+// benchNode is a table of n live peers (self among them) with varied load.
+func benchNode(n int) *node {
+	var ps []*Peer
+	t := time.Now()
+	for i := range n {
+		name := fmt.Sprintf("peer-%04d", i)
+		p := &Peer{Name: name, Advertise: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250+1), ReceivedAt: t, FirstSeen: t,
+			Figures: Figures{Load1000: uint32(i*37%4000 + 100), CPUMilli: 4000, Capacity: 100, Busy: uint32(i * 13 % 90), Speed: 1000}}
+		if i == 0 {
+			p.Name, p.Self = "me", true
+		}
+		ps = append(ps, p)
+	}
+	return testNode(ps...)
+}
+
+// benchChain is the chain the issue names for the speed goal.
+func benchChain(n *node) *Selection {
+	s := policy(n, &ByAge{}, &ByRandom{}, &ByWindow{N: 2}, &ByLoad{}, &AddPrediction{})
+	s.fallback = reverseproxy.RandomSelection{}
+	return s
+}
+
+// BenchmarkChain runs `byAge byRandom byWindow 2 byLoad addPrediction` and
+// picks the winner: the per-request work of the backhand policy.
+func BenchmarkChain(b *testing.B) {
+	for _, size := range benchSizes {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			n := benchNode(size)
+			s := benchChain(n)
+			b.ReportAllocs()
+			for b.Loop() {
+				c := newCandidates(nil, time.Now(), n, s)
+				s.run(c)
+				if c.first() == nil {
+					b.Fatal("no winner")
+				}
+				c.release()
+			}
+		})
+	}
+}
+
+// BenchmarkProxyAttempt is what one proxied attempt costs with `dynamic
+// backhand` and `lb_policy backhand`: GetUpstreams runs the chain and
+// offers its best candidates, Select takes the first available. Its
+// allocations (the offered upstreams and the request's state) must not
+// grow with the number of peers.
+func BenchmarkProxyAttempt(b *testing.B) {
+	for _, size := range benchSizes {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			n := benchNode(size)
+			s := benchChain(n)
+			s.keep = 4
+			src := &Upstreams{node: n, table: n.table, maxAge: time.Hour, policy: s}
+			r := requestWithVars()
+			vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+			var hosts [maxKeep]reverseproxy.Host
+			b.ReportAllocs()
+			for b.Loop() {
+				delete(vars, stateVar) // a new request
+				ups, _ := src.GetUpstreams(r)
+				for i, u := range ups {
+					u.Host = &hosts[i] // what reverse_proxy's provisionUpstream does
+				}
+				if s.Select(ups, r, nil) == nil {
+					b.Fatal("no upstream")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkCaddyPolicies runs Caddy's own policies over pools of the same
+// sizes, for comparison (they see the whole pool on every request).
+func BenchmarkCaddyPolicies(b *testing.B) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	rc := &reverseproxy.RandomChoiceSelection{Choose: 2}
+	if err := rc.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	policies := []struct {
+		name string
+		sel  reverseproxy.Selector
+	}{{"least_conn", reverseproxy.LeastConnSelection{}}, {"random_choose_2", rc}}
+	for _, p := range policies {
+		for _, size := range benchSizes {
+			b.Run(fmt.Sprintf("%s/%d", p.name, size), func(b *testing.B) {
+				pool := make(reverseproxy.UpstreamPool, size)
+				for i := range pool {
+					pool[i] = &reverseproxy.Upstream{Host: new(reverseproxy.Host), Dial: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250+1)}
+				}
+				r := httptest.NewRequest("GET", "/", nil)
+				b.ReportAllocs()
+				for b.Loop() {
+					if p.sel.Select(pool, r, nil) == nil {
+						b.Fatal("no upstream")
+					}
+				}
+			})
+		}
+	}
+}
+
+// requestWithVars is a request as Caddy's server hands it to handlers: with
+// a variables map in its context.
+func requestWithVars() *http.Request {
+	r := &http.Request{Method: "GET", Header: http.Header{}}
+	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{})
+	return r.WithContext(ctx)
+}
