@@ -32,6 +32,24 @@ type requestState struct {
 	// the backhand directive): only then may the chosen peer's in-flight
 	// count go up, since someone will bring it down again.
 	tracked bool
+	// counted is set by the first handler that counts the request into
+	// this node's figures, so that backhand_track and the backhand
+	// directive on one route do not count it twice.
+	counted bool
+}
+
+// count claims the counting of the request for the caller: true if no
+// handler has counted it yet. A nil state (a request from outside Caddy's
+// server) is always counted.
+func (st *requestState) count() bool {
+	if st == nil {
+		return true
+	}
+	if st.counted {
+		return false
+	}
+	st.counted = true
+	return true
 }
 
 // maxTries bounds the peers remembered as tried; beyond that, retries may

@@ -83,13 +83,16 @@ func (t *Track) Provision(ctx caddy.Context) error {
 
 // ServeHTTP counts the request while the rest of the route serves it.
 func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	st := t.stats
-	st.busy.Add(1)
-	start := time.Now()
 	rs := ensureState(r)
+	if !rs.count() {
+		return next.ServeHTTP(w, r)
+	}
 	if rs != nil {
 		rs.tracked = true
 	}
+	st := t.stats
+	st.busy.Add(1)
+	start := time.Now()
 	defer func() {
 		st.busy.Add(-1)
 		if rs != nil {

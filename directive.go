@@ -1,0 +1,309 @@
+package backhand
+
+import (
+	"encoding/json"
+
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("backhand", parseHandler)
+	// Before every handler that may answer (respond, file_server, reverse_proxy,
+	// handle blocks ...): the decision where to serve comes first.
+	httpcaddyfile.RegisterDirectiveOrder("backhand", httpcaddyfile.Before, "invoke")
+}
+
+// Handler makes this node an entry point of the cluster, as mod_backhand
+// made every Apache: for each request it runs the candidacy chain over the
+// live peers; when this node wins (or the list ends empty) the rest of the
+// route serves the request here, when a peer wins the request is proxied
+// there through Caddy's reverse_proxy, and after HTTPRedirectToIP/Name the
+// client is redirected there instead.
+//
+// A forwarded request carries an authenticated hop marker, so the peer
+// serves it itself and never forwards it again; a marker a client forged
+// is stripped and ignored. When the chosen peer fails before the response
+// starts, reverse_proxy tries the next candidate (dial errors always, GET
+// requests also after a connection was made); when every try fails before
+// anything was written, this node serves the request itself.
+//
+// The handler also counts the requests this node serves, as
+// backhand_track does.
+type Handler struct {
+	// Proxy is the reverse_proxy handler that forwards to peers: its
+	// upstreams are `dynamic backhand` and its selection policy is
+	// `backhand` with the candidacy chain; any other reverse_proxy option
+	// (transport, headers, retries, health checks) applies. Default
+	// retries: 3, without waiting between tries.
+	ProxyRaw json.RawMessage `json:"proxy,omitempty"`
+
+	proxy  *reverseproxy.Handler
+	policy *Selection
+	node   *node
+	app    *App
+	logger *zap.Logger
+}
+
+const defaultRetries = 3
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.backhand",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the embedded reverse_proxy with the backhand source
+// and policy.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	app, err := backhandApp(ctx, "backhand")
+	if err != nil {
+		return err
+	}
+	h.app, h.node, h.logger = app, app.node, ctx.Logger()
+	raw, err := withBackhandDefaults(h.ProxyRaw)
+	if err != nil {
+		return err
+	}
+	mod, err := ctx.LoadModuleByID("http.handlers.reverse_proxy", raw)
+	if err != nil {
+		return fmt.Errorf("backhand: %v", err)
+	}
+	h.proxy = mod.(*reverseproxy.Handler)
+	h.policy, _ = h.proxy.LoadBalancing.SelectionPolicy.(*Selection)
+	if h.policy == nil {
+		return errOption("backhand", "the proxy's selection policy must be backhand")
+	}
+	return nil
+}
+
+// withBackhandDefaults fills the proxy config's upstreams, policy and
+// retries, and rejects upstreams of other kinds: the directive balances
+// over the cluster's peers only.
+func withBackhandDefaults(raw json.RawMessage) (json.RawMessage, error) {
+	rp := new(reverseproxy.Handler)
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, rp); err != nil {
+			return nil, fmt.Errorf("backhand: proxy: %v", err)
+		}
+	}
+	if len(rp.Upstreams) > 0 {
+		return nil, errOption("backhand", "proxy: static upstreams are not allowed; requests go to the cluster's peers")
+	}
+	if rp.DynamicUpstreamsRaw == nil {
+		rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(&Upstreams{}, "source", "backhand", nil)
+	}
+	if rp.LoadBalancing == nil {
+		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
+	}
+	if rp.LoadBalancing.SelectionPolicyRaw == nil {
+		rp.LoadBalancing.SelectionPolicyRaw = caddyconfig.JSONModuleObject(&Selection{}, "policy", "backhand", nil)
+	}
+	if rp.LoadBalancing.Retries == 0 && rp.LoadBalancing.TryDuration == 0 {
+		rp.LoadBalancing.Retries = defaultRetries
+	}
+	return json.Marshal(rp)
+}
+
+// ServeHTTP balances the request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	now := time.Now()
+	keys := h.node.keys.Load()
+	if marker := r.Header.Get(hopHeader); marker != "" {
+		r.Header.Del(hopHeader)
+		if _, client, ok := checkHop(keys.hop, marker, now); ok {
+			if client != "" {
+				caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, client)
+			}
+			return h.serveLocally(w, r, next)
+		}
+		h.logger.Debug("ignoring an invalid hop marker", zap.String("remote", r.RemoteAddr))
+	}
+
+	c := newCandidates(r, now, h.node, h.policy)
+	h.policy.run(c)
+	winner := c.first()
+	if winner == nil || winner.Peer.Self {
+		h.setCookie(w, r, c, winner)
+		c.release()
+		return h.serveLocally(w, r, next)
+	}
+	h.setCookie(w, r, c, winner)
+	if c.redirect != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		target := c.redirect.redirectHost(c, winner)
+		c.release()
+		return redirect(w, r, target)
+	}
+	st := ensureState(r)
+	if st == nil {
+		c.release()
+		return h.serveLocally(w, r, next) // not a request from Caddy's server
+	}
+	st.plan(c.list[:min(len(c.list), h.policy.keep)])
+	c.release()
+	return h.forward(w, r, next, st, keys)
+}
+
+// forward proxies the request to the planned peers, and serves it here if
+// every try failed before a response started.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, keys *derivedKeys) error {
+	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	r.Header.Set(hopHeader, hopMarker(keys.hop, h.app.Name, client, time.Now()))
+	counting := st.count()
+	st.tracked = true
+	tw := &startedWriter{ResponseWriter: w}
+	err := h.proxy.ServeHTTP(tw, r, next)
+	st.finish(time.Now())
+	r.Header.Del(hopHeader)
+	if err != nil && !tw.started && r.Context().Err() == nil {
+		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
+		st.chosen, st.counted = nil, !counting
+		return h.serveLocally(w, r, next)
+	}
+	if counting && st.chosen != nil && !st.chosen.cur.Load().Self {
+		h.node.stats.forwarded.Add(1)
+	}
+	return err
+}
+
+// serveLocally hands the request to the rest of the route, counting it as
+// one this node serves unless backhand_track already does.
+func (h *Handler) serveLocally(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !stateOf(r).count() {
+		return next.ServeHTTP(w, r)
+	}
+	st := &h.node.stats
+	st.busy.Add(1)
+	start := time.Now()
+	defer func() {
+		st.busy.Add(-1)
+		st.latencyMicros.Add(uint64(time.Since(start).Microseconds()))
+		st.done.Add(1)
+	}()
+	return next.ServeHTTP(w, r)
+}
+
+// setCookie sets byCookie's cookie when the winner differs from it.
+func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, c *Candidates, winner *Candidate) {
+	if c.cookie == "" || winner == nil {
+		return
+	}
+	value := h.node.cookieValueFor(winner.Peer.Name)
+	if ck, err := r.Cookie(c.cookie); err == nil && ck.Value == value {
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: c.cookie, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil})
+}
+
+// redirect answers 302 Found to the same URI on host.
+func redirect(w http.ResponseWriter, r *http.Request, host string) error {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	w.Header().Set("Location", scheme+"://"+host+r.URL.RequestURI())
+	w.WriteHeader(http.StatusFound)
+	return nil
+}
+
+// startedWriter notes whether a response has started, so that a failed
+// forward can still be served locally when it has not.
+type startedWriter struct {
+	http.ResponseWriter
+	started bool
+}
+
+func (w *startedWriter) WriteHeader(code int) {
+	w.started = true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *startedWriter) Write(b []byte) (int, error) {
+	w.started = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *startedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// parseHandler sets up the handler from Caddyfile tokens. Syntax:
+//
+//	backhand [<matcher>] {
+//		<candidacy function> [<args...>]    # one per line, in order
+//		max_age | keep | predict | fallback # the policy's options
+//		<reverse_proxy subdirectives>       # transport, header_up, lb_retries, ...
+//	}
+//
+// An empty block (or none) runs DefaultChain.
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	d := h.Dispenser
+	policy := new(Selection)
+	for d.Next() {
+		for d.NextBlock(0) {
+			name := d.Val()
+			if !isPolicyLine(name) {
+				continue
+			}
+			seg := d.NextSegment()
+			d.DeleteN(len(seg))
+			sd := caddyfile.NewDispenser(seg)
+			sd.Next()
+			if err := policy.unmarshalLine(sd); err != nil {
+				return nil, err
+			}
+		}
+	}
+	d.Reset()
+	rp := new(reverseproxy.Handler)
+	if err := rp.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
+		return nil, err
+	}
+	if len(rp.Upstreams) > 0 || rp.DynamicUpstreamsRaw != nil {
+		return nil, d.Errf("backhand: upstreams are the cluster's peers; use reverse_proxy for other upstreams")
+	}
+	if rp.LoadBalancing != nil && rp.LoadBalancing.SelectionPolicyRaw != nil {
+		return nil, d.Errf("backhand: lb_policy is the candidacy chain; write the functions in the block instead")
+	}
+	if rp.LoadBalancing == nil {
+		rp.LoadBalancing = new(reverseproxy.LoadBalancing)
+	}
+	rp.LoadBalancing.SelectionPolicyRaw = caddyconfig.JSONModuleObject(policy, "policy", "backhand", nil)
+	raw, err := json.Marshal(rp)
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{ProxyRaw: raw}, nil
+}
+
+// isPolicyLine reports whether a line of the directive's block belongs to
+// the policy (a candidacy function or one of its options) rather than to
+// reverse_proxy.
+func isPolicyLine(name string) bool {
+	switch name {
+	case "max_age", "keep", "predict", "fallback":
+		return true
+	}
+	_, err := caddy.GetModule("backhand.functions." + name)
+	return err == nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

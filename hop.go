@@ -1,0 +1,66 @@
+package backhand
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// hopHeader marks a request that a backhand node forwarded to a peer. The
+// receiving node serves it itself and never forwards it again, which is
+// what prevents loops; the marker also carries the original client's
+// address, so the receiving node can log the real client. It is
+// authenticated with a key derived from the cluster key and valid for
+// hopWindow, so a client cannot forge one: a forged or expired marker is
+// stripped and the request is balanced as any other. Without a cluster key
+// (insecure_no_key) markers are not authenticated; a forged one can then
+// only make a node serve a request itself.
+const (
+	hopHeader  = "Backhand-Hop"
+	hopVersion = "v1"
+	hopWindow  = 30 * time.Second
+)
+
+// hopMarker is "v1;<node>;<client ip>;<unix ms>;<MAC>", the MAC being the
+// first 16 bytes of HMAC-SHA256 over the rest, in hex ("-" without a key).
+func hopMarker(key []byte, node, client string, now time.Time) string {
+	body := hopVersion + ";" + node + ";" + client + ";" + strconv.FormatInt(now.UnixMilli(), 10)
+	return body + ";" + hopMAC(key, body)
+}
+
+func hopMAC(key []byte, body string) string {
+	if key == nil {
+		return "-"
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(body))
+	return hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+// checkHop verifies a marker and returns the node that forwarded the
+// request and the original client's address.
+func checkHop(key []byte, marker string, now time.Time) (from, client string, ok bool) {
+	i := strings.LastIndexByte(marker, ';')
+	if i < 0 {
+		return "", "", false
+	}
+	body, mac := marker[:i], marker[i+1:]
+	if !hmac.Equal([]byte(mac), []byte(hopMAC(key, body))) {
+		return "", "", false
+	}
+	parts := strings.Split(body, ";")
+	if len(parts) != 4 || parts[0] != hopVersion || parts[1] == "" {
+		return "", "", false
+	}
+	ms, err := strconv.ParseInt(parts[3], 10, 64)
+	if err != nil {
+		return "", "", false
+	}
+	if d := now.Sub(time.UnixMilli(ms)); d > hopWindow || d < -hopWindow {
+		return "", "", false
+	}
+	return parts[1], parts[2], true
+}
