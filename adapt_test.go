@@ -58,10 +58,24 @@ func TestCaddyfileAdapt(t *testing.T) {
 				t.Fatal(err)
 			}
 			if got.String() != want {
+				if os.Getenv("BACKHAND_UPDATE_GOLDEN") == "1" {
+					updateGolden(t, name, in, got.String())
+					return
+				}
 				t.Errorf("adapted JSON differs.\n--- got\n%s\n--- want\n%s", got.String(), want)
 			}
 		})
 	}
+}
+
+// updateGolden rewrites a golden file's expectation (BACKHAND_UPDATE_GOLDEN=1):
+// review the diff before committing it.
+func updateGolden(t *testing.T, name, in, got string) {
+	path := filepath.Join("testdata", "caddyfile_adapt", name)
+	if err := os.WriteFile(path, []byte(in+"\n----------\n"+got+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("updated %s", path)
 }
 
 // TestJSONConfig loads each JSON config the way Caddy does (strict decoding,

@@ -261,3 +261,34 @@ func (c *Candidates) first() *Candidate {
 
 // log2Floor is floor(log2(n)) for n >= 1.
 func log2Floor(n int) int { return bits.Len(uint(n)) - 1 }
+
+// NewCandidatesForTest starts a candidate list over peers as a chain would
+// see them at now, for testing candidacy functions written in other
+// packages. Peers with Self set stand for this node. Not for production
+// use: the list is not taken from a running app's table.
+func NewCandidatesForTest(r *http.Request, now time.Time, peers ...*Peer) *Candidates {
+	t := newPeerTable(tableLimits{maxPeers: len(peers) + 1, maxAge: time.Hour})
+	for _, p := range peers {
+		t.insertLocked(p)
+	}
+	c := &Candidates{req: r, now: now, view: t.peers(), rnd: rand.IntN, predict: true}
+	for _, s := range c.view {
+		if s.cur.Load().Self {
+			c.self = s
+		}
+	}
+	return c
+}
+
+// Names returns the names of the candidates left, in order, or nil when
+// the request would be served locally.
+func (c *Candidates) Names() []string {
+	if c.first() == nil {
+		return nil
+	}
+	out := make([]string, len(c.list))
+	for i, x := range c.list {
+		out[i] = x.Peer.Name
+	}
+	return out
+}

@@ -127,9 +127,10 @@ func hostIP(hostport string) netip.Addr {
 // the cluster key, so clients cannot steer themselves to a node of their
 // choice): when the request carries a valid cookie naming a candidate, that
 // candidate becomes the only one. The `backhand` directive sets the cookie
-// (HttpOnly, SameSite=Lax, Path=/) whenever the winner differs from it, and
-// so does the policy when reverse_proxy hands it a response writer.
-// `byCookie [name]`.
+// (HttpOnly, SameSite=Lax, Path=/) whenever the winner differs from it; in
+// a plain reverse_proxy it is only read, so the application or another
+// handler must set it (with this node's signing, which needs the
+// directive). `byCookie [name]`.
 type ByCookie struct {
 	// Name is the cookie's name. Default: backhand.
 	Name string `json:"name,omitempty"`

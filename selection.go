@@ -20,7 +20,7 @@ func init() {
 // Caddy modules can add functions by registering a module in the
 // `backhand.functions` namespace that implements this interface (and
 // caddyfile.Unmarshaler, to be written as a line of `lb_policy backhand`);
-// see the byCookie-free example in example_function_test.go.
+// examples/byheader is a complete, tested example.
 type CandidacyFunction interface {
 	Candidates(c *Candidates)
 }

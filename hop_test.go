@@ -1,0 +1,44 @@
+package backhand
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHopMarker(t *testing.T) {
+	key := deriveKey([]byte("cluster-secret-for-the-test"), hopLabel)
+	other := deriveKey([]byte("another-cluster-secret-xx"), hopLabel)
+	at := time.Unix(1_800_000_000, 0)
+	m := hopMarker(key, "node1", "203.0.113.7", at)
+
+	if from, client, ok := checkHop(key, m, at.Add(time.Second)); !ok || from != "node1" || client != "203.0.113.7" {
+		t.Fatalf("valid marker: from %q client %q ok %v", from, client, ok)
+	}
+	bad := map[string]string{
+		"wrong key":          m,
+		"tampered client":    strings.Replace(m, "203.0.113.7", "203.0.113.8", 1),
+		"tampered node":      strings.Replace(m, "node1", "node2", 1),
+		"unsigned forgery":   "v1;node1;203.0.113.7;1800000000000;-",
+		"no MAC":             "v1;node1;203.0.113.7;1800000000000",
+		"garbage":            "hello",
+		"empty":              "",
+		"future version MAC": hopMarker(key, "node1", "x", at)[:0] + "v2;node1;x;1800000000000;00",
+	}
+	for name, marker := range bad {
+		k := key
+		if name == "wrong key" {
+			k = other
+		}
+		if _, _, ok := checkHop(k, marker, at); ok {
+			t.Errorf("%s: accepted %q", name, marker)
+		}
+	}
+	if _, _, ok := checkHop(key, m, at.Add(hopWindow+time.Second)); ok {
+		t.Error("expired marker accepted")
+	}
+	// Without a cluster key, markers are unsigned and accepted as such.
+	if _, _, ok := checkHop(nil, hopMarker(nil, "n", "c", at), at); !ok {
+		t.Error("unsigned marker rejected by a node without a key")
+	}
+}
