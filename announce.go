@@ -286,10 +286,35 @@ func (an *announcer) gather(ctx context.Context, now time.Time) Figures {
 	return f
 }
 
-// evict removes peers silent for too long and logs them.
+// evict removes peers silent for too long, and logs them and every change
+// of a peer's state (stale, back, draining).
 func (an *announcer) evict(now time.Time) {
 	for _, p := range an.node.table.sweep(now) {
 		an.logger.Info("peer evicted", zap.String("peer", p.Name), zap.Duration("silent", p.Age(now)))
+	}
+	maxAge := time.Duration(an.app.MaxAge)
+	for _, s := range an.node.table.peers() {
+		p := s.cur.Load()
+		state := peerState(p, now, maxAge)
+		prev := s.local.logged.Load()
+		if prev != nil && *prev == state || !s.local.logged.CompareAndSwap(prev, &state) || prev == nil {
+			continue // unchanged, logged by another announcer, or just joined (logged on receipt)
+		}
+		an.logStateChange(p, *prev, state, now)
+	}
+}
+
+func (an *announcer) logStateChange(p *Peer, from, to string, now time.Time) {
+	fields := []zap.Field{zap.String("peer", p.Name), zap.String("from", from), zap.String("to", to)}
+	switch {
+	case to == "stale":
+		an.logger.Warn("peer went stale", append(fields, zap.Duration("silent", p.Age(now)))...)
+	case from == "stale":
+		an.logger.Info("peer came back", fields...)
+	case to == "draining":
+		an.logger.Info("peer is draining", fields...)
+	default:
+		an.logger.Info("peer state changed", fields...)
 	}
 }
 

@@ -127,6 +127,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			if client != "" {
 				caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, client)
 			}
+			h.node.decisions.record(outcomeLocal)
 			return h.serveLocally(w, r, next)
 		}
 		h.logger.Debug("ignoring an invalid hop marker", zap.String("remote", r.RemoteAddr))
@@ -135,15 +136,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	c := newCandidates(r, now, h.node, h.policy)
 	h.policy.run(c)
 	winner := c.first()
+	h.node.decisions.timeChain(time.Since(now))
 	if winner == nil || winner.Peer.Self {
 		h.setCookie(w, r, c, winner)
 		c.release()
+		h.node.decisions.record(outcomeLocal)
 		return h.serveLocally(w, r, next)
 	}
 	h.setCookie(w, r, c, winner)
 	if c.redirect != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		target := c.redirect.redirectHost(c, winner)
 		c.release()
+		h.node.decisions.record(outcomeRedirected)
 		return redirect(w, r, target)
 	}
 	st := ensureState(r)
@@ -152,6 +156,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveLocally(w, r, next) // not a request from Caddy's server
 	}
 	st.plan(c.list[:min(len(c.list), h.policy.keep)])
+	st.decided = true // the directive counts its own outcome
 	c.release()
 	return h.forward(w, r, next, st, keys)
 }
@@ -170,10 +175,14 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if err != nil && !tw.started && r.Context().Err() == nil {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
 		st.chosen, st.counted = nil, !counting
+		h.node.decisions.record(outcomeFailedOver)
 		return h.serveLocally(w, r, next)
 	}
-	if counting && st.chosen != nil && !st.chosen.cur.Load().Self {
-		h.node.stats.forwarded.Add(1)
+	if st.chosen != nil && !st.chosen.cur.Load().Self {
+		h.node.decisions.record(outcomeForwarded)
+		if counting {
+			h.node.stats.forwarded.Add(1)
+		}
 	}
 	return err
 }

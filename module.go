@@ -275,6 +275,7 @@ type node struct {
 	incarnation uint64
 	seq         atomic.Uint64
 	stats       localStats
+	decisions   decisions
 	draining    atomic.Bool // set through the admin API
 	keys        atomic.Pointer[derivedKeys]
 	speedOnce   sync.Once

@@ -16,6 +16,7 @@ type peerLocal struct {
 	sent       atomic.Uint64 // requests this node has sent to the peer
 	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
 	latency    peakEWMA
+	logged     atomic.Pointer[string] // the state last logged, so each change is logged once
 }
 
 // announced records that a new announcement has arrived: from now on, what

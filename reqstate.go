@@ -36,6 +36,10 @@ type requestState struct {
 	// this node's figures, so that backhand_track and the backhand
 	// directive on one route do not count it twice.
 	counted bool
+	// decided is set once the request's outcome is counted: the backhand
+	// directive counts its own; reverse_proxy's policy counts the first
+	// choice of a request it balances alone.
+	decided bool
 }
 
 // count claims the counting of the request for the caller: true if no

@@ -170,30 +170,60 @@ func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w ht
 	if st != nil && st.offeredFor(pool) {
 		for i, up := range pool {
 			if up.Available() {
-				st.choose(st.offered[i], time.Now())
+				s.chose(st, st.offered[i], time.Now())
 				return up
 			}
 		}
-		return s.fallback.Select(pool, r, w)
+		return s.fallbackSelect(pool, r, w)
 	}
-	c := newCandidates(r, time.Now(), s.node, s)
+	start := time.Now()
+	c := newCandidates(r, start, s.node, s)
 	defer c.release()
 	if st != nil {
 		c.exclude = st
 	}
 	s.run(c)
-	if first := c.first(); first != nil {
+	first := c.first()
+	s.node.decisions.timeChain(time.Since(start))
+	if first != nil {
 		for _, x := range c.list {
 			for _, up := range pool {
 				if up.Dial == x.Peer.Advertise && up.Available() {
-					if st != nil {
-						st.choose(x.slot, c.now)
-					}
+					s.chose(st, x.slot, c.now)
 					return up
 				}
 			}
 		}
 	}
+	return s.fallbackSelect(pool, r, w)
+}
+
+// chose records the chosen peer in the request's state and the outcome.
+func (s *Selection) chose(st *requestState, slot *peerSlot, now time.Time) {
+	o := outcomeForwarded
+	if slot.cur.Load().Self {
+		o = outcomeLocal
+	}
+	if st != nil {
+		st.choose(slot, now)
+	}
+	s.decide(st, o)
+}
+
+// decide counts the outcome once per request.
+func (s *Selection) decide(st *requestState, o outcome) {
+	if st != nil {
+		if st.decided {
+			return
+		}
+		st.decided = true
+	}
+	s.node.decisions.record(o)
+}
+
+// fallbackSelect lets the fallback policy choose, and counts it.
+func (s *Selection) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
+	s.decide(stateOf(r), outcomeFallback)
 	return s.fallback.Select(pool, r, w)
 }
 

@@ -115,12 +115,15 @@ func (u *Upstreams) candidates(r *http.Request) []*reverseproxy.Upstream {
 	if st != nil && st.nPlanned > 0 {
 		return u.offer(st, st.takePlan())
 	}
-	c := newCandidates(r, time.Now(), u.node, u.policy)
+	start := time.Now()
+	c := newCandidates(r, start, u.node, u.policy)
 	defer c.release()
 	c.exclude = st
 	c.filter(u)
 	u.policy.run(c)
-	if c.first() == nil {
+	first := c.first()
+	u.node.decisions.timeChain(time.Since(start))
+	if first == nil {
 		return nil
 	}
 	return u.offer(st, c.list)
