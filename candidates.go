@@ -252,11 +252,21 @@ func (c *Candidates) sortByKey() {
 
 // first is the winner: the first candidate, or nil to serve locally.
 func (c *Candidates) first() *Candidate {
-	c.materialize(-1)
-	if c.off || len(c.list) == 0 {
+	if h := c.head(1); len(h) > 0 {
+		return &h[0]
+	}
+	return nil
+}
+
+// head returns the first k candidates (fewer if the list is shorter; none
+// after off). A list still lazy is evaluated only that far: after a bare
+// byRandom, k random draws instead of a shuffle of every peer.
+func (c *Candidates) head(k int) []Candidate {
+	if c.off {
 		return nil
 	}
-	return &c.list[0]
+	c.materialize(k)
+	return c.list[:min(k, len(c.list))]
 }
 
 // log2Floor is floor(log2(n)) for n >= 1.

@@ -155,7 +155,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		c.release()
 		return h.serveLocally(w, r, next) // not a request from Caddy's server
 	}
-	st.plan(c.list[:min(len(c.list), h.policy.keep)])
+	st.plan(c.head(h.policy.keep))
 	st.decided = true // the directive counts its own outcome
 	c.release()
 	return h.forward(w, r, next, st, keys)

@@ -183,10 +183,10 @@ func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w ht
 		c.exclude = st
 	}
 	s.run(c)
-	first := c.first()
+	all := c.head(len(c.view))
 	s.node.decisions.timeChain(time.Since(start))
-	if first != nil {
-		for _, x := range c.list {
+	if len(all) > 0 {
+		for _, x := range all {
 			for _, up := range pool {
 				if up.Dial == x.Peer.Advertise && up.Available() {
 					s.chose(st, x.slot, c.now)

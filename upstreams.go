@@ -121,12 +121,12 @@ func (u *Upstreams) candidates(r *http.Request) []*reverseproxy.Upstream {
 	c.exclude = st
 	c.filter(u)
 	u.policy.run(c)
-	first := c.first()
+	best := c.head(u.policy.keep)
 	u.node.decisions.timeChain(time.Since(start))
-	if first == nil {
+	if len(best) == 0 {
 		return nil
 	}
-	return u.offer(st, c.list)
+	return u.offer(st, best)
 }
 
 // offer turns the first keep candidates into upstreams.
