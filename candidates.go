@@ -293,11 +293,12 @@ func NewCandidatesForTest(r *http.Request, now time.Time, peers ...*Peer) *Candi
 // Names returns the names of the candidates left, in order, or nil when
 // the request would be served locally.
 func (c *Candidates) Names() []string {
-	if c.first() == nil {
+	all := c.head(len(c.view))
+	if len(all) == 0 {
 		return nil
 	}
-	out := make([]string, len(c.list))
-	for i, x := range c.list {
+	out := make([]string, len(all))
+	for i, x := range all {
 		out[i] = x.Peer.Name
 	}
 	return out

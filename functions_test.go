@@ -69,14 +69,7 @@ func chainNames(s *Selection, r *http.Request, seed uint64) []string {
 	rng := rand.New(rand.NewPCG(seed, seed))
 	c.rnd = rng.IntN
 	s.run(c)
-	if c.first() == nil {
-		return nil
-	}
-	var out []string
-	for _, x := range c.list {
-		out = append(out, x.Peer.Name)
-	}
-	return out
+	return c.Names()
 }
 
 func fig(n ...string) []string { return n }
