@@ -239,7 +239,7 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		<function> [<args...>]
 //		...
 //		max_age  <duration>
-//		predict  on|off
+//		predict  off|blend|decay
 //		keep     <n>
 //		fallback <policy> [<args...>]
 //	}
@@ -267,15 +267,12 @@ func (s *Selection) unmarshalLine(d *caddyfile.Dispenser) error {
 	case "keep":
 		return oneInt(d, &s.Keep)
 	case "predict":
-		var v string
-		if err := oneString(d, &v); err != nil {
+		if err := oneString(d, &s.Predict); err != nil {
 			return err
 		}
-		if v != "on" && v != "off" {
-			return d.Errf("predict: want on or off, got %q", v)
+		if _, err := parsePredict(s.Predict); err != nil {
+			return d.Err(err.Error())
 		}
-		on := v == "on"
-		s.Predict = &on
 		return nil
 	case "fallback":
 		if !d.NextArg() {

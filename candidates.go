@@ -45,11 +45,11 @@ type Candidates struct {
 
 	exclude *requestState // peers this request already tried are not candidates again
 
-	costBase float64    // byCost's n
-	predict  bool       // estimates include what this node sent since the announcement
-	redirect redirector // set by HTTPRedirectTo*: answer with a redirect to the winner
-	cookie   string     // set by byCookie: the cookie that names the winner
-	off      bool       // off (backhand_off): serve locally, whatever follows
+	costBase float64     // byCost's n
+	predict  predictMode // how estimates account for the age of announcements
+	redirect redirector  // set by HTTPRedirectTo*: answer with a redirect to the winner
+	cookie   string      // set by byCookie: the cookie that names the winner
+	off      bool        // off (backhand_off): serve locally, whatever follows
 }
 
 // peerFilter is a filter that looks at one peer at a time, so the list can
@@ -69,7 +69,9 @@ func newCandidates(r *http.Request, now time.Time, n *node, s *Selection) *Candi
 	c.self = n.table.selfSlot(c.view)
 	c.stats = &n.stats
 	c.rnd = rand.IntN
-	c.predict = s != nil && s.predict
+	if s != nil {
+		c.predict = s.predict
+	}
 	return c
 }
 
@@ -281,7 +283,7 @@ func NewCandidatesForTest(r *http.Request, now time.Time, peers ...*Peer) *Candi
 	for _, p := range peers {
 		t.insertLocked(p)
 	}
-	c := &Candidates{req: r, now: now, view: t.peers(), rnd: rand.IntN, predict: true}
+	c := &Candidates{req: r, now: now, view: t.peers(), rnd: rand.IntN, predict: predictBlend}
 	for _, s := range c.view {
 		if s.cur.Load().Self {
 			c.self = s

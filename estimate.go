@@ -1,5 +1,7 @@
 package backhand
 
+import "time"
+
 // The figures candidacy functions rank by. Announced figures are up to an
 // interval old; with prediction on (the default, or addPrediction), each
 // load-like figure of a peer also counts the requests this node has sent it
@@ -9,16 +11,27 @@ package backhand
 
 // busy estimates the requests in flight at x's peer now.
 func (c *Candidates) busy(x *Candidate) float64 {
-	if x.Peer.Self && c.stats != nil {
+	switch {
+	case x.Peer.Self && c.stats != nil:
 		return float64(max(c.stats.busy.Load(), 0))
+	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
+		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
+		if tau == 0 {
+			tau = defaultTau
+		}
+		return x.slot.local.decayed(x.Peer.Age(c.now), tau)
 	}
 	return float64(x.Peer.Figures.Busy) + c.predicted(x)
 }
 
+// defaultTau is the decay time constant for a peer that announces no
+// response time yet.
+const defaultTau = 100 * time.Millisecond
+
 // predicted is what this node added to x's peer since its announcement, or
 // 0 with prediction off.
 func (c *Candidates) predicted(x *Candidate) float64 {
-	if !c.predict || x.Peer.Self || x.slot == nil {
+	if c.predict == predictOff || x.Peer.Self || x.slot == nil {
 		return 0
 	}
 	return float64(x.slot.local.sentSinceAnnounce())

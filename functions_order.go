@@ -333,7 +333,11 @@ func (AddPrediction) CaddyModule() caddy.ModuleInfo {
 }
 
 // Candidates applies the function.
-func (AddPrediction) Candidates(c *Candidates) { c.predict = true }
+func (AddPrediction) Candidates(c *Candidates) {
+	if c.predict == predictOff {
+		c.predict = predictBlend
+	}
+}
 
 // Interface guards
 var (

@@ -191,7 +191,7 @@ func TestPrediction(t *testing.T) {
 	n.stats.busy.Store(20) // self is busier than its own announcement says
 
 	without := policy(n, &ByBusyChildren{})
-	without.predict = false
+	without.predict = predictOff
 	if got := chainNames(without, nil, 1); !slices.Equal(got, fig("a", "b", "me")) {
 		t.Errorf("announced only: got %v, want [a b me] (self uses its live count)", got)
 	}
@@ -367,7 +367,7 @@ func TestByLatencyPeakEWMA(t *testing.T) {
 // prediction, the requests this node sent count and the load spreads.
 func TestHerd(t *testing.T) {
 	const peers, decisions = 10, 1000
-	run := func(predict bool, chain ...CandidacyFunction) float64 {
+	run := func(predict predictMode, chain ...CandidacyFunction) float64 {
 		var ps []*Peer
 		for i := range peers {
 			b := uint32(20)
@@ -394,9 +394,9 @@ func TestHerd(t *testing.T) {
 		return float64(toMin) / decisions
 	}
 	classic := []CandidacyFunction{&ByAge{}, &ByRandom{}, &ByLogWindow{}, &ByBusyChildren{}}
-	stale, predicted := run(false, classic...), run(true, classic...)
+	stale, predicted := run(predictOff, classic...), run(predictBlend, classic...)
 	t.Logf("byRandom byLogWindow byBusyChildren, share to the apparent minimum: announced only %.3f, with prediction %.3f", stale, predicted)
-	leastAll, leastAllPredicted := run(false, &ByBusyChildren{}), run(true, &ByBusyChildren{})
+	leastAll, leastAllPredicted := run(predictOff, &ByBusyChildren{}), run(predictBlend, &ByBusyChildren{})
 	t.Logf("byBusyChildren over all peers: announced only %.3f, with prediction %.3f", leastAll, leastAllPredicted)
 	if leastAll != 1 {
 		t.Errorf("least busy of all, announced only: %.3f to the apparent minimum, want 1 (the stampede)", leastAll)

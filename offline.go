@@ -107,7 +107,10 @@ func (s *Selection) provisionOffline() error {
 	if s.maxAge == 0 {
 		s.maxAge = time.Hour
 	}
-	s.predict = s.Predict == nil || *s.Predict
+	var err error
+	if s.predict, err = parsePredict(s.Predict); err != nil {
+		return err
+	}
 	s.keep = defaultKeep
 	if len(s.ChainRaw) == 0 {
 		s.chain = DefaultChain()

@@ -16,19 +16,46 @@ type peerLocal struct {
 	sent       atomic.Uint64 // requests this node has sent to the peer
 	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
 	latency    peakEWMA
+
+	// What the peer's last announcement showed beyond this node's own
+	// requests (others' share: other entry points, direct traffic), and its
+	// long-run mean over announcements, for the "decay" estimate. Written
+	// only by the announcement's writer (under the table's lock).
+	othersAt   atomic.Uint64          // float64 bits
+	othersMean atomic.Uint64          // float64 bits
 	logged     atomic.Pointer[string] // the state last logged, so each change is logged once
 }
 
 // announced records that a new announcement has arrived: from now on, what
 // the peer announced already includes the requests in flight at this moment.
 func (l *peerLocal) announced(f *Figures) {
-	l.atAnnounce.Store(l.inflight.Load())
+	own := l.inflight.Load()
+	l.atAnnounce.Store(own)
+	others := max(float64(f.Busy)-float64(own), 0)
+	mean := math.Float64frombits(l.othersMean.Load())
+	mean += othersMeanWeight * (others - mean)
+	l.othersAt.Store(math.Float64bits(others))
+	l.othersMean.Store(math.Float64bits(mean))
 	for {
 		hwm := l.loadHWM.Load()
 		if f.Load1000 <= hwm || l.loadHWM.CompareAndSwap(hwm, f.Load1000) {
 			return
 		}
 	}
+}
+
+// othersMeanWeight is the EWMA weight of one announcement in othersMean.
+const othersMeanWeight = 0.1
+
+// decayed estimates the peer's requests in flight age after its last
+// announcement: this node's own, exactly, plus the others' share decaying
+// from what the announcement showed towards its mean, with time constant
+// tau.
+func (l *peerLocal) decayed(age, tau time.Duration) float64 {
+	at := math.Float64frombits(l.othersAt.Load())
+	mean := math.Float64frombits(l.othersMean.Load())
+	w := math.Exp(-float64(max(age, 0)) / float64(max(tau, time.Microsecond)))
+	return float64(max(l.inflight.Load(), 0)) + mean + (at-mean)*w
 }
 
 // sentSinceAnnounce is how many more requests this node has in flight to

@@ -51,11 +51,22 @@ type Selection struct {
 	// list. Default: the backhand app's max_age.
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
 
-	// Predict makes every load-like function rank peers by an estimate that
-	// adds, to each peer's announced figure, the requests this node has sent
-	// it since that announcement and still has in flight (the same as
-	// putting addPrediction first). Default: true.
-	Predict *bool `json:"predict,omitempty"`
+	// Predict says how load-like functions estimate a peer's requests in
+	// flight between its announcements, which are up to an interval old:
+	//
+	//   - "off": the announced figure as it is (mod_backhand);
+	//   - "blend": the announced figure plus the requests this node has
+	//     sent the peer since that announcement and still has in flight
+	//     (addPrediction; exact while the announcement is fresh);
+	//   - "decay": this node's own requests in flight there, exactly, plus
+	//     the others' share, which starts at what the announcement showed
+	//     and decays, as the announcement ages, towards its long-run mean
+	//     for that peer (time constant: the peer's announced response
+	//     time). Stale figures then weigh little, persistent load from
+	//     elsewhere still counts.
+	//
+	// Default: see DefaultPredict.
+	Predict string `json:"predict,omitempty"`
 
 	// Keep is how many of the chain's best candidates reverse_proxy gets
 	// from `dynamic backhand` on each attempt: the first available one wins,
@@ -71,7 +82,7 @@ type Selection struct {
 	node     *node
 	app      *App
 	maxAge   time.Duration
-	predict  bool
+	predict  predictMode
 	keep     int
 }
 
@@ -102,7 +113,9 @@ func (s *Selection) Provision(ctx caddy.Context) error {
 	if s.maxAge < 0 {
 		return errOption("lb_policy backhand", "max_age must be positive, got %v", s.maxAge)
 	}
-	s.predict = s.Predict == nil || *s.Predict
+	if s.predict, err = parsePredict(s.Predict); err != nil {
+		return errOption("lb_policy backhand", "%v", err)
+	}
 	s.keep = s.Keep
 	if s.keep == 0 {
 		s.keep = defaultKeep
@@ -141,6 +154,33 @@ func (s *Selection) loadChain(ctx caddy.Context) error {
 		s.chain = append(s.chain, f)
 	}
 	return nil
+}
+
+// predictMode is how estimates account for the age of announcements.
+type predictMode uint8
+
+const (
+	predictOff predictMode = iota
+	predictBlend
+	predictDecay
+)
+
+// DefaultPredict is the prediction mode used unless one is configured.
+const DefaultPredict = "blend"
+
+func parsePredict(s string) (predictMode, error) {
+	if s == "" {
+		s = DefaultPredict
+	}
+	switch s {
+	case "off":
+		return predictOff, nil
+	case "blend", "on":
+		return predictBlend, nil
+	case "decay":
+		return predictDecay, nil
+	}
+	return 0, fmt.Errorf("predict: want off, blend or decay, got %q", s)
 }
 
 // DefaultChain is the chain used when none is configured: drop peers heard
