@@ -44,8 +44,11 @@ func (l *peerLocal) announced(f *Figures) {
 	}
 }
 
-// othersMeanWeight is the EWMA weight of one announcement in othersMean.
-const othersMeanWeight = 0.1
+// othersMeanWeight is the EWMA weight of one announcement in othersMean:
+// about fifty announcements, enough to average out queue noise (the
+// simulator shows a shorter memory doing worse than local-only choice when
+// announcements are old) while following load that persists.
+const othersMeanWeight = 0.02
 
 // decayed estimates the peer's requests in flight age after its last
 // announcement: this node's own, exactly, plus the others' share decaying

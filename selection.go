@@ -166,7 +166,7 @@ const (
 )
 
 // DefaultPredict is the prediction mode used unless one is configured.
-const DefaultPredict = "blend"
+const DefaultPredict = "decay"
 
 func parsePredict(s string) (predictMode, error) {
 	if s == "" {

@@ -1,0 +1,100 @@
+package cluster
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// PeersView is the JSON of the admin API's GET /backhand/peers, decoded on
+// the client side (the fields the tests and the runner use).
+type PeersView struct {
+	Node        string         `json:"node"`
+	Cluster     string         `json:"cluster"`
+	Incarnation string         `json:"incarnation"`
+	Time        time.Time      `json:"time"`
+	MaxAgeMS    int64          `json:"max_age_ms"`
+	Sent        uint64         `json:"announcements_sent"`
+	Accepted    uint64         `json:"announcements_accepted"`
+	Rejected    map[string]int `json:"announcements_rejected"`
+	Peers       []PeerView     `json:"peers"`
+}
+
+// PeerView is one row of PeersView.
+type PeerView struct {
+	Name        string   `json:"name"`
+	Advertise   string   `json:"advertise"`
+	Tags        []string `json:"tags"`
+	State       string   `json:"state"`
+	AgeMS       int64    `json:"age_ms"`
+	Incarnation string   `json:"incarnation"`
+	Seq         uint64   `json:"seq"`
+	Source      string   `json:"source,omitempty"`
+	Load        float64  `json:"load"`
+	CPUs        float64  `json:"cpus"`
+	Busy        uint32   `json:"busy"`
+	Capacity    uint32   `json:"capacity"`
+	Forwarded   uint64   `json:"forwarded"`
+	Speed       uint32   `json:"speed"`
+	Draining    bool     `json:"draining"`
+}
+
+// Peer returns the row of the named peer.
+func (v *PeersView) Peer(name string) (PeerView, bool) {
+	i := slices.IndexFunc(v.Peers, func(p PeerView) bool { return p.Name == name })
+	if i < 0 {
+		return PeerView{}, false
+	}
+	return v.Peers[i], true
+}
+
+// Self returns this node's own row.
+func (v *PeersView) Self() (PeerView, bool) {
+	i := slices.IndexFunc(v.Peers, func(p PeerView) bool { return p.State == "self" })
+	if i < 0 {
+		return PeerView{}, false
+	}
+	return v.Peers[i], true
+}
+
+// States maps each listed peer to its state.
+func (v *PeersView) States() map[string]string {
+	m := make(map[string]string, len(v.Peers))
+	for _, p := range v.Peers {
+		m[p.Name] = p.State
+	}
+	return m
+}
+
+// SeesAll returns nil if the view lists every one of names, this node as
+// "self" and the others as "live"; otherwise an error describing the view.
+func (v *PeersView) SeesAll(names ...string) error {
+	for _, n := range names {
+		p, ok := v.Peer(n)
+		want := "live"
+		if n == v.Node {
+			want = "self"
+		}
+		if !ok || p.State != want {
+			return fmt.Errorf("%s sees %s, want %s %s", v.Node, v.Summary(), n, want)
+		}
+	}
+	return nil
+}
+
+// Summary is a one-line "name=state(age)" list of the peers.
+func (v *PeersView) Summary() string {
+	parts := make([]string, 0, len(v.Peers))
+	for _, p := range v.Peers {
+		if p.State == "self" {
+			parts = append(parts, p.Name+"=self")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s=%s(%dms)", p.Name, p.State, p.AgeMS))
+	}
+	if len(parts) == 0 {
+		return "(no peers)"
+	}
+	return strings.Join(parts, " ")
+}

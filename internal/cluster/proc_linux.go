@@ -1,0 +1,12 @@
+package cluster
+
+import "syscall"
+
+// sysProcAttr puts the child in its own process group, so that a terminal's
+// Ctrl-C reaches only the runner, which then stops the nodes in order; and
+// kills it if the thread that started it exits (the runner was killed).
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+func signalGroup(pid int, sig syscall.Signal) error { return syscall.Kill(-pid, sig) }
