@@ -195,6 +195,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.node = val.(*node)
+	registerMetrics(ctx)
 	return nil
 }
 

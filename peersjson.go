@@ -6,8 +6,9 @@ import (
 )
 
 // PeersView is this node's view of its cluster, as served in JSON by the
-// admin API at GET /backhand/peers. Its field names are a stable schema:
-// fields may be added, never renamed or removed.
+// admin API at GET /backhand/peers and by the `backhand_status` handler
+// (with ?format=json or Accept: application/json). Its field names are a
+// stable schema: fields may be added, never renamed or removed.
 type PeersView struct {
 	Node        string         `json:"node"`
 	Cluster     string         `json:"cluster"`
@@ -18,6 +19,25 @@ type PeersView struct {
 	Accepted    uint64         `json:"announcements_accepted"`
 	Rejected    map[string]int `json:"announcements_rejected"` // by reason; every reason listed
 	Peers       []PeerView     `json:"peers"`                  // sorted by name, self included
+
+	// SlowStartMS is the slow-start window the states were computed with;
+	// 0 (omitted) means no peer is shown as "slow-start".
+	SlowStartMS int64 `json:"slow_start_ms,omitempty"`
+
+	// Draining is whether this node announces itself as draining from
+	// its next announcement on: the `drain` option or the admin API's
+	// drain. (An application report may also drain it; the self row's
+	// `draining` shows what was last announced.)
+	Draining bool `json:"draining"`
+
+	// AdminDrain is whether the admin API's POST /backhand/drain is in
+	// effect (cleared by POST /backhand/undrain).
+	AdminDrain bool `json:"admin_drain"`
+
+	// Decisions counts how this node's balancing decisions ended since the
+	// process started, by outcome: local, forwarded, redirected, fallback,
+	// failed_over. Every outcome is listed.
+	Decisions map[string]uint64 `json:"decisions"`
 }
 
 // PeerView is one row of PeersView. Loads are plain numbers (1.5 means a
@@ -26,7 +46,7 @@ type PeerView struct {
 	Name        string   `json:"name"`
 	Advertise   string   `json:"advertise"`
 	Tags        []string `json:"tags"`
-	State       string   `json:"state"` // self, live, stale or draining
+	State       string   `json:"state"` // self, live, stale, draining or slow-start
 	AgeMS       int64    `json:"age_ms"`
 	Incarnation string   `json:"incarnation"`
 	Seq         uint64   `json:"seq"`
@@ -38,18 +58,43 @@ type PeerView struct {
 	MemAvail    uint64   `json:"mem_avail"`
 	Busy        uint32   `json:"busy"`
 	Capacity    uint32   `json:"capacity"`
-	LatencyMS   float64  `json:"latency_ms"`
-	Forwarded   uint64   `json:"forwarded"`
+	LatencyMS   float64  `json:"latency_ms"` // the peer's own response-time EWMA, as announced
+	Forwarded   uint64   `json:"forwarded"`  // requests the peer forwarded to others, as announced
 	Speed       uint32   `json:"speed"`
 	Draining    bool     `json:"draining"`
 	AppWeight   *float64 `json:"app_weight,omitempty"` // 0-1, when the application reports one
 	AppLoad     *float64 `json:"app_load,omitempty"`
+
+	// SentByThisNode is how many requests this node has proxied to the
+	// peer since this process started (0 for peers it never chose).
+	SentByThisNode uint64 `json:"sent_by_this_node"`
+
+	// InFlightFromThisNode is how many of them are in flight now.
+	InFlightFromThisNode int64 `json:"in_flight_from_this_node"`
+
+	// ObservedLatencyMS is this node's peak-EWMA estimate of the peer's
+	// response time to its proxied requests (10 s time constant); omitted
+	// until this node has sent the peer a request.
+	ObservedLatencyMS *float64 `json:"observed_latency_ms,omitempty"`
 }
 
-// peersView builds the view of node n under app's settings at now.
+// viewOptions are the presentation settings of a view.
+type viewOptions struct {
+	// slowStart shows peers first heard (in their current incarnation)
+	// within this window as "slow-start"; 0 turns the state off.
+	slowStart time.Duration
+}
+
+// peersView builds the view of app's node at now.
 func peersView(app *App, now time.Time) PeersView {
+	return peersViewWith(app, now, viewOptions{})
+}
+
+// peersViewWith builds the view of app's node at now with opts.
+func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 	n := app.node
 	t := n.table
+	admin := n.draining.Load()
 	v := PeersView{
 		Node:        app.Name,
 		Cluster:     app.Cluster,
@@ -60,14 +105,36 @@ func peersView(app *App, now time.Time) PeersView {
 		Accepted:    t.accepts.Load(),
 		Rejected:    make(map[string]int, numRejectReasons),
 		Peers:       []PeerView{},
+		SlowStartMS: opts.slowStart.Milliseconds(),
+		Draining:    app.Drain || admin,
+		AdminDrain:  admin,
+		Decisions:   make(map[string]uint64, numOutcomes),
 	}
 	for r := range numRejectReasons {
 		v.Rejected[r.String()] = int(t.rejects[r].Load())
 	}
+	for o := range numOutcomes {
+		v.Decisions[o.String()] = n.decisions.outcomes[o].Load()
+	}
 	for _, s := range t.peers() {
-		v.Peers = append(v.Peers, rowOf(s.cur.Load(), now, time.Duration(app.MaxAge)))
+		v.Peers = append(v.Peers, slotRow(s, now, time.Duration(app.MaxAge), opts))
 	}
 	return v
+}
+
+// slotRow is the row of one slot: the peer's announced record plus this
+// node's own counters for it.
+func slotRow(s *peerSlot, now time.Time, maxAge time.Duration, opts viewOptions) PeerView {
+	p := s.cur.Load()
+	pv := rowOf(p, now, maxAge)
+	pv.State = viewState(p, now, maxAge, opts.slowStart)
+	pv.SentByThisNode = s.local.sent.Load()
+	pv.InFlightFromThisNode = s.local.inflight.Load()
+	if us, ok := s.local.latency.micros(); ok {
+		ms := us / 1000
+		pv.ObservedLatencyMS = &ms
+	}
+	return pv
 }
 
 func rowOf(p *Peer, now time.Time, maxAge time.Duration) PeerView {
@@ -121,4 +188,16 @@ func peerState(p *Peer, now time.Time, maxAge time.Duration) string {
 		return "draining"
 	}
 	return "live"
+}
+
+// viewState is peerState plus "slow-start": a live peer whose current
+// incarnation was first heard less than slowStart ago (a node that just
+// joined or restarted, which a slowStart candidacy function with the same
+// window is still ramping up). Stale and draining take precedence.
+func viewState(p *Peer, now time.Time, maxAge, slowStart time.Duration) string {
+	s := peerState(p, now, maxAge)
+	if s == "live" && slowStart > 0 && now.Sub(p.FirstSeen) < slowStart {
+		return "slow-start"
+	}
+	return s
 }
