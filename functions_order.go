@@ -145,7 +145,10 @@ func (b *biased) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // ByLoad orders by load, least first: the load average (with prediction,
 // plus the requests this node sent since the announcement) divided by the
 // number of CPUs and by the speed rating, so a load of 4 on an 8-CPU node
-// counts as half a load of 4 on a 4-CPU one. `byLoad [bias]`.
+// counts as half a load of 4 on a 4-CPU one. A peer whose application
+// reports its own load (app_report `load=`) is ranked by that figure
+// instead, as it is: the application knows its load better than the
+// kernel does. `byLoad [bias]`.
 type ByLoad struct{ biased }
 
 // CaddyModule returns the Caddy module information.
@@ -157,6 +160,9 @@ func (ByLoad) CaddyModule() caddy.ModuleInfo {
 func (f *ByLoad) Candidates(c *Candidates) { c.orderBy(f) }
 
 func (f *ByLoad) rank(c *Candidates, x *Candidate) float64 {
+	if x.Peer.Figures.HasAppLoad {
+		return float64(x.Peer.Figures.AppLoad1000)/1000 + f.selfBias(x)
+	}
 	return c.load(x)/(cpus(x.Peer)*speed(x.Peer)) + f.selfBias(x)
 }
 

@@ -101,6 +101,9 @@ func TestChainFunctions(t *testing.T) {
 		{"byLoad per CPU and speed, least first",
 			[]*Peer{tp("a", 0, withLoad(2000), cpuN(4000)), tp("b", 0, withLoad(1000), cpuN(1000)), tp("c", 0, withLoad(3000), cpuN(8000), spd(2000))},
 			[]CandidacyFunction{&ByLoad{}}, fig("c", "a", "b")}, // 0.1875, 0.5, 1.0
+		{"byLoad takes the application's own load when reported",
+			[]*Peer{tp("a", 0, withLoad(100)), tp("b", 0, withLoad(4000), func(p *Peer) { p.Figures.AppLoad1000, p.Figures.HasAppLoad = 50, true })},
+			[]CandidacyFunction{&ByLoad{}}, fig("b", "a")},
 		{"byLoad ties keep order",
 			[]*Peer{tp("a", 0, withLoad(1000)), tp("b", 0, withLoad(1000)), tp("c", 0, withLoad(500))},
 			[]CandidacyFunction{&ByLoad{}}, fig("c", "a", "b")},

@@ -66,6 +66,10 @@ type NodeConfig struct {
 	// ExtraBackhand are lines added to the `backhand` block.
 	ExtraBackhand []string
 
+	// AppDirectives are lines added to the app site before its respond,
+	// e.g. a `backhand { ... }` block that makes the node an entry point.
+	AppDirectives []string
+
 	// ExtraSites are site blocks appended to the Caddyfile.
 	ExtraSites []string
 
@@ -221,6 +225,9 @@ func (c NodeConfig) Caddyfile() string {
 	w(0, ":%d {", c.HTTPPort)
 	w(1, "bind %s", c.Host())
 	w(1, "backhand_track")
+	for _, l := range c.AppDirectives {
+		w(1, "%s", l)
+	}
 	w(1, "respond %q", "served by "+c.NodeName())
 	w(0, "}")
 	if c.Entry {

@@ -1,0 +1,396 @@
+package backhand_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-backhand/backhand/internal/cluster"
+)
+
+// The `backhand` directive on every node's app site: each node is an entry
+// point, as with mod_backhand. These tests send requests to node1's app
+// site and look at which node answered ("served by nodeN").
+
+// directiveCluster starts n nodes whose app site runs `backhand { chain }`
+// (the chain's lines separated by ";").
+func directiveCluster(t *testing.T, base, n int, chain string, modify func(*cluster.NodeConfig)) []*cluster.Node {
+	t.Helper()
+	nodes, _ := itCluster{base: base, n: n, modify: func(c *cluster.NodeConfig) {
+		c.Entry = false
+		c.AppDirectives = []string{backhandBlock(chain)}
+		if modify != nil {
+			modify(c)
+		}
+	}}.start(t)
+	waitAllSeeAll(t, nodes, 2*itInterval+itStartup)
+	return nodes
+}
+
+func backhandBlock(chain string) string {
+	lines := strings.Split(chain, ";")
+	for i, l := range lines {
+		lines[i] = "\t\t" + strings.TrimSpace(l)
+	}
+	return "backhand {\n" + strings.Join(lines, "\n") + "\n\t}"
+}
+
+// servedBy makes count requests to url and counts who served them; any
+// failure fails the test.
+func servedBy(t *testing.T, client *cluster.Node, url string, count int) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	for i := range count {
+		who, err := get(t.Context(), client, url)
+		if err != nil {
+			t.Fatalf("request %d of %d: %v", i+1, count, err)
+		}
+		seen[who]++
+	}
+	return seen
+}
+
+// Nodes whose applications report different loads receive traffic in that
+// order, and the order follows the reports as they change.
+func TestIntegrationDirectiveFollowsAppLoad(t *testing.T) {
+	dir := t.TempDir()
+	report := func(i int) string { return filepath.Join(dir, fmt.Sprintf("load%d", i)) }
+	write := func(i int, load string) {
+		if err := os.WriteFile(report(i), []byte("load="+load+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(1, "0.9")
+	write(2, "0.1")
+	write(3, "0.5")
+	nodes := directiveCluster(t, 22100, 3, "byLoad; predict off", func(c *cluster.NodeConfig) {
+		c.ExtraBackhand = []string{"app_report file " + report(c.Index)}
+	})
+	url := nodes[0].Config.AppURL()
+	waitServedBy(t, nodes[0], url, "node2")
+	if seen := servedBy(t, nodes[0], url, 20); seen["node2"] != 20 {
+		t.Errorf("with loads 0.9/0.1/0.5 every request should go to node2: %v", seen)
+	}
+	write(2, "0.95") // node2 is now the busiest: node3 (0.5) comes first
+	waitServedBy(t, nodes[0], url, "node3")
+	if seen := servedBy(t, nodes[0], url, 20); seen["node3"] != 20 {
+		t.Errorf("with loads 0.9/0.95/0.5 every request should go to node3: %v", seen)
+	}
+}
+
+// waitServedBy polls until a request to url is served by want.
+func waitServedBy(t *testing.T, client *cluster.Node, url, want string) {
+	t.Helper()
+	err := cluster.Poll(t.Context(), 3*time.Second+5*itInterval, itPoll, func() error {
+		who, err := get(t.Context(), client, url)
+		if err != nil {
+			return cluster.Permanent(err)
+		}
+		if who != want {
+			return fmt.Errorf("served by %s, want %s", who, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// When the chain picks this node (a large byLoad bias towards self) or
+// ends empty (off), the rest of the route serves the request locally.
+func TestIntegrationDirectiveServesLocally(t *testing.T) {
+	for _, chain := range []string{"byLoad 1000", "off"} {
+		t.Run(chain, func(t *testing.T) {
+			base := 22200
+			if chain == "off" {
+				base = 22250
+			}
+			nodes := directiveCluster(t, base, 3, chain, nil)
+			for _, n := range nodes {
+				if seen := servedBy(t, n, n.Config.AppURL(), 10); seen[n.Name()] != 10 {
+					t.Errorf("chain %q: requests to %s should all be served there: %v", chain, n.Name(), seen)
+				}
+			}
+		})
+	}
+}
+
+// A node never forwards a request that a peer forwarded to it: with
+// removeSelf on every node, each request is forwarded exactly once. A
+// marker a client forged is stripped and ignored (the request is balanced
+// as usual); a valid one makes the node serve the request itself.
+func TestIntegrationDirectiveLoopPrevention(t *testing.T) {
+	nodes := directiveCluster(t, 22300, 3, "removeSelf; byRandom", nil)
+	node1 := nodes[0]
+	url := node1.Config.AppURL()
+	seen := servedBy(t, node1, url, 30)
+	if seen["node1"] != 0 || seen["node2"] == 0 || seen["node3"] == 0 {
+		t.Errorf("with removeSelf everywhere, node1's requests should be served once forwarded, by node2 and node3: %v", seen)
+	}
+
+	forged := fmt.Sprintf("v1;node2;203.0.113.9;%d;%s", time.Now().UnixMilli(), strings.Repeat("ab", 16))
+	for range 10 {
+		who := getWithHop(t, node1, url, forged)
+		if who == "node1" {
+			t.Fatalf("a forged hop marker made node1 serve the request itself")
+		}
+	}
+	valid := validHop(itKey, "node2", "203.0.113.9", time.Now())
+	for range 5 {
+		if who := getWithHop(t, node1, url, valid); who != "node1" {
+			t.Fatalf("a valid hop marker: served by %s, want node1 (a forwarded request is never forwarded again)", who)
+		}
+	}
+}
+
+// validHop builds a hop marker as a node of the cluster does, to check
+// the receiving side: HMAC-SHA256 keyed by HMAC-SHA256(secret, label).
+func validHop(secret, node, client string, at time.Time) string {
+	k := hmac.New(sha256.New, []byte(secret))
+	k.Write([]byte("caddy-backhand hop v1"))
+	m := hmac.New(sha256.New, k.Sum(nil))
+	body := "v1;" + node + ";" + client + ";" + strconv.FormatInt(at.UnixMilli(), 10)
+	m.Write([]byte(body))
+	return body + ";" + hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+func getWithHop(t *testing.T, n *cluster.Node, url, marker string) string {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), "GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Backhand-Hop", marker)
+	resp, err := n.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body := readAll(resp)
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, "served by ") {
+		t.Fatalf("GET with a hop marker: %d %q", resp.StatusCode, body)
+	}
+	return strings.TrimPrefix(body, "served by ")
+}
+
+func readAll(resp *http.Response) string {
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
+	}
+}
+
+// HTTPRedirectToIP answers GET with a redirect to the winner's address
+// instead of proxying; other methods are proxied.
+func TestIntegrationDirectiveRedirect(t *testing.T) {
+	nodes := directiveCluster(t, 22400, 3, "removeSelf; byRandom; HTTPRedirectToIP", nil)
+	node1 := nodes[0]
+	noFollow := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	targets := map[string]bool{}
+	for range 20 {
+		resp, err := noFollow.Get(node1.Config.AppURL() + "some/path?q=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusFound || !strings.HasSuffix(loc, "/some/path?q=1") {
+			t.Fatalf("GET: %d Location %q, want 302 to a peer with the same URI", resp.StatusCode, loc)
+		}
+		targets[loc] = true
+	}
+	want := map[string]bool{nodes[1].Config.AppURL() + "some/path?q=1": true, nodes[2].Config.AppURL() + "some/path?q=1": true}
+	for loc := range targets {
+		if !want[loc] {
+			t.Errorf("redirected to %s, want node2 or node3", loc)
+		}
+	}
+	resp, err := noFollow.Post(node1.Config.AppURL(), "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(resp)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || body == "served by node1" {
+		t.Errorf("POST: %d %q, want it proxied to a peer", resp.StatusCode, body)
+	}
+}
+
+// bySession keeps a session with the server whose IPv4 address starts its
+// id; byCookie keeps a client with the node the directive chose first.
+func TestIntegrationDirectiveSessionAffinity(t *testing.T) {
+	nodes := directiveCluster(t, 22500, 3, "bySession; byCookie; byRandom", nil)
+	node1 := nodes[0]
+	url := node1.Config.AppURL()
+	for range 10 {
+		if who := getWithHeader(t, url, "Cookie", "PHPSESSID=7f000003c0ffee"); who != "node3" {
+			t.Fatalf("PHPSESSID 7f000003...: served by %s, want node3 (127.0.0.3)", who)
+		}
+	}
+
+	// byCookie: the first answer sets the cookie; every later request
+	// with it goes to the same node.
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := strings.TrimPrefix(readAll(resp), "served by ")
+	resp.Body.Close()
+	var cookie *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "backhand" {
+			cookie = c
+		}
+	}
+	if cookie == nil {
+		t.Fatalf("no backhand cookie set; headers %v", resp.Header)
+	}
+	for range 15 {
+		if who := getWithHeader(t, url, "Cookie", "backhand="+cookie.Value); who != first {
+			t.Fatalf("with the cookie for %s: served by %s", first, who)
+		}
+	}
+	if who := getWithHeader(t, url, "Cookie", "backhand=node2.00000000000000000000000000000000"); who == "" {
+		t.Fatal("a forged cookie broke the request")
+	}
+}
+
+func getWithHeader(t *testing.T, url, key, value string) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", url, nil)
+	req.Header.Set(key, value)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body := readAll(resp)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %q", url, resp.StatusCode, body)
+	}
+	return strings.TrimPrefix(body, "served by ")
+}
+
+// loadLoop sends requests from workers until stopped or max requests were
+// made, counting failures.
+type loadLoop struct {
+	total, failed atomic.Int64
+	mu            sync.Mutex
+	errs          []string
+	served        map[string]int
+	stop          chan struct{}
+	wg            sync.WaitGroup
+}
+
+func startLoad(ctx context.Context, client *cluster.Node, url string, workers int, max int64) *loadLoop {
+	l := &loadLoop{stop: make(chan struct{}), served: map[string]int{}}
+	for range workers {
+		l.wg.Go(func() {
+			for ctx.Err() == nil && l.total.Add(1) <= max {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				who, err := get(ctx, client, url)
+				if ctx.Err() != nil {
+					return
+				}
+				l.mu.Lock()
+				if err != nil {
+					l.failed.Add(1)
+					l.errs = append(l.errs, err.Error())
+				} else {
+					l.served[who]++
+				}
+				l.mu.Unlock()
+			}
+		})
+	}
+	return l
+}
+
+func (l *loadLoop) halt() map[string]int {
+	close(l.stop)
+	l.wg.Wait()
+	return l.served
+}
+
+// A peer killed under load loses no request: the next candidate is tried.
+func TestIntegrationDirectivePeerKilledUnderLoad(t *testing.T) {
+	nodes := directiveCluster(t, 22600, 3, "removeSelf; byRandom", func(c *cluster.NodeConfig) { c.MaxAge = 3 * itInterval })
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	load := startLoad(ctx, nodes[0], nodes[0].Config.AppURL(), 4, 3000)
+	waitRequests(t, load, 200)
+	if err := nodes[2].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := load.total.Load()
+	waitRequests(t, load, killedAt+500)
+	served := load.halt()
+	t.Logf("%d requests, %d after kill -9 of node3; served %v", load.total.Load(), load.total.Load()-killedAt, served)
+	if f := load.failed.Load(); f > 0 {
+		t.Errorf("%d requests failed after node3 was killed: %v", f, load.errs[:min(len(load.errs), 5)])
+	}
+}
+
+func waitRequests(t *testing.T, l *loadLoop, n int64) {
+	t.Helper()
+	if err := cluster.Poll(t.Context(), 10*time.Second, 5*time.Millisecond, func() error {
+		if l.total.Load() < n {
+			return fmt.Errorf("%d of %d requests made", l.total.Load(), n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Changing the chain through the admin API (POST /load) takes effect for
+// the next requests without failing any in flight.
+func TestIntegrationDirectiveChainChangedLive(t *testing.T) {
+	nodes := directiveCluster(t, 22700, 3, "byHostname ^node2$", nil)
+	node1 := nodes[0]
+	url := node1.Config.AppURL()
+	if seen := servedBy(t, node1, url, 10); seen["node2"] != 10 {
+		t.Fatalf("byHostname ^node2$: %v", seen)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	load := startLoad(ctx, node1, url, 4, 3000)
+	waitRequests(t, load, 100)
+
+	cfg := node1.Config
+	cfg.AppDirectives = []string{backhandBlock("byHostname ^node3$")}
+	if err := node1.Load(t.Context(), cfg.Caddyfile()); err != nil {
+		t.Fatal(err)
+	}
+	waitServedBy(t, node1, url, "node3")
+	after := servedBy(t, node1, url, 20)
+	waitRequests(t, load, load.total.Load()+200)
+	served := load.halt()
+	t.Logf("under load during the change: %v", served)
+	if after["node3"] != 20 {
+		t.Errorf("after the change every request should go to node3: %v", after)
+	}
+	if f := load.failed.Load(); f > 0 {
+		t.Errorf("%d requests failed during the change: %v", f, load.errs[:min(len(load.errs), 5)])
+	}
+}
