@@ -4,8 +4,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -24,31 +26,50 @@ const (
 	hopWindow  = 30 * time.Second
 )
 
-// hopMarker is "v1;<node>;<client ip>;<unix ms>;<MAC>", the MAC being the
-// first 16 bytes of HMAC-SHA256 over the rest, in hex ("-" without a key).
-func hopMarker(key []byte, node, client string, now time.Time) string {
-	body := hopVersion + ";" + node + ";" + client + ";" + strconv.FormatInt(now.UnixMilli(), 10)
-	return body + ";" + hopMAC(key, body)
+// hopSigner signs and checks hop markers with one key. It pools its HMAC
+// states: every forwarded request needs one, and a fresh HMAC hashes the
+// key twice before it hashes the marker. A nil signer (no cluster key)
+// makes unsigned markers.
+type hopSigner struct {
+	macs sync.Pool // of hash.Hash
 }
 
-func hopMAC(key []byte, body string) string {
+func newHopSigner(key []byte) *hopSigner {
 	if key == nil {
+		return nil
+	}
+	return &hopSigner{macs: sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+}
+
+// hopMarker is "v1;<node>;<client ip>;<unix ms>;<MAC>", the MAC being the
+// first 16 bytes of HMAC-SHA256 over the rest, in hex ("-" without a key).
+func hopMarker(s *hopSigner, node, client string, now time.Time) string {
+	body := hopVersion + ";" + node + ";" + client + ";" + strconv.FormatInt(now.UnixMilli(), 10)
+	return body + ";" + s.mac(body)
+}
+
+func (s *hopSigner) mac(body string) string {
+	if s == nil {
 		return "-"
 	}
-	m := hmac.New(sha256.New, key)
+	m := s.macs.Get().(hash.Hash)
+	m.Reset()
 	m.Write([]byte(body))
-	return hex.EncodeToString(m.Sum(nil)[:16])
+	var sum [sha256.Size]byte
+	out := hex.EncodeToString(m.Sum(sum[:0])[:16])
+	s.macs.Put(m)
+	return out
 }
 
 // checkHop verifies a marker and returns the node that forwarded the
 // request and the original client's address.
-func checkHop(key []byte, marker string, now time.Time) (from, client string, ok bool) {
+func checkHop(s *hopSigner, marker string, now time.Time) (from, client string, ok bool) {
 	i := strings.LastIndexByte(marker, ';')
 	if i < 0 {
 		return "", "", false
 	}
 	body, mac := marker[:i], marker[i+1:]
-	if !hmac.Equal([]byte(mac), []byte(hopMAC(key, body))) {
+	if !hmac.Equal([]byte(mac), []byte(s.mac(body))) {
 		return "", "", false
 	}
 	parts := strings.Split(body, ";")

@@ -297,8 +297,8 @@ func newNode() *node {
 // derivedKeys are the keys derived from the cluster's shared secret for
 // what it authenticates besides announcements; nil without a secret.
 type derivedKeys struct {
-	cookie []byte // byCookie's cookies
-	hop    []byte // the hop marker of forwarded requests
+	cookie []byte     // byCookie's cookies
+	hop    *hopSigner // the hop marker of forwarded requests
 }
 
 // Labels that separate the keys derived from one secret.
@@ -311,7 +311,7 @@ func deriveKeys(secret []byte) *derivedKeys {
 	if secret == nil {
 		return &derivedKeys{}
 	}
-	return &derivedKeys{cookie: deriveKey(secret, cookieLabel), hop: deriveKey(secret, hopLabel)}
+	return &derivedKeys{cookie: deriveKey(secret, cookieLabel), hop: newHopSigner(deriveKey(secret, hopLabel))}
 }
 
 // Destruct implements caddy.Destructor; the node holds no OS resources.

@@ -88,7 +88,7 @@ type Selection struct {
 
 const (
 	defaultKeep = 4
-	maxKeep     = 16
+	maxKeep     = 8
 )
 
 // CaddyModule returns the Caddy module information.
