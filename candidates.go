@@ -30,13 +30,16 @@ type Candidate struct {
 // drops), and only what survives is sorted. Third-party functions see the
 // same semantics through All, Filter, Truncate and Sort.
 type Candidates struct {
-	req    *http.Request
-	now    time.Time
-	self   *peerSlot
-	stats  *localStats // this node's live counters, fresher than its own announcement
-	view   peerView
-	rnd    func(n int) int
-	policy *Selection
+	req   *http.Request
+	now   time.Time
+	self  *peerSlot
+	stats *localStats // this node's live counters, fresher than its own announcement
+	// selfCounted is 1 when stats already count the request being decided,
+	// which must not weigh against serving it here.
+	selfCounted int64
+	view        peerView
+	rnd         func(n int) int
+	policy      *Selection
 
 	pending  []peerFilter // filters not yet applied to the view
 	shuffled bool         // a shuffle of the whole list is pending
@@ -68,6 +71,9 @@ func newCandidates(r *http.Request, now time.Time, n *node, s *Selection) *Candi
 	c.view = n.table.peers()
 	c.self = n.table.selfSlot(c.view)
 	c.stats = &n.stats
+	if st := stateOf(r); st != nil && st.counted {
+		c.selfCounted = 1 // backhand_track already counts this request as busy here
+	}
 	c.rnd = rand.IntN
 	if s != nil {
 		c.predict = s.predict

@@ -13,7 +13,7 @@ import "time"
 func (c *Candidates) busy(x *Candidate) float64 {
 	switch {
 	case x.Peer.Self && c.stats != nil:
-		return float64(max(c.stats.busy.Load(), 0))
+		return float64(max(c.stats.busy.Load()-c.selfCounted, 0))
 	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
 		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
 		if tau == 0 {

@@ -307,8 +307,15 @@ func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
 // divided by capacity times speed, the figure an ideal balancer that saw
 // every queue would minimise. In flight is estimated as for
 // byBusyChildren; the application's weight, when reported, scales the
-// capacity. Part of the recommended default chain.
-type ByWait struct{ noArgs }
+// capacity. On a tie this node wins, since forwarding costs a hop for
+// nothing; `byWait <bias>` favours it by that many requests more. Part of
+// the recommended default chain.
+type ByWait struct {
+	// Bias is how many requests in flight this node's own count is
+	// lowered by before comparing, to offset the cost of forwarding.
+	// Default: 0 (this node still wins ties).
+	Bias float64 `json:"bias,omitempty"`
+}
 
 // CaddyModule returns the Caddy module information.
 func (ByWait) CaddyModule() caddy.ModuleInfo {
@@ -323,7 +330,24 @@ func (f *ByWait) rank(c *Candidates, x *Candidate) float64 {
 	if w <= 0 {
 		return math.Inf(1)
 	}
-	return (c.busy(x) + 1) / (capacity(x.Peer) * speed(x.Peer) * w)
+	busy := c.busy(x)
+	if x.Peer.Self {
+		busy -= f.Bias + selfTie
+	}
+	return (busy + 1) / (capacity(x.Peer) * speed(x.Peer) * w)
+}
+
+// selfTie makes this node win exact ties.
+const selfTie = 1e-6
+
+// UnmarshalCaddyfile reads `byWait [bias]`.
+func (f *ByWait) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	var b biased
+	if err := b.UnmarshalCaddyfile(d); err != nil {
+		return err
+	}
+	f.Bias = b.Bias
+	return nil
 }
 
 // AddPrediction makes the load-like functions after it (byLoad,

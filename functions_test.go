@@ -154,6 +154,9 @@ func TestChainFunctions(t *testing.T) {
 		{"byWait uses capacity and speed",
 			[]*Peer{tp("slow", 0, busy(4), spd(1000)), tp("fast", 0, busy(12), spd(4000)), tp("mid", 0, busy(6), spd(2000))},
 			[]CandidacyFunction{&ByWait{}}, fig("fast", "mid", "slow")}, // 13/400, 7/200, 5/100
+		{"byWait: this node wins a tie",
+			[]*Peer{tp("a", 0, busy(3)), tp("me", 0, self), tp("z", 0, busy(3))},
+			[]CandidacyFunction{&ByWait{}}, fig("me", "a", "z")},
 		{"byWeight drops weight 0",
 			[]*Peer{tp("a", 0, appWeight(0)), tp("b", 0, appWeight(500))},
 			[]CandidacyFunction{&ByWeight{}}, fig("b")},

@@ -41,6 +41,7 @@ type options struct {
 	keepLogs  bool
 	interval  time.Duration
 	policy    string
+	mode      string
 }
 
 func parseFlags() options {
@@ -52,7 +53,8 @@ func parseFlags() options {
 	flag.StringVar(&o.key, "key", "", "shared announcement key, at least 16 bytes (default: a random 32-hex key)")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the logs and Caddyfiles after stopping")
 	flag.DurationVar(&o.interval, "interval", time.Second, "announcement interval")
-	flag.StringVar(&o.policy, "policy", "round_robin", "lb_policy of the entry point (e.g. round_robin, least_conn)")
+	flag.StringVar(&o.policy, "policy", "round_robin", "lb_policy of the entry point (e.g. round_robin, least_conn, backhand)")
+	flag.StringVar(&o.mode, "mode", "entry", "entry: node1 is an entry point proxying to the live nodes (dynamic backhand);\npeers: every node's app site runs the backhand directive, so every node is an entry point")
 	flag.Parse()
 	return o
 }
@@ -61,6 +63,8 @@ func (o options) check() error {
 	switch {
 	case flag.NArg() > 0:
 		return fmt.Errorf("unexpected arguments: %v", flag.Args())
+	case o.mode != "entry" && o.mode != "peers":
+		return fmt.Errorf("-mode %q: want entry or peers", o.mode)
 	case o.nodes < 1 || o.nodes > 254:
 		return fmt.Errorf("-nodes %d: want 1-254", o.nodes)
 	case o.basePort < 1 || o.basePort+1 > 65535:
@@ -132,9 +136,14 @@ func run() int {
 			Peers:     peers,
 			Key:       o.key,
 			Interval:  o.interval,
-			Entry:     i == 0,
+			Entry:     i == 0 && o.mode == "entry",
 			EntryPort: o.basePort,
 			LBPolicy:  o.policy,
+			// Every node shows its view of the cluster at /backhand/.
+			AppDirectives: []string{"backhand_status /backhand/*"},
+		}
+		if o.mode == "peers" {
+			configs[i].AppDirectives = append(configs[i].AppDirectives, "@app not path /backhand/*", "backhand @app")
 		}
 		names[i] = configs[i].NodeName()
 	}
@@ -184,7 +193,15 @@ func run() int {
 	for i, n := range nodes {
 		fmt.Printf("  %-7s app %s  admin %s  sees %s\n", n.Name(), n.Config.AppURL(), n.Config.AdminURL(), views[i].Summary())
 	}
-	fmt.Printf("\nEntry point (%s, lb_policy %s):\n  curl %s\n", nodes[0].Name(), o.policy, nodes[0].Config.EntryURL())
+	if o.mode == "entry" {
+		fmt.Printf("\nEntry point (%s, lb_policy %s):\n  curl %s\n", nodes[0].Name(), o.policy, nodes[0].Config.EntryURL())
+	} else {
+		fmt.Printf("\nEvery node is an entry point (the backhand directive, default chain); e.g.:\n  curl %s\n", nodes[0].Config.AppURL())
+	}
+	fmt.Printf("Status pages (open in a browser):\n")
+	for _, n := range nodes {
+		fmt.Printf("  %sbackhand/\n", n.Config.AppURL())
+	}
 	fmt.Printf("Peer tables (admin API):\n")
 	for _, n := range nodes {
 		fmt.Printf("  curl %s/backhand/peers\n", n.Config.AdminURL())
