@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -392,5 +393,63 @@ func TestIntegrationDirectiveChainChangedLive(t *testing.T) {
 	}
 	if f := load.failed.Load(); f > 0 {
 		t.Errorf("%d requests failed during the change: %v", f, load.errs[:min(len(load.errs), 5)])
+	}
+}
+
+// A candidate that Caddy reports unavailable is never chosen: with
+// unhealthy_request_count 1, node2 is full while one request is in flight
+// there, and the next candidate serves the others.
+func TestIntegrationPolicySkipsUnavailable(t *testing.T) {
+	release := make(chan struct{})
+	held := make(chan struct{}, 1)
+	hold := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		held <- struct{}{}
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+		fmt.Fprint(w, "served by node2 slowly")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hold.Serve(ln)
+	defer hold.Close()
+
+	nodes, _ := itCluster{base: 22800, n: 3, modify: func(c *cluster.NodeConfig) {
+		c.LBPolicy = "backhand {\n\t\t\tbyHostname ^node[23]$\n\t\t}"
+		c.ProxyOptions = []string{"unhealthy_request_count 1"}
+		if c.Index == 2 {
+			c.AppDirectives = []string{"handle /slow {\n\t\treverse_proxy " + ln.Addr().String() + "\n\t}"}
+		}
+	}}.start(t)
+	waitAllSeeAll(t, nodes, 2*itInterval+itStartup)
+	entry := nodes[0].Config.EntryURL()
+	if seen := servedBy(t, nodes[0], entry, 5); seen["node2"] != 5 {
+		t.Fatalf("node2 comes first by name: %v", seen)
+	}
+	slow := make(chan string, 1)
+	go func() {
+		_, body, err := nodes[0].Get(t.Context(), entry+"slow")
+		if err != nil {
+			body = err.Error()
+		}
+		slow <- body
+	}()
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow request never reached node2")
+	}
+	if seen := servedBy(t, nodes[0], entry, 10); seen["node3"] != 10 {
+		t.Errorf("while node2 is full, every request should go to node3: %v", seen)
+	}
+	close(release)
+	if body := <-slow; body != "served by node2 slowly" {
+		t.Errorf("the slow request: %q", body)
+	}
+	if seen := servedBy(t, nodes[0], entry, 5); seen["node2"] != 5 {
+		t.Errorf("once node2 is free again it comes first: %v", seen)
 	}
 }
