@@ -127,3 +127,22 @@ func requestWithVars() *http.Request {
 	ctx := context.WithValue(context.Background(), caddyhttp.VarsCtxKey, map[string]any{})
 	return r.WithContext(ctx)
 }
+
+// BenchmarkGetUpstreamsAll is `dynamic backhand` under one of Caddy's own
+// policies: every live peer as a fresh upstream, in one allocation.
+func BenchmarkGetUpstreamsAll(b *testing.B) {
+	for _, size := range benchSizes {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			n := benchNode(size)
+			src := &Upstreams{node: n, table: n.table, maxAge: time.Hour}
+			r := requestWithVars()
+			b.ReportAllocs()
+			for b.Loop() {
+				ups, _ := src.GetUpstreams(r)
+				if len(ups) != size {
+					b.Fatalf("%d upstreams, want %d", len(ups), size)
+				}
+			}
+		})
+	}
+}
