@@ -43,6 +43,20 @@ func (noArgs) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// optionalArg reads a function line with at most one argument into dst
+// (left as it is when absent).
+func optionalArg(d *caddyfile.Dispenser, dst *string) error {
+	d.Next()
+	if !d.NextArg() {
+		return nil
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
 // ByAge keeps the peers heard from within MaxAge (mod_backhand's
 // `byAge [seconds]`). The list already starts with the live peers only
 // (heard within the policy's max_age), so byAge matters when it is

@@ -97,15 +97,7 @@ func (f *HTTPRedirectToName) redirectHost(c *Candidates, x *Candidate) string {
 
 // UnmarshalCaddyfile reads `HTTPRedirectToName [format]`.
 func (f *HTTPRedirectToName) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if !d.NextArg() {
-		return nil
-	}
-	f.Format = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
+	return optionalArg(d, &f.Format)
 }
 
 // redirector is a function that turns the winner into a redirect.

@@ -64,15 +64,7 @@ func (f *BySession) name() string {
 
 // UnmarshalCaddyfile reads `bySession [name]`.
 func (f *BySession) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if !d.NextArg() {
-		return nil
-	}
-	f.Name = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
+	return optionalArg(d, &f.Name)
 }
 
 // sessionAddr finds the session id named name and decodes the IPv4 address
@@ -173,15 +165,7 @@ func (f *ByCookie) Candidates(c *Candidates) {
 
 // UnmarshalCaddyfile reads `byCookie [name]`.
 func (f *ByCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if !d.NextArg() {
-		return nil
-	}
-	f.Name = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
+	return optionalArg(d, &f.Name)
 }
 
 // cookieValueFor is "<node>.<hex MAC of node>"; without a cluster key, just
