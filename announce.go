@@ -2,8 +2,10 @@ package backhand
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -31,6 +33,7 @@ type announcer struct {
 	dests  atomic.Pointer[[]netip.AddrPort] // unicast peers, resolved
 
 	resolved map[string][]netip.AddrPort // last good addresses per peer host:port
+	claimed  []string                    // listen addresses counted in held
 
 	system   *systemGatherer
 	reporter *appReporter
@@ -90,6 +93,7 @@ func (an *announcer) closeConns() error {
 		errs = append(errs, c.Close())
 	}
 	an.conns = nil
+	an.unclaim()
 	return errors.Join(errs...)
 }
 
@@ -101,6 +105,9 @@ func (an *announcer) listen() error {
 		lc.Control = setBroadcast
 	}
 	for _, na := range an.app.listen {
+		if err := an.claim(na); err != nil {
+			return err
+		}
 		lns, err := na.ListenAll(context.Background(), lc)
 		if err != nil {
 			return fmt.Errorf("backhand: listen %s: %v", na, err)
@@ -118,6 +125,50 @@ func (an *announcer) listen() error {
 	}
 	an.send = an.conns[0]
 	return nil
+}
+
+// held counts the listen addresses that this process's announcers hold,
+// so that a config reload, which binds an address again while the old
+// config still holds it, can be told from another process on the same
+// address. Caddy binds with SO_REUSEPORT, so such a process would bind
+// without an error and silently take part of the announcements.
+var held = struct {
+	sync.Mutex
+	m map[string]int
+}{m: map[string]int{}}
+
+// claim checks that no other process listens on na (unless it is shared
+// on purpose, to receive a multicast group) and counts it as held.
+func (an *announcer) claim(na caddy.NetworkAddress) error {
+	key := na.String()
+	held.Lock()
+	defer held.Unlock()
+	if held.m[key] == 0 && !an.app.receivesGroupOn(na) {
+		for port := na.StartPort; port <= na.EndPort; port++ {
+			probe, err := net.ListenPacket(na.Network, na.JoinHostPort(port-na.StartPort))
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return fmt.Errorf("backhand: listen %s: another process already receives on this address, and would take part of the announcements", na)
+			}
+			if err == nil {
+				_ = probe.Close()
+			}
+		}
+	}
+	held.m[key]++
+	an.claimed = append(an.claimed, key)
+	return nil
+}
+
+// unclaim releases what claim counted.
+func (an *announcer) unclaim() {
+	held.Lock()
+	defer held.Unlock()
+	for _, key := range an.claimed {
+		if held.m[key]--; held.m[key] <= 0 {
+			delete(held.m, key)
+		}
+	}
+	an.claimed = nil
 }
 
 func setBroadcast(_, _ string, c syscall.RawConn) error {

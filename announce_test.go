@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +121,29 @@ func TestAnnounceWrongKeyRejected(t *testing.T) {
 	})
 	if p := a.node.table.lookup("b"); p != nil {
 		t.Errorf("a took b into its table despite the wrong key: %+v", p)
+	}
+}
+
+// Caddy binds with SO_REUSEPORT, so a second process on the same address
+// would bind silently and take part of the announcements: Start refuses.
+func TestListenRefusesAddressInUse(t *testing.T) {
+	other, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	app := &App{Name: "a", Cluster: "t", Advertise: "127.0.0.1:1", InsecureNoKey: true,
+		Listen: []string{"udp/" + other.LocalAddr().String()}, logger: zap.NewNop()}
+	if err := app.compile(); err != nil {
+		t.Fatal(err)
+	}
+	app.node = newNode()
+	err = app.Start()
+	if err == nil {
+		_ = app.Stop()
+		t.Fatal("started on an address another socket receives on")
+	}
+	if !strings.Contains(err.Error(), "another process already receives on this address") {
+		t.Errorf("error %v", err)
 	}
 }

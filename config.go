@@ -227,6 +227,18 @@ func (a *App) compileGroup(g MulticastGroup) (multicastDest, error) {
 	return d, nil
 }
 
+// receivesGroupOn reports whether na is a listen address that receives one
+// of the multicast groups, which several processes may share on purpose.
+func (a *App) receivesGroupOn(na caddy.NetworkAddress) bool {
+	wildcard := na.Host == "" || na.Host == "0.0.0.0" || na.Host == "::"
+	for _, g := range a.groups {
+		if wildcard && na.StartPort <= uint(g.group.Port()) && uint(g.group.Port()) <= na.EndPort {
+			return true
+		}
+	}
+	return false
+}
+
 // receivesOn reports whether a wildcard listen address covers port, which a
 // multicast group needs to be received.
 func (a *App) receivesOn(port uint16) bool {
