@@ -23,6 +23,7 @@ type peerLocal struct {
 	// only by the announcement's writer (under the table's lock).
 	othersAt   atomic.Uint64          // float64 bits
 	othersMean atomic.Uint64          // float64 bits
+	othersN    atomic.Uint64          // announcements in othersMean
 	logged     atomic.Pointer[string] // the state last logged, so each change is logged once
 }
 
@@ -33,7 +34,8 @@ func (l *peerLocal) announced(f *Figures) {
 	l.atAnnounce.Store(own)
 	others := max(float64(f.Busy)-float64(own), 0)
 	mean := math.Float64frombits(l.othersMean.Load())
-	mean += othersMeanWeight * (others - mean)
+	n := l.othersN.Add(1)
+	mean += max(othersMeanWeight, 1/float64(n)) * (others - mean)
 	l.othersAt.Store(math.Float64bits(others))
 	l.othersMean.Store(math.Float64bits(mean))
 	for {
@@ -44,11 +46,14 @@ func (l *peerLocal) announced(f *Figures) {
 	}
 }
 
-// othersMeanWeight is the EWMA weight of one announcement in othersMean:
-// about fifty announcements, enough to average out queue noise (the
-// simulator shows a shorter memory doing worse than local-only choice when
-// announcements are old) while following load that persists.
-const othersMeanWeight = 0.02
+// othersMeanWeight is the EWMA weight of one announcement in othersMean
+// once it has settled: about two hundred announcements, enough to average
+// out queue noise while following load that persists. The simulator
+// (BENCHMARKS.md) shows shorter memories doing worse than local-only choice
+// when announcements are many service times old. Until a peer has sent that
+// many, each announcement weighs 1/n, so the mean starts as a plain
+// average instead of creeping up from zero.
+const othersMeanWeight = 0.005
 
 // decayed estimates the peer's requests in flight age after its last
 // announcement: this node's own, exactly, plus the others' share decaying
