@@ -61,8 +61,10 @@ type App struct {
 
 	// Advertise is the host:port that peers forward HTTP requests to
 	// (mod_backhand's `MulticastStats <myip> ...`). A URL such as
-	// http://10.0.0.4:8080 is accepted and reduced to its host:port.
-	// Default: the first non-loopback address of this host, port 80.
+	// http://10.0.0.4:8080 is accepted and reduced to its host:port; the
+	// scheme is not announced, so for https set `transport http { tls }` on
+	// the forwarding side. Default: the first non-loopback address of this
+	// host, port 80.
 	Advertise string `json:"advertise,omitempty"`
 
 	// Tags are short labels (at most 8, each at most 32 bytes) so that
