@@ -168,12 +168,24 @@ func (u *Upstreams) all(r *http.Request) []*reverseproxy.Upstream {
 }
 
 // keep is the source's filters as a candidacy filter.
-func (u *Upstreams) keep(c *Candidates, p *Peer) bool { return u.keepAt(p, c.now) }
+// Unless the source sets its own max_age, the age limit is then the
+// policy's (its starting list), which may differ from the app's.
+func (u *Upstreams) keep(c *Candidates, p *Peer) bool {
+	if u.MaxAge == 0 {
+		return u.passes(p)
+	}
+	return u.keepAt(p, c.now)
+}
 
 // keepAt reports whether p is a live candidate under this source's filters.
 func (u *Upstreams) keepAt(p *Peer, now time.Time) bool {
+	return p.Age(now) <= u.maxAge && u.passes(p)
+}
+
+// passes applies the source's filters other than age.
+func (u *Upstreams) passes(p *Peer) bool {
 	switch {
-	case p.Figures.Draining, p.Age(now) > u.maxAge, p.Advertise == "":
+	case p.Figures.Draining, p.Advertise == "":
 		return false
 	case p.Self && u.ExcludeSelf:
 		return false
