@@ -80,7 +80,6 @@ type Selection struct {
 	chain    []CandidacyFunction
 	fallback reverseproxy.Selector
 	node     *node
-	app      *App
 	maxAge   time.Duration
 	predict  predictMode
 	keep     int
@@ -105,7 +104,7 @@ func (s *Selection) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	s.app, s.node = app, app.node
+	s.node = app.node
 	s.maxAge = time.Duration(s.MaxAge)
 	if s.maxAge == 0 {
 		s.maxAge = time.Duration(app.MaxAge)
