@@ -1,0 +1,174 @@
+package bench
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestQuick runs the quick mode end to end (real Caddy processes, HAProxy
+// and nginx when installed) and checks the structure of what it produced:
+// every contender that can run here has a result with samples, the plot
+// and the marked BENCHMARKS.md section are written. It asserts no timings.
+func TestQuick(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs real Caddy processes for about a minute; skipped with -short")
+	}
+	for _, c := range QuickContenders() {
+		if why := available(c); why != "" {
+			t.Logf("contender %s will be skipped: %s", c.Name, why)
+		}
+	}
+	root := t.TempDir()
+	// Text outside the markers must survive.
+	md := filepath.Join(root, "BENCHMARKS.md")
+	if err := os.WriteFile(md, []byte("# Benchmarks\n\nlead's section\n\n"+beginMarker+"\nold\n"+endMarker+"\n\ntrailer\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	scenarios, err := SelectScenarios(DefaultScenarios(), []string{"heterogeneous"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{
+		Scenarios:  scenarios,
+		Contenders: QuickContenders(),
+		Loads:      []float64{0.4},
+		Warmup:     time.Second,
+		Measure:    3 * time.Second,
+		WorkDir:    t.TempDir(),
+		Block:      1,
+		Log:        testLog{t},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Meta = map[string]any{"command": "go test ./internal/bench", "quick": true}
+	if err := WriteReport(res, root); err != nil {
+		t.Fatal(err)
+	}
+
+	if len(res.Cells) != len(o.Contenders) {
+		t.Fatalf("%d cells, want one per contender (%d)", len(res.Cells), len(o.Contenders))
+	}
+	ran := 0
+	for _, c := range res.Cells {
+		if c.Skipped != "" {
+			if !strings.Contains(c.Skipped, "not installed") {
+				t.Errorf("%s skipped for an unexpected reason: %s", c.Contender, c.Skipped)
+			}
+			t.Logf("%s skipped: %s", c.Contender, c.Skipped)
+			continue
+		}
+		ran++
+		if c.Requests == 0 || c.Throughput <= 0 || len(c.CDF) == 0 || math.IsNaN(c.P99) {
+			t.Errorf("%s: empty result %+v", c.Contender, c)
+		}
+		if c.Errors > 0 {
+			// No assertion: under the race detector the harness itself is
+			// slow enough for timeouts. The count is reported.
+			t.Logf("%s: %d errors of %d requests", c.Contender, c.Errors, c.Requests)
+		}
+		sum := 0.0
+		for _, s := range c.Share {
+			sum += s
+		}
+		if math.Abs(sum-1) > 0.01 {
+			t.Errorf("%s: node shares sum to %v", c.Contender, sum)
+		}
+	}
+	for _, name := range []string{defaultName, oracleName, "caddy-least_conn"} {
+		if _, ok := res.Cell("heterogeneous", name, 0.4); !ok {
+			t.Errorf("no result for %s", name)
+		}
+	}
+	if ran < 3 {
+		t.Errorf("only %d contenders ran", ran)
+	}
+	if _, err := os.Stat(filepath.Join(root, ResultsDir, plotName("heterogeneous", 0.4))); err != nil {
+		t.Errorf("plot: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, ResultsDir, "results.json")); err != nil {
+		t.Errorf("results: %v", err)
+	}
+	page, err := os.ReadFile(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"lead's section", "trailer", beginMarker, endMarker, "Targets for the recommended default", plotName("heterogeneous", 0.4), "go test ./internal/bench"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("BENCHMARKS.md lacks %q", want)
+		}
+	}
+	if strings.Contains(string(page), "\nold\n") {
+		t.Error("BENCHMARKS.md still has the old section")
+	}
+}
+
+// TestReplaceSectionCreates checks that a missing BENCHMARKS.md is created
+// with the markers.
+func TestReplaceSectionCreates(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "BENCHMARKS.md")
+	if err := replaceSection(path, "one\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := replaceSection(path, "two\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	if got := string(b); !strings.Contains(got, beginMarker+"\ntwo\n"+endMarker) || strings.Contains(got, "one") {
+		t.Errorf("got %q", got)
+	}
+}
+
+// TestAppQueue checks the app server's FIFO worker slots and its report.
+func TestAppQueue(t *testing.T) {
+	a := NewApp(AppConfig{Name: "t", Addr: "127.0.0.1:0", Workers: 2, Speed: 1, Mean: 10 * time.Millisecond, Dist: Exponential})
+	life := &appLife{}
+	done := make(chan int, 3)
+	life.acquire(2)
+	life.acquire(2)
+	go func() { life.acquire(2); done <- 1 }()
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatal("a third request got one of two workers")
+	default:
+	}
+	life.release()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("the waiting request did not get the freed worker")
+	}
+	for range 20 {
+		a.observe(5)
+	}
+	a.repAt = time.Time{}
+	if w, _ := a.weight(); w >= 1000 || w < 200 {
+		t.Errorf("weight after 5x slow requests = %d, want below 1000", w)
+	}
+}
+
+// TestQuantile checks the nearest-rank quantile.
+func TestQuantile(t *testing.T) {
+	xs := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	for q, want := range map[float64]float64{0.5: 5, 0.9: 9, 0.99: 10, 0: 1} {
+		if got := quantile(xs, q); got != want {
+			t.Errorf("quantile(%v) = %v, want %v", q, got, want)
+		}
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

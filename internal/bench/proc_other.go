@@ -1,0 +1,8 @@
+//go:build unix && !linux
+
+package bench
+
+import "syscall"
+
+// sysProcAttr puts the child in its own process group.
+func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }

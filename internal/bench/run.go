@@ -1,0 +1,613 @@
+// Package bench is the real-process quality benchmark of caddy-backhand:
+// simulated application servers inside the harness, each behind a real
+// Caddy node built with the plugin, an open-loop load generator, and the
+// contenders (backhand chains, Caddy's built-in policies, HAProxy, nginx
+// and an oracle) run one after the other on the same app servers. See
+// cmd/bhbench and BENCHMARKS.md.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddy-backhand/backhand/internal/cluster"
+)
+
+// Options is one benchmark run.
+type Options struct {
+	Scenarios  []Scenario
+	Contenders []Contender
+	Loads      []float64 // fractions of Scenario.Capacity
+
+	Warmup     time.Duration // discarded at the start of every cell
+	Measure    time.Duration // measured per cell
+	MeasureMid time.Duration // measured per cell at load 0.7, the headline load; 0 = Measure
+
+	MaxOutstanding int           // load generator bound; default 2000
+	Timeout        time.Duration // per request; default 10s
+	Seed           uint64        // load generator seed; 0 = random
+
+	// Block picks the addresses: 0 (the default) puts the nodes on
+	// 127.0.0.11-14 and the entries on 127.0.0.21-23, admin APIs on ports
+	// 12001-12023; block b moves them to 127.0.0.(10+100b+i) and ports
+	// 12000+100b+... . The test uses block 1, so that it does not collide
+	// with a benchmark running at the same time.
+	Block int
+
+	Caddy   string // Caddy binary; empty = build cmd/caddy
+	WorkDir string // for configs and logs; empty = a temporary directory, removed after
+	Log     io.Writer
+}
+
+// measureFor is the measurement length at load.
+func (o *Options) measureFor(load float64) time.Duration {
+	if o.MeasureMid > 0 && load > 0.695 && load < 0.705 {
+		return o.MeasureMid
+	}
+	return o.Measure
+}
+
+// Results is what a run produced.
+type Results struct {
+	Started    time.Time      `json:"started"`
+	Duration   time.Duration  `json:"duration_ns"`
+	Scenarios  []Scenario     `json:"scenarios"`
+	Contenders []Contender    `json:"contenders"`
+	Loads      []float64      `json:"loads"`
+	Warmup     time.Duration  `json:"warmup_ns"`
+	Measure    time.Duration  `json:"measure_ns"`
+	MeasureMid time.Duration  `json:"measure_mid_ns"`
+	Cells      []Cell         `json:"cells"`
+	Machine    Machine        `json:"machine"`
+	Meta       map[string]any `json:"meta,omitempty"`
+}
+
+// Cell returns the cell of scenario, contender and load, if it ran.
+func (r *Results) Cell(scenario, contender string, load float64) (Cell, bool) {
+	for _, c := range r.Cells {
+		if c.Scenario == scenario && c.Contender == contender && c.Load == load && c.Skipped == "" {
+			return c, true
+		}
+	}
+	return Cell{}, false
+}
+
+// Run runs every scenario at every load with every contender.
+func Run(ctx context.Context, o Options) (*Results, error) {
+	if o.MaxOutstanding == 0 {
+		o.MaxOutstanding = 2000
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	if o.Seed == 0 {
+		o.Seed = uint64(time.Now().UnixNano())
+	}
+	if o.Block < 0 || o.Block > 1 {
+		return nil, fmt.Errorf("address block %d: want 0 or 1", o.Block)
+	}
+	hostBase, adminBase = 10+100*o.Block, 12000+100*o.Block
+	res := &Results{
+		Started: time.Now(), Scenarios: o.Scenarios, Contenders: o.Contenders, Loads: o.Loads,
+		Warmup: o.Warmup, Measure: o.Measure, MeasureMid: o.MeasureMid,
+	}
+	dir := o.WorkDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "bhbench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	bin := o.Caddy
+	if bin == "" {
+		fmt.Fprintf(o.Log, "building cmd/caddy ...\n")
+		b, err := cluster.Build(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		bin = b
+	}
+	res.Machine = DescribeMachine(ctx, bin)
+	var kb [16]byte
+	_, _ = rand.Read(kb[:])
+	key := hex.EncodeToString(kb[:])
+
+	seed := o.Seed
+	for _, sc := range o.Scenarios {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		e := &env{sc: sc, dir: filepath.Join(dir, sc.Name), bin: bin, key: key, log: o.Log}
+		if err := os.MkdirAll(e.dir, 0o755); err != nil {
+			return res, err
+		}
+		err := e.start(ctx)
+		if err == nil {
+			for _, load := range o.Loads {
+				for _, c := range o.Contenders {
+					if ctx.Err() != nil {
+						break
+					}
+					seed++
+					cell, cerr := e.runCell(ctx, c, load, o, seed)
+					if cerr != nil {
+						err = fmt.Errorf("%s / %s / %.0f%%: %w", sc.Name, c.Name, load*100, cerr)
+						break
+					}
+					res.Cells = append(res.Cells, cell)
+					e.logCell(cell)
+				}
+				if err != nil {
+					break
+				}
+			}
+		}
+		e.stop()
+		if err != nil {
+			res.Duration = time.Since(res.Started)
+			return res, err
+		}
+	}
+	res.Duration = time.Since(res.Started)
+	return res, ctx.Err()
+}
+
+// env is one scenario's running cluster: the app servers and their Caddy
+// nodes.
+type env struct {
+	sc   Scenario
+	dir  string
+	bin  string
+	key  string
+	log  io.Writer
+	apps []*App
+
+	mu    sync.Mutex
+	nodes []*proc // index 0 = node1
+	seq   int     // for unique process directories
+}
+
+func (e *env) appConfig(i int) AppConfig {
+	return AppConfig{
+		Name:      nodeName(i),
+		Addr:      hostPort(nodeHost(i), appPort),
+		AgentAddr: hostPort(nodeHost(i), agentPort),
+		Workers:   e.sc.Workers,
+		Speed:     e.sc.Speeds[i-1],
+		Mean:      e.sc.Mean,
+		Dist:      e.sc.Dist,
+	}
+}
+
+// maxEntries is the number of entry addresses the nodes announce to.
+const maxEntries = 3
+
+// start starts the app servers and their Caddy nodes and waits for them.
+func (e *env) start(ctx context.Context) error {
+	fmt.Fprintf(e.log, "== scenario %s: %s; capacity for proxied traffic %.0f req/s\n", e.sc.Name, e.sc.Desc, e.sc.Capacity())
+	n := e.sc.Nodes()
+	e.nodes = make([]*proc, n)
+	for i := 1; i <= n; i++ {
+		a := NewApp(e.appConfig(i))
+		if e.sc.HogNode == i {
+			a.SetSlowdown(e.sc.HogSlowdown)
+		}
+		e.apps = append(e.apps, a)
+		if err := a.Start(); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= n; i++ {
+		if err := e.startNode(i); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= n; i++ {
+		if err := e.waitNode(ctx, i); err != nil {
+			return err
+		}
+	}
+	// Warm the fresh nodes up (connection pools, latency averages, the
+	// apps' own timing) so that the first cell does not pay for it: half
+	// the capacity straight to the node sites, discarded.
+	var urls []string
+	for i := 1; i <= n; i++ {
+		urls = append(urls, "http://"+siteAddr(i)+"/")
+	}
+	Generate(ctx, LoadSpec{URLs: urls, Rate: 0.5 * e.sc.Capacity(), Measure: scenarioWarmup,
+		MaxOutstanding: 2000, Timeout: 10 * time.Second, Seed: 1}, nodeIndex{}, time.Now())
+	ictx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for _, a := range e.apps {
+		a.WaitIdle(ictx)
+	}
+	return ctx.Err()
+}
+
+// scenarioWarmup is the discarded load at the start of each scenario.
+const scenarioWarmup = 5 * time.Second
+
+// stop stops every node and app.
+func (e *env) stop() {
+	e.mu.Lock()
+	nodes := slices.Clone(e.nodes)
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range nodes {
+		wg.Go(func() { p.stop(3 * time.Second) })
+	}
+	wg.Wait()
+	for _, a := range e.apps {
+		a.Kill()
+	}
+}
+
+// caddyDir makes a fresh directory for one Caddy process.
+func (e *env) procDir(name string) (string, error) {
+	e.mu.Lock()
+	e.seq++
+	d := filepath.Join(e.dir, name+"-"+strconv.Itoa(e.seq))
+	e.mu.Unlock()
+	return d, os.MkdirAll(d, 0o755)
+}
+
+// startCaddy runs Caddy on caddyfile in a new directory.
+func (e *env) startCaddy(name, caddyfile string) (*proc, error) {
+	d, err := e.procDir(name)
+	if err != nil {
+		return nil, err
+	}
+	cf := filepath.Join(d, "Caddyfile")
+	if err := os.WriteFile(cf, []byte(caddyfile), 0o644); err != nil {
+		return nil, err
+	}
+	env := []string{"XDG_CONFIG_HOME=" + filepath.Join(d, "config"), "XDG_DATA_HOME=" + filepath.Join(d, "data")}
+	return startProc(d, name, env, e.bin, "run", "--config", cf, "--adapter", "caddyfile")
+}
+
+// startNode starts node i's Caddy (1-based).
+func (e *env) startNode(i int) error {
+	p, err := e.startCaddy(nodeName(i), nodeCaddyfile(i, e.appConfig(i), e.key, e.sc.Nodes(), maxEntries))
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.nodes[i-1] = p
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *env) node(i int) *proc {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.nodes[i-1]
+}
+
+// waitNode waits until node i's site answers through its app.
+func (e *env) waitNode(ctx context.Context, i int) error {
+	return e.node(i).waitHTTP(ctx, "http://"+siteAddr(i)+"/", 20*time.Second)
+}
+
+// aliveApps counts the apps that are serving.
+func (e *env) aliveApps() int {
+	n := 0
+	for _, a := range e.apps {
+		if a.Alive() {
+			n++
+		}
+	}
+	return n
+}
+
+// startEntries starts contender c's entry points and waits until they
+// proxy; stop stops them.
+func (e *env) startEntries(ctx context.Context, c Contender) (stop func(), err error) {
+	entries := e.sc.Entries
+	if c.Kind == KindOracle {
+		o, err := StartOracle(e.apps, entries)
+		if err != nil {
+			return nil, err
+		}
+		return o.Stop, nil
+	}
+	var procs []*proc
+	stop = func() {
+		var wg sync.WaitGroup
+		for _, p := range procs {
+			wg.Go(func() { p.stop(3 * time.Second) })
+		}
+		wg.Wait()
+	}
+	for j := 1; j <= entries; j++ {
+		name := c.Name + "-" + entryName(j)
+		var p *proc
+		switch c.Kind {
+		case KindBackhand:
+			p, err = e.startCaddy(name, backhandEntryCaddyfile(j, c, e.key, e.sc.Nodes(), maxEntries))
+		case KindCaddy:
+			p, err = e.startCaddy(name, caddyEntryCaddyfile(j, c, e.sc.Nodes()))
+		case KindHAProxy:
+			p, err = e.startHAProxy(name, j, c)
+		case KindNginx:
+			p, err = e.startNginx(name, j, c)
+		default:
+			err = fmt.Errorf("unknown contender kind %q", c.Kind)
+		}
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		procs = append(procs, p)
+	}
+	for j, p := range procs {
+		if c.Kind == KindBackhand {
+			if err := e.waitPeers(ctx, p, adminBase+20+j+1); err != nil {
+				stop()
+				return nil, err
+			}
+		}
+		if err := p.waitHTTP(ctx, "http://"+entryAddr(j+1)+"/", 20*time.Second); err != nil {
+			stop()
+			return nil, err
+		}
+	}
+	return stop, nil
+}
+
+// waitPeers waits until a backhand entry sees every serving app node live.
+func (e *env) waitPeers(ctx context.Context, p *proc, admin int) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://127.0.0.1:" + strconv.Itoa(admin) + "/backhand/peers"
+	err := cluster.Poll(ctx, 20*time.Second, 50*time.Millisecond, func() error {
+		if p.exited() {
+			return cluster.Permanent(fmt.Errorf("%s exited: %v", p.name, p.err))
+		}
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var v cluster.PeersView
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			return err
+		}
+		live := 0
+		for _, pv := range v.Peers {
+			if pv.State == "live" && slices.Contains(pv.Tags, "app") {
+				live++
+			}
+		}
+		if want := e.aliveApps(); live < want {
+			return fmt.Errorf("sees %d of %d app nodes: %s", live, want, v.Summary())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w\n--- %s ---\n%s", p.name, err, p.log, p.tail(15))
+	}
+	return nil
+}
+
+func (e *env) startHAProxy(name string, j int, c Contender) (*proc, error) {
+	bin, err := lookTool("haproxy")
+	if err != nil {
+		return nil, err
+	}
+	d, err := e.procDir(name)
+	if err != nil {
+		return nil, err
+	}
+	cfgs := make([]AppConfig, e.sc.Nodes())
+	for i := range cfgs {
+		cfgs[i] = e.appConfig(i + 1)
+	}
+	cf := filepath.Join(d, "haproxy.cfg")
+	if err := os.WriteFile(cf, []byte(haproxyConfig(j, c, cfgs)), 0o644); err != nil {
+		return nil, err
+	}
+	return startProc(d, name, nil, bin, "-db", "-f", cf)
+}
+
+func (e *env) startNginx(name string, j int, c Contender) (*proc, error) {
+	bin, err := lookTool("nginx")
+	if err != nil {
+		return nil, err
+	}
+	d, err := e.procDir(name)
+	if err != nil {
+		return nil, err
+	}
+	cf := filepath.Join(d, "nginx.conf")
+	if err := os.WriteFile(cf, []byte(nginxConfig(j, c, e.sc.Nodes(), d)), 0o644); err != nil {
+		return nil, err
+	}
+	return startProc(d, name, nil, bin, "-p", d, "-e", filepath.Join(d, "error.log"), "-c", cf)
+}
+
+// available says why contender c cannot run here, or "" if it can.
+func available(c Contender) string {
+	switch c.Kind {
+	case KindHAProxy:
+		if _, err := lookTool("haproxy"); err != nil {
+			return "haproxy is not installed (Debian package haproxy)"
+		}
+	case KindNginx:
+		if _, err := lookTool("nginx"); err != nil {
+			return "nginx is not installed (Debian package nginx-light or nginx)"
+		}
+	}
+	return ""
+}
+
+// runCell runs contender c at load in the scenario.
+func (e *env) runCell(ctx context.Context, c Contender, load float64, o Options, seed uint64) (Cell, error) {
+	measure := o.measureFor(load)
+	rate := load * e.sc.Capacity()
+	base := Cell{Scenario: e.sc.Name, Contender: c.Name, Load: load, Rate: rate}
+	if why := available(c); why != "" {
+		base.Skipped = why
+		return base, nil
+	}
+	stop, err := e.startEntries(ctx, c)
+	if err != nil {
+		return base, err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			stop()
+		}
+	}()
+
+	var urls []string
+	for j := 1; j <= e.sc.Entries; j++ {
+		urls = append(urls, "http://"+entryAddr(j)+"/")
+	}
+	nodes := nodeIndex{}
+	for i := 1; i <= e.sc.Nodes(); i++ {
+		nodes[nodeName(i)] = i - 1
+	}
+	start := time.Now().Add(20 * time.Millisecond)
+	measureStart := start.Add(o.Warmup)
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var evErr error
+	wg.Go(func() { evErr = e.events(cctx, measureStart, measure) })
+	if e.sc.BypassNode > 0 {
+		spec := LoadSpec{
+			URLs: []string{"http://" + siteAddr(e.sc.BypassNode) + "/"}, Rate: e.sc.bypassRate(),
+			Warmup: o.Warmup, Measure: measure, MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout,
+			Header: http.Header{bypassHeader: {"1"}}, Seed: seed ^ 0xb1a5,
+		}
+		wg.Go(func() { Generate(cctx, spec, nodes, start) })
+	}
+	spec := LoadSpec{
+		URLs: urls, Rate: rate, Warmup: o.Warmup, Measure: measure,
+		MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout, Seed: seed, Record: true,
+	}
+	samples := Generate(cctx, spec, nodes, start)
+	wg.Wait()
+	stop()
+	stopped = true
+	if err := e.restore(ctx); err != nil {
+		return base, err
+	}
+	if evErr != nil && ctx.Err() == nil {
+		return base, evErr
+	}
+	cell := summarize(samples, e.sc.Nodes(), measure)
+	cell.Scenario, cell.Contender, cell.Load, cell.Rate = base.Scenario, base.Contender, base.Load, base.Rate
+	return cell, ctx.Err()
+}
+
+// events injects the scenario's transient trouble relative to the
+// measurement window.
+func (e *env) events(ctx context.Context, measureStart time.Time, measure time.Duration) error {
+	type ev struct {
+		at time.Duration
+		do func() error
+	}
+	var evs []ev
+	if s := e.sc.SlowNode; s > 0 {
+		a := e.apps[s-1]
+		evs = append(evs,
+			ev{measure / 3, func() error { a.SetSlowdown(e.sc.SlowFactor); return nil }},
+			ev{2 * measure / 3, func() error { a.SetSlowdown(1); return nil }})
+	}
+	if d := e.sc.DeathNode; d > 0 {
+		a := e.apps[d-1]
+		evs = append(evs,
+			ev{measure / 3, func() error {
+				e.node(d).kill()
+				a.Kill()
+				return nil
+			}},
+			ev{2 * measure / 3, func() error {
+				if err := a.Start(); err != nil {
+					return err
+				}
+				return e.startNode(d)
+			}})
+	}
+	for _, v := range evs {
+		t := time.NewTimer(time.Until(measureStart.Add(v.at)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		if err := v.do(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restore undoes transient trouble after a cell and waits until the apps
+// are idle, so that cells start alike.
+func (e *env) restore(ctx context.Context) error {
+	if s := e.sc.SlowNode; s > 0 {
+		e.apps[s-1].SetSlowdown(1)
+	}
+	if d := e.sc.DeathNode; d > 0 {
+		a := e.apps[d-1]
+		if !a.Alive() {
+			if err := a.Start(); err != nil {
+				return err
+			}
+		}
+		if p := e.node(d); p == nil || p.exited() {
+			if err := e.startNode(d); err != nil {
+				return err
+			}
+		}
+		if err := e.waitNode(ctx, d); err != nil {
+			return err
+		}
+	}
+	ictx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for _, a := range e.apps {
+		a.WaitIdle(ictx)
+	}
+	return nil
+}
+
+func (e *env) logCell(c Cell) {
+	if c.Skipped != "" {
+		fmt.Fprintf(e.log, "   %-24s %3.0f%%  skipped: %s\n", c.Contender, c.Load*100, c.Skipped)
+		return
+	}
+	fmt.Fprintf(e.log, "   %-24s %3.0f%%  %6.0f req/s  p50 %6.1f  p90 %6.1f  p99 %7.1f  p99.9 %7.1f ms  errors %4d  share %s\n",
+		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share))
+}
+
+func fmtShare(s []float64) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += "/"
+		}
+		out += strconv.FormatFloat(x*100, 'f', 0, 64)
+	}
+	return out
+}

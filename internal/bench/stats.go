@@ -1,0 +1,101 @@
+package bench
+
+import (
+	"math"
+	"slices"
+	"time"
+)
+
+// Cell is the result of one contender at one load in one scenario.
+type Cell struct {
+	Scenario  string  `json:"scenario"`
+	Contender string  `json:"contender"`
+	Load      float64 `json:"load"` // fraction of the capacity left for proxied traffic
+	Rate      float64 `json:"rate"` // offered requests per second
+
+	Requests   int     `json:"requests"` // due during the measurement
+	Errors     int     `json:"errors"`   // failed, timed out or dropped
+	Throughput float64 `json:"throughput"`
+
+	// Latency percentiles of the successful requests, in milliseconds.
+	P50  float64 `json:"p50_ms"`
+	P90  float64 `json:"p90_ms"`
+	P99  float64 `json:"p99_ms"`
+	P999 float64 `json:"p999_ms"`
+	Max  float64 `json:"max_ms"`
+
+	// Share is the fraction of successful requests each node served.
+	Share []float64 `json:"share"`
+
+	// CDF is the latency distribution at tail-spaced points, for plots.
+	CDF []CDFPoint `json:"cdf"`
+
+	Skipped string `json:"skipped,omitempty"` // why the cell did not run
+}
+
+// CDFPoint is one point of a latency CDF.
+type CDFPoint struct {
+	P  float64 `json:"p"`  // cumulative fraction
+	Ms float64 `json:"ms"` // latency at that fraction
+}
+
+// summarize turns the samples due during the measurement into a Cell.
+func summarize(samples []Sample, nodes int, measure time.Duration) Cell {
+	var c Cell
+	lat := make([]float64, 0, len(samples))
+	count := make([]int, nodes)
+	for _, s := range samples {
+		if s.At < 0 || s.At >= measure {
+			continue
+		}
+		c.Requests++
+		if !s.OK {
+			c.Errors++
+			continue
+		}
+		lat = append(lat, float64(s.Latency)/float64(time.Millisecond))
+		if s.Node >= 0 && s.Node < nodes {
+			count[s.Node]++
+		}
+	}
+	slices.Sort(lat)
+	c.Throughput = float64(len(lat)) / measure.Seconds()
+	c.P50, c.P90, c.P99, c.P999 = quantile(lat, 0.5), quantile(lat, 0.9), quantile(lat, 0.99), quantile(lat, 0.999)
+	if len(lat) > 0 {
+		c.Max = lat[len(lat)-1]
+	}
+	c.Share = make([]float64, nodes)
+	for i, n := range count {
+		if len(lat) > 0 {
+			c.Share[i] = float64(n) / float64(len(lat))
+		}
+	}
+	c.CDF = cdfPoints(lat)
+	return c
+}
+
+// quantile is the nearest-rank quantile of sorted xs (NaN if empty).
+func quantile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(q*float64(len(xs)))) - 1
+	return xs[min(max(i, 0), len(xs)-1)]
+}
+
+// cdfPoints samples the distribution evenly on the tail scale
+// -log10(1-p), from the minimum to the largest p the sample size supports.
+func cdfPoints(sorted []float64) []CDFPoint {
+	n := len(sorted)
+	if n == 0 {
+		return nil
+	}
+	top := math.Log10(float64(n))
+	var out []CDFPoint
+	out = append(out, CDFPoint{P: 0, Ms: sorted[0]})
+	for y := 0.025; y <= top+1e-9; y += 0.025 {
+		p := 1 - math.Pow(10, -y)
+		out = append(out, CDFPoint{P: p, Ms: quantile(sorted, p)})
+	}
+	return out
+}
