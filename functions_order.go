@@ -307,7 +307,10 @@ func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
 // divided by capacity times speed, the figure an ideal balancer that saw
 // every queue would minimise. In flight is estimated as for
 // byBusyChildren; the application's weight, when reported, scales the
-// capacity. On a tie this node wins, since forwarding costs a hop for
+// capacity, and so does a peer's recent slowness as this node sees it (its
+// responses to this node taking longer than usual), whichever is lower, so
+// a peer that turns slow is shunned within a few responses instead of
+// after its next announcement. On a tie this node wins, since forwarding costs a hop for
 // nothing; `byWait <bias>` favours it by that many requests more. Part of
 // the recommended default chain.
 type ByWait struct {
@@ -315,6 +318,12 @@ type ByWait struct {
 	// lowered by before comparing, to offset the cost of forwarding.
 	// Default: 0 (this node still wins ties).
 	Bias float64 `json:"bias,omitempty"`
+
+	// IgnorePace leaves out the peers' recent slowness as this node sees
+	// it, ranking by announced figures and in-flight counts only: for
+	// comparison, or where response times vary for reasons other than
+	// the peers' speed. Default: false.
+	IgnorePace bool `json:"ignore_pace,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -333,6 +342,10 @@ func (f *ByWait) rank(c *Candidates, x *Candidate) float64 {
 	busy := c.busy(x)
 	if x.Peer.Self {
 		busy -= f.Bias + selfTie
+	} else if x.slot != nil && !f.IgnorePace {
+		// A peer answering slower than usual is as slow as its weight
+		// will say once its application notices: take that now.
+		w = min(w, 1/x.slot.local.pace.slowness(c.now))
 	}
 	return (busy + 1) / (capacity(x.Peer) * speed(x.Peer) * w)
 }
@@ -340,13 +353,21 @@ func (f *ByWait) rank(c *Candidates, x *Candidate) float64 {
 // selfTie makes this node win exact ties.
 const selfTie = 1e-6
 
-// UnmarshalCaddyfile reads `byWait [bias]`.
+// UnmarshalCaddyfile reads `byWait [<bias>] [ignore_pace]`.
 func (f *ByWait) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	var b biased
-	if err := b.UnmarshalCaddyfile(d); err != nil {
-		return err
+	d.Next()
+	seenBias := false
+	for d.NextArg() {
+		if d.Val() == "ignore_pace" && !f.IgnorePace {
+			f.IgnorePace = true
+			continue
+		}
+		v, err := strconv.ParseFloat(d.Val(), 64)
+		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || seenBias || f.IgnorePace {
+			return d.Errf("byWait: unexpected %q (want: byWait [<bias>] [ignore_pace])", d.Val())
+		}
+		f.Bias, seenBias = v, true
 	}
-	f.Bias = b.Bias
 	return nil
 }
 

@@ -367,6 +367,63 @@ func TestByLatencyPeakEWMA(t *testing.T) {
 	}
 }
 
+// A peer that starts answering this node five times slower than usual
+// loses byWait's ranking within a few responses, long before its own
+// figures say so; ignore_pace does not notice; and without responses the
+// slowness fades so the peer gets another chance.
+func TestByWaitPace(t *testing.T) {
+	n := testNode(tp("a", 0, busy(2)), tp("b", 0, busy(1)))
+	wait, blind := policy(n, &ByWait{}), policy(n, &ByWait{IgnorePace: true})
+	a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
+	at := now.Add(-time.Minute)
+	for i := range 400 { // a minute of usual responses, 40 ms each
+		at = at.Add(150 * time.Millisecond)
+		a.local.pace.observe(40*time.Millisecond, at)
+		b.local.pace.observe(time.Duration(38+i%5)*time.Millisecond, at)
+	}
+	if s := b.local.pace.slowness(at); s != 1 {
+		t.Fatalf("slowness %v at the usual pace, want 1", s)
+	}
+	if got := chainNames(wait, nil, 1); !slices.Equal(got, fig("b", "a")) {
+		t.Errorf("byWait at the usual pace: got %v, want the less busy b first", got)
+	}
+	for range 8 { // b turns 5x slower: eight responses
+		at = at.Add(10 * time.Millisecond)
+		b.local.pace.observe(200*time.Millisecond, at)
+	}
+	s := b.local.pace.slowness(at)
+	if s < 2 || s > 5 {
+		t.Errorf("slowness %v after 8 responses 5x slower, want between 2 and 5", s)
+	}
+	if got := chainNames(wait, nil, 1); !slices.Equal(got, fig("a", "b")) {
+		t.Errorf("byWait: got %v, want the slow b last", got)
+	}
+	if got := chainNames(blind, nil, 1); !slices.Equal(got, fig("b", "a")) {
+		t.Errorf("byWait ignore_pace: got %v, want the less busy b first", got)
+	}
+	if s := b.local.pace.slowness(at.Add(time.Minute)); s > 1.01 {
+		t.Errorf("slowness %v a minute after the last response, want faded to 1", s)
+	}
+}
+
+func TestPaceNeedsSamples(t *testing.T) {
+	var p pace
+	for range paceMinSamples - 1 {
+		p.observe(time.Second, now)
+	}
+	p.observe(time.Millisecond, now) // one fast among slow: not yet a pace
+	if s := p.slowness(now); s != 1 {
+		t.Errorf("slowness %v with %d samples, want 1", s, paceMinSamples)
+	}
+	var z pace
+	for range 100 {
+		z.observe(0, now) // zero-length responses must not divide by zero
+	}
+	if s := z.slowness(now); s != 1 {
+		t.Errorf("slowness %v for zero-length responses, want 1", s)
+	}
+}
+
 // The herd: one table, announced once, and many decisions before the next
 // announcement, each leaving its request in flight. Ranked on announced
 // figures alone, every decision goes to the apparent minimum; with
@@ -438,6 +495,12 @@ func TestUnmarshalFunctions(t *testing.T) {
 		{"byLoad x", nil, `bias "x" is not a number`},
 		{"byBusyChildren", &ByBusyChildren{}, ""},
 		{"byWindow 3", &ByWindow{N: 3}, ""},
+		{"byWait", &ByWait{}, ""},
+		{"byWait 0.5 ignore_pace", &ByWait{Bias: 0.5, IgnorePace: true}, ""},
+		{"byWait ignore_pace", &ByWait{IgnorePace: true}, ""},
+		{"byWait 1 2", nil, `unexpected "2"`},
+		{"byWait ignore_pace ignore_pace", nil, `unexpected "ignore_pace"`},
+		{"byWait soon", nil, `unexpected "soon"`},
 		{"byWindow 0", nil, "not a whole number >= 1"},
 		{"byRandom now", nil, `byRandom takes no arguments, got "now"`},
 		{"byHostname ^www", &ByHostname{Pattern: "^www"}, ""},

@@ -16,6 +16,7 @@ type peerLocal struct {
 	sent       atomic.Uint64 // requests this node has sent to the peer
 	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
 	latency    peakEWMA
+	pace       pace
 
 	// What the peer's last announcement showed beyond this node's own
 	// requests (others' share: other entry points, direct traffic), and its
@@ -81,6 +82,7 @@ func (l *peerLocal) begin() {
 func (l *peerLocal) end(d time.Duration, now time.Time) {
 	l.inflight.Add(-1)
 	l.latency.observe(d, now)
+	l.pace.observe(d, now)
 }
 
 // peakEWMA is Finagle's and Linkerd's latency estimate: an exponentially
@@ -121,4 +123,66 @@ func (e *peakEWMA) micros() (float64, bool) {
 		return 0, false
 	}
 	return s.micros, true
+}
+
+// pace tells how much slower than usual a peer has been answering this
+// node lately: the ratio of a short average of its response times (the
+// last 16 or so) to a long one (about paceUsualTau). It notices a peer
+// turning slow within a few of its responses, where the peer's own
+// figures (its announced latency, its application's weight) take an
+// interval or more to say so; byWait takes it as the peer's speed until
+// they do. Updates are lock-free and may lose a sample to a concurrent one,
+// which an average does not miss.
+type pace struct {
+	recent atomic.Uint64 // float64 bits: mean response time in µs, weight paceRecentWeight per sample
+	usual  atomic.Uint64 // float64 bits: mean response time in µs, time constant paceUsualTau
+	n      atomic.Uint64 // samples seen
+	last   atomic.Int64  // when the last sample came, Unix ns
+}
+
+const (
+	paceRecentWeight = 1.0 / 16
+	paceUsualTau     = 30 * time.Second
+	// paceMinSamples is how many samples the ratio needs before it means
+	// anything.
+	paceMinSamples = 16
+	// paceNoise is the ratio below which a peer counts as at its usual
+	// pace: an average of 16 exponential service times is within ±25%
+	// most of the time.
+	paceNoise = 1.25
+	// paceStale is the time constant with which the ratio fades back to
+	// 1 once no responses come: the peer's own figures have caught up by
+	// then, and a peer shunned for slowness must get a chance again.
+	paceStale = 2 * time.Second
+)
+
+func (p *pace) observe(d time.Duration, now time.Time) {
+	sample := float64(d.Microseconds())
+	n := p.n.Add(1)
+	prev := p.last.Swap(now.UnixNano())
+	first := 1 / float64(n) // until there are enough, a plain mean
+	recent := math.Float64frombits(p.recent.Load())
+	recent += max(paceRecentWeight, first) * (sample - recent)
+	p.recent.Store(math.Float64bits(recent))
+	dt := max(now.UnixNano()-prev, 0)
+	alpha := max(1-math.Exp(-float64(dt)/float64(paceUsualTau)), first)
+	usual := math.Float64frombits(p.usual.Load())
+	usual += alpha * (sample - usual)
+	p.usual.Store(math.Float64bits(usual))
+}
+
+// slowness is how many times slower than usual the peer answers now: 1
+// when it is at its usual pace (within the noise), when too few samples
+// have come, or, fading with paceStale, when none has come lately.
+func (p *pace) slowness(now time.Time) float64 {
+	if p.n.Load() < paceMinSamples {
+		return 1
+	}
+	usual := math.Float64frombits(p.usual.Load())
+	r := math.Float64frombits(p.recent.Load()) / usual
+	if !(r > paceNoise) || usual <= 0 { // NaN-safe
+		return 1
+	}
+	age := max(now.UnixNano()-p.last.Load(), 0)
+	return 1 + (r-1)*math.Exp(-float64(age)/float64(paceStale))
 }

@@ -52,6 +52,7 @@ func run() int {
 		warmup      = flag.Duration("warmup", 0, "warm-up per cell, discarded (default 3s; quick 2s)")
 		measure     = flag.Duration("measure", 0, "measurement per cell at loads other than 70% (default 7s; quick 5s)")
 		measureMid  = flag.Duration("measure70", 0, "measurement per cell at 70% load, the headline (default 16s; quick: -measure)")
+		rounds      = flag.Int("rounds", 1, "run every contender this many times per cell, in rotating order, and pool the rounds (the report shows each round's p99 range)")
 		seed        = flag.Uint64("seed", 0, "load generator seed (default: random)")
 		out         = flag.String("out", ".", "repository root to write BENCHMARKS.md and bench/results/ into")
 		reportOnly  = flag.String("report", "", "only regenerate the report from this results JSON file")
@@ -85,7 +86,10 @@ func run() int {
 		return 0
 	}
 
-	o := bench.Options{Seed: *seed, Caddy: *caddyBin, WorkDir: *keepWorkdir, Log: os.Stdout}
+	if *rounds < 1 || *rounds > 20 {
+		return fail(fmt.Errorf("-rounds: %d is not between 1 and 20", *rounds))
+	}
+	o := bench.Options{Rounds: *rounds, Seed: *seed, Caddy: *caddyBin, WorkDir: *keepWorkdir, Log: os.Stdout}
 	allContenders := bench.DefaultContenders()
 	for _, c := range chains {
 		ct, err := bench.ParseChainContender(c)

@@ -237,6 +237,25 @@ func (r *Results) Targets() []Target {
 	return out
 }
 
+// spread is " (a-b)", the range of the single rounds' p99 of a cell at the
+// headline load, or "" for a one-round run.
+func (r *Results) spread(scenario, contender string) string {
+	c, ok := r.Cell(scenario, contender, headlineLoad)
+	if !ok {
+		return ""
+	}
+	return roundsRange(c)
+}
+
+// roundsRange is " (a-b)", the range of a cell's single rounds' p99, or ""
+// for a one-round cell.
+func roundsRange(c Cell) string {
+	if len(c.P99Rounds) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s-%s)", ms(slices.Min(c.P99Rounds)), ms(slices.Max(c.P99Rounds)))
+}
+
 func ms(x float64) string {
 	if math.IsNaN(x) {
 		return "-"
@@ -301,6 +320,9 @@ func markdown(r *Results, plots map[string]string) string {
 	if r.MeasureMid > 0 && r.MeasureMid != r.Measure {
 		p(" (%s at 70%%)", r.MeasureMid)
 	}
+	if r.Rounds > 1 {
+		p(", %d rounds per cell in rotating contender order, pooled (the p99 ranges below are the single rounds' p99s)", r.Rounds)
+	}
 	p(". Mean service time at speed 1: %s; %d workers per node.\n\n", r.scenarioMean(), r.scenarioWorkers())
 	p("Caveats: the nodes share one machine, so every node's load average, CPU and memory figures are the same ")
 	p("machine-wide numbers; `byLoad` and `byCost` therefore cannot tell the nodes apart here, except through ")
@@ -320,11 +342,13 @@ func markdown(r *Results, plots map[string]string) string {
 			if !math.IsNaN(t.Value) {
 				res = fmt.Sprintf("closes %.0f%% of the gap", t.Value*100)
 			}
-			p("| %s | close >= 70%% of the gap between the best of Caddy/HAProxy/nginx and the oracle | %s ms | %s ms (%s) | %s ms | %s | %s |\n",
-				t.Scenario, ms(t.Default), ms(t.Best), t.BestName, ms(t.Oracle), res, yesNo(t.Met))
+			p("| %s | close >= 70%% of the gap between the best of Caddy/HAProxy/nginx and the oracle | %s ms%s | %s ms (%s)%s | %s ms%s | %s | %s |\n",
+				t.Scenario, ms(t.Default), r.spread(t.Scenario, defaultName), ms(t.Best), t.BestName, r.spread(t.Scenario, t.BestName),
+				ms(t.Oracle), r.spread(t.Scenario, oracleName), res, yesNo(t.Met))
 		} else {
-			p("| %s | <= 1.05x the best contender | %s ms | %s ms (%s) | %s ms | %.2fx | %s |\n",
-				t.Scenario, ms(t.Default), ms(t.Best), t.BestName, ms(t.Oracle), t.Value, yesNo(t.Met))
+			p("| %s | <= 1.05x the best contender | %s ms%s | %s ms (%s)%s | %s ms%s | %.2fx | %s |\n",
+				t.Scenario, ms(t.Default), r.spread(t.Scenario, defaultName), ms(t.Best), t.BestName, r.spread(t.Scenario, t.BestName),
+				ms(t.Oracle), r.spread(t.Scenario, oracleName), t.Value, yesNo(t.Met))
 		}
 	}
 	p("\n")
@@ -408,7 +432,7 @@ func markdown(r *Results, plots map[string]string) string {
 				if name == defaultName {
 					name = "**" + name + "**"
 				}
-				p("| %s | %s | %s | %s | %s | %.0f | %d | %s |\n", name, ms(cell.P50), ms(cell.P90), ms(cell.P99), ms(cell.P999),
+				p("| %s | %s | %s | %s%s | %s | %.0f | %d | %s |\n", name, ms(cell.P50), ms(cell.P90), ms(cell.P99), roundsRange(cell), ms(cell.P999),
 					cell.Throughput, cell.Errors, fmtShare(cell.Share))
 			}
 			p("\n")

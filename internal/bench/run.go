@@ -34,6 +34,12 @@ type Options struct {
 	Measure    time.Duration // measured per cell
 	MeasureMid time.Duration // measured per cell at load 0.7, the headline load; 0 = Measure
 
+	// Rounds runs every contender this many times at each load, in a
+	// rotating order, and pools the rounds' samples into one cell; the
+	// spread of the rounds' p99 shows how much a single run can be
+	// trusted. Default 1.
+	Rounds int
+
 	MaxOutstanding int           // load generator bound; default 2000
 	Timeout        time.Duration // per request; default 10s
 	Seed           uint64        // load generator seed; 0 = random
@@ -65,6 +71,7 @@ type Results struct {
 	Scenarios  []Scenario     `json:"scenarios"`
 	Contenders []Contender    `json:"contenders"`
 	Loads      []float64      `json:"loads"`
+	Rounds     int            `json:"rounds,omitempty"`
 	Warmup     time.Duration  `json:"warmup_ns"`
 	Measure    time.Duration  `json:"measure_ns"`
 	MeasureMid time.Duration  `json:"measure_mid_ns"`
@@ -94,6 +101,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
+	o.Rounds = max(o.Rounds, 1)
 	if o.Seed == 0 {
 		o.Seed = uint64(time.Now().UnixNano())
 	}
@@ -102,7 +110,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	}
 	hostBase, adminBase = 10+100*o.Block, 12000+100*o.Block
 	res := &Results{
-		Started: time.Now(), Scenarios: o.Scenarios, Contenders: o.Contenders, Loads: o.Loads,
+		Started: time.Now(), Scenarios: o.Scenarios, Contenders: o.Contenders, Loads: o.Loads, Rounds: o.Rounds,
 		Warmup: o.Warmup, Measure: o.Measure, MeasureMid: o.MeasureMid,
 	}
 	dir := o.WorkDir
@@ -140,20 +148,10 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		err := e.start(ctx)
 		if err == nil {
 			for _, load := range o.Loads {
-				for _, c := range o.Contenders {
-					if ctx.Err() != nil {
-						break
-					}
-					seed++
-					cell, cerr := e.runCell(ctx, c, load, o, seed)
-					if cerr != nil {
-						err = fmt.Errorf("%s / %s / %.0f%%: %w", sc.Name, c.Name, load*100, cerr)
-						break
-					}
-					res.Cells = append(res.Cells, cell)
-					e.logCell(cell)
-				}
-				if err != nil {
+				var cells []Cell
+				cells, err = e.runLoad(ctx, load, o, &seed)
+				res.Cells = append(res.Cells, cells...)
+				if err != nil || ctx.Err() != nil {
 					break
 				}
 			}
@@ -455,18 +453,59 @@ func available(c Contender) string {
 	return ""
 }
 
-// runCell runs contender c at load in the scenario.
-func (e *env) runCell(ctx context.Context, c Contender, load float64, o Options, seed uint64) (Cell, error) {
+// runLoad runs every contender at load, o.Rounds times each in a rotating
+// order (so that none always runs first, on the coolest machine), and
+// pools each contender's rounds into its cell.
+func (e *env) runLoad(ctx context.Context, load float64, o Options, seed *uint64) ([]Cell, error) {
+	n := len(o.Contenders)
+	rounds := make([][][]Sample, n)
+	skipped := make([]string, n)
+	for r := range o.Rounds {
+		for k := range n {
+			i := (k + r) % n
+			c := o.Contenders[i]
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if skipped[i] != "" {
+				continue
+			}
+			if skipped[i] = available(c); skipped[i] != "" {
+				continue
+			}
+			*seed++
+			samples, err := e.runOnce(ctx, c, load, o, *seed)
+			if err != nil {
+				return nil, fmt.Errorf("%s / %s / %.0f%%: %w", e.sc.Name, c.Name, load*100, err)
+			}
+			rounds[i] = append(rounds[i], samples)
+			if o.Rounds > 1 {
+				one := summarize(samples, e.sc.Nodes(), o.measureFor(load))
+				fmt.Fprintf(e.log, "     round %d/%d  %-24s p99 %7.1f ms\n", r+1, o.Rounds, c.Name, one.P99)
+			}
+		}
+	}
+	cells := make([]Cell, n)
+	for i, c := range o.Contenders {
+		if skipped[i] != "" {
+			cells[i].Skipped = skipped[i]
+		} else {
+			cells[i] = summarizeRounds(rounds[i], e.sc.Nodes(), o.measureFor(load))
+		}
+		cells[i].Scenario, cells[i].Contender, cells[i].Load, cells[i].Rate = e.sc.Name, c.Name, load, load*e.sc.Capacity()
+		e.logCell(cells[i])
+	}
+	return cells, nil
+}
+
+// runOnce runs contender c at load in the scenario once and returns the
+// load generator's samples.
+func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options, seed uint64) ([]Sample, error) {
 	measure := o.measureFor(load)
 	rate := load * e.sc.Capacity()
-	base := Cell{Scenario: e.sc.Name, Contender: c.Name, Load: load, Rate: rate}
-	if why := available(c); why != "" {
-		base.Skipped = why
-		return base, nil
-	}
 	stop, err := e.startEntries(ctx, c)
 	if err != nil {
-		return base, err
+		return nil, err
 	}
 	stopped := false
 	defer func() {
@@ -508,14 +547,12 @@ func (e *env) runCell(ctx context.Context, c Contender, load float64, o Options,
 	stop()
 	stopped = true
 	if err := e.restore(ctx); err != nil {
-		return base, err
+		return nil, err
 	}
 	if evErr != nil && ctx.Err() == nil {
-		return base, evErr
+		return nil, evErr
 	}
-	cell := summarize(samples, e.sc.Nodes(), measure)
-	cell.Scenario, cell.Contender, cell.Load, cell.Rate = base.Scenario, base.Contender, base.Load, base.Rate
-	return cell, ctx.Err()
+	return samples, ctx.Err()
 }
 
 // events injects the scenario's transient trouble relative to the
@@ -597,8 +634,8 @@ func (e *env) logCell(c Cell) {
 		fmt.Fprintf(e.log, "   %-24s %3.0f%%  skipped: %s\n", c.Contender, c.Load*100, c.Skipped)
 		return
 	}
-	fmt.Fprintf(e.log, "   %-24s %3.0f%%  %6.0f req/s  p50 %6.1f  p90 %6.1f  p99 %7.1f  p99.9 %7.1f ms  errors %4d  share %s\n",
-		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share))
+	fmt.Fprintf(e.log, "   %-24s %3.0f%%  %6.0f req/s  p50 %6.1f  p90 %6.1f  p99 %7.1f  p99.9 %7.1f ms  errors %4d  share %s%s\n",
+		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share), fmtRounds(c.P99Rounds))
 }
 
 func fmtShare(s []float64) string {
@@ -610,4 +647,12 @@ func fmtShare(s []float64) string {
 		out += strconv.FormatFloat(x*100, 'f', 0, 64)
 	}
 	return out
+}
+
+// fmtRounds shows the rounds' p99 range, if there was more than one.
+func fmtRounds(p99s []float64) string {
+	if len(p99s) < 2 {
+		return ""
+	}
+	return fmt.Sprintf("  p99 per round %.1f-%.1f", slices.Min(p99s), slices.Max(p99s))
 }

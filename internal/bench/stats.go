@@ -24,6 +24,10 @@ type Cell struct {
 	P999 float64 `json:"p999_ms"`
 	Max  float64 `json:"max_ms"`
 
+	// P99Rounds is each round's own p99 when the cell pools several
+	// rounds (Options.Rounds), to show the run-to-run spread.
+	P99Rounds []float64 `json:"p99_rounds_ms,omitempty"`
+
 	// Share is the fraction of successful requests each node served.
 	Share []float64 `json:"share"`
 
@@ -71,6 +75,27 @@ func summarize(samples []Sample, nodes int, measure time.Duration) Cell {
 		}
 	}
 	c.CDF = cdfPoints(lat)
+	return c
+}
+
+// summarizeRounds pools the samples of several runs of one cell (each run's
+// At relative to its own measurement) into one Cell, with each run's own
+// p99 alongside.
+func summarizeRounds(rounds [][]Sample, nodes int, measure time.Duration) Cell {
+	var pooled []Sample
+	var p99s []float64
+	for _, r := range rounds {
+		for _, s := range r {
+			if s.At >= 0 && s.At < measure {
+				pooled = append(pooled, s)
+			}
+		}
+		p99s = append(p99s, summarize(r, nodes, measure).P99)
+	}
+	c := summarize(pooled, nodes, measure*time.Duration(max(len(rounds), 1)))
+	if len(rounds) > 1 {
+		c.P99Rounds = p99s
+	}
 	return c
 }
 
