@@ -635,7 +635,7 @@ func (e *env) logCell(c Cell) {
 		return
 	}
 	fmt.Fprintf(e.log, "   %-24s %3.0f%%  %6.0f req/s  p50 %6.1f  p90 %6.1f  p99 %7.1f  p99.9 %7.1f ms  errors %4d  share %s%s\n",
-		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share), fmtRounds(c.P99Rounds))
+		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share), fmtRounds(c.P99Rounds)+fmtThirds(c.ThirdsP99))
 }
 
 func fmtShare(s []float64) string {
@@ -650,6 +650,13 @@ func fmtShare(s []float64) string {
 }
 
 // fmtRounds shows the rounds' p99 range, if there was more than one.
+func fmtThirds(p99s []float64) string {
+	if len(p99s) != 3 {
+		return ""
+	}
+	return fmt.Sprintf("  p99 by third %.0f/%.0f/%.0f", p99s[0], p99s[1], p99s[2])
+}
+
 func fmtRounds(p99s []float64) string {
 	if len(p99s) < 2 {
 		return ""

@@ -28,6 +28,11 @@ type Cell struct {
 	// rounds (Options.Rounds), to show the run-to-run spread.
 	P99Rounds []float64 `json:"p99_rounds_ms,omitempty"`
 
+	// ThirdsP99 is the p99 of the requests due in each third of the
+	// measurement (before, during and after the trouble of the slowdown
+	// and death scenarios), to show where a tail comes from.
+	ThirdsP99 []float64 `json:"thirds_p99_ms,omitempty"`
+
 	// Share is the fraction of successful requests each node served.
 	Share []float64 `json:"share"`
 
@@ -96,7 +101,26 @@ func summarizeRounds(rounds [][]Sample, nodes int, measure time.Duration) Cell {
 	if len(rounds) > 1 {
 		c.P99Rounds = p99s
 	}
+	c.ThirdsP99 = thirdsP99(pooled, measure)
 	return c
+}
+
+// thirdsP99 is the p99 of the successful requests due in each third of
+// the measurement.
+func thirdsP99(samples []Sample, measure time.Duration) []float64 {
+	lat := make([][]float64, 3)
+	for _, s := range samples {
+		if s.OK && s.At >= 0 && s.At < measure {
+			i := min(int(3*s.At/measure), 2)
+			lat[i] = append(lat[i], float64(s.Latency)/float64(time.Millisecond))
+		}
+	}
+	out := make([]float64, 3)
+	for i, l := range lat {
+		slices.Sort(l)
+		out[i] = quantile(l, 0.99)
+	}
+	return out
 }
 
 // quantile is the nearest-rank quantile of sorted xs (NaN if empty).
