@@ -1,6 +1,7 @@
 package backhand
 
 import (
+	"math"
 	"math/bits"
 	"math/rand/v2"
 	"net/http"
@@ -38,11 +39,13 @@ type Candidates struct {
 	// which must not weigh against serving it here.
 	selfCounted int64
 	view        peerView
+	table       *peerTable // for the power bound; nil in tests without one
 	rnd         func(n int) int
 	policy      *Selection
 
 	pending  []peerFilter // filters not yet applied to the view
 	shuffled bool         // a shuffle of the whole list is pending
+	weighted bool         // the pending shuffle is byPower's, weighted by power
 	done     bool         // list holds the whole (remaining) candidate list
 	list     []Candidate
 
@@ -68,7 +71,7 @@ var candidatesPool = sync.Pool{New: func() any { return new(Candidates) }}
 func newCandidates(r *http.Request, now time.Time, n *node, s *Selection) *Candidates {
 	c := candidatesPool.Get().(*Candidates)
 	c.req, c.now, c.policy = r, now, s
-	c.view = n.table.peers()
+	c.view, c.table = n.table.peers(), n.table
 	c.self = n.table.selfSlot(c.view)
 	c.stats = &n.stats
 	if st := stateOf(r); st != nil && st.counted {
@@ -142,6 +145,38 @@ func (c *Candidates) shuffle() {
 	}
 }
 
+// shuffleByPower puts the list in a random order in which each candidate
+// comes next with probability in proportion to its power (a weighted
+// sample without replacement).
+func (c *Candidates) shuffleByPower() {
+	if !c.done {
+		c.shuffled, c.weighted = true, true
+		return
+	}
+	for i := range c.list {
+		// Efraimidis-Spirakis: the smallest -ln(U)/w comes first.
+		c.list[i].key = -math.Log(c.uniform()) / c.power(&c.list[i], true)
+	}
+	c.sortByKey()
+}
+
+// powerBound is at least the power of every candidate.
+func (c *Candidates) powerBound() float64 {
+	if c.table != nil {
+		return c.table.powerBound()
+	}
+	b := 0.0
+	for _, s := range c.view {
+		b = max(b, announcedPower(s.cur.Load()))
+	}
+	return b
+}
+
+// uniform is a random float64 in (0, 1].
+func (c *Candidates) uniform() float64 {
+	return (float64(c.rnd(1<<30)) + 1) / (1 << 30)
+}
+
 // truncate keeps at most the first n candidates.
 func (c *Candidates) truncate(n int) {
 	if c.done {
@@ -174,7 +209,10 @@ func (c *Candidates) materialize(limit int) {
 		}
 	}
 	c.done = true
-	if c.shuffled {
+	switch {
+	case c.shuffled && c.weighted:
+		c.shuffleByPower()
+	case c.shuffled:
 		c.shuffle()
 	}
 	if len(c.list) > limit {
@@ -184,16 +222,22 @@ func (c *Candidates) materialize(limit int) {
 }
 
 func (c *Candidates) finish() {
-	c.done, c.shuffled = true, false
+	c.done, c.shuffled, c.weighted = true, false, false
 	c.pending = c.pending[:0]
 }
 
-// sample draws k distinct candidates uniformly at random from those that
-// pass, by rejection: O(k) draws while most peers pass. It gives up (false)
-// after too many rejections, when a full pass is cheaper.
+// sample draws k distinct candidates at random from those that pass,
+// uniformly or, after byPower, in proportion to their power, by rejection:
+// O(k) draws while most peers pass and powers are alike. It gives up
+// (false) after too many rejections, when a full pass is cheaper.
 func (c *Candidates) sample(k int) bool {
 	n := len(c.view)
 	budget := 4*k + 8
+	bound := 0.0
+	if c.weighted {
+		bound = c.powerBound()
+		budget *= 2
+	}
 	for len(c.list) < k {
 		if budget == 0 {
 			c.list = c.list[:0]
@@ -204,9 +248,15 @@ func (c *Candidates) sample(k int) bool {
 		if slices.ContainsFunc(c.list, func(x Candidate) bool { return x.slot == s }) {
 			continue
 		}
-		if p := s.cur.Load(); c.passes(s, p) {
-			c.list = append(c.list, Candidate{Peer: p, slot: s})
+		p := s.cur.Load()
+		if !c.passes(s, p) {
+			continue
 		}
+		x := Candidate{Peer: p, slot: s}
+		if c.weighted && c.uniform()*bound > c.power(&x, true) {
+			continue
+		}
+		c.list = append(c.list, x)
 	}
 	return true
 }
@@ -289,7 +339,7 @@ func NewCandidatesForTest(r *http.Request, now time.Time, peers ...*Peer) *Candi
 	for _, p := range peers {
 		t.insertLocked(p)
 	}
-	c := &Candidates{req: r, now: now, view: t.peers(), rnd: rand.IntN, predict: predictBlend}
+	c := &Candidates{req: r, now: now, view: t.peers(), table: t, rnd: rand.IntN, predict: predictBlend}
 	for _, s := range c.view {
 		if s.cur.Load().Self {
 			c.self = s

@@ -289,47 +289,37 @@ func getWithHeader(t *testing.T, url, key, value string) string {
 }
 
 // loadLoop sends requests from workers until stopped or max requests were
-// made, counting failures.
+// made, counting failures and who served the rest.
 type loadLoop struct {
-	total, failed atomic.Int64
-	mu            sync.Mutex
-	errs          []string
-	served        map[string]int
-	stop          chan struct{}
-	wg            sync.WaitGroup
+	clientLoop
+	failed atomic.Int64
+	mu     sync.Mutex
+	errs   []string
+	served map[string]int
 }
 
 func startLoad(ctx context.Context, client *cluster.Node, url string, workers int, max int64) *loadLoop {
-	l := &loadLoop{stop: make(chan struct{}), served: map[string]int{}}
-	for range workers {
-		l.wg.Go(func() {
-			for ctx.Err() == nil && l.total.Add(1) <= max {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				who, err := get(ctx, client, url)
-				if ctx.Err() != nil {
-					return
-				}
-				l.mu.Lock()
-				if err != nil {
-					l.failed.Add(1)
-					l.errs = append(l.errs, err.Error())
-				} else {
-					l.served[who]++
-				}
-				l.mu.Unlock()
-			}
-		})
-	}
+	l := &loadLoop{served: map[string]int{}}
+	l.start(ctx, workers, max, func() {
+		who, err := get(ctx, client, url)
+		if ctx.Err() != nil {
+			return
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if err != nil {
+			l.failed.Add(1)
+			l.errs = append(l.errs, err.Error())
+		} else {
+			l.served[who]++
+		}
+	})
 	return l
 }
 
+// halt stops the workers and returns how many requests each node served.
 func (l *loadLoop) halt() map[string]int {
-	close(l.stop)
-	l.wg.Wait()
+	l.clientLoop.halt()
 	return l.served
 }
 

@@ -65,6 +65,26 @@ func speed(p *Peer) float64 {
 	return float64(p.Figures.Speed) / 1000
 }
 
+// power is how much work x's peer can take on now, as byWait and byPower
+// see it: its announced power, with the application's weight lowered to
+// 1/slowness when the peer has been answering this node slower than usual
+// (pace), since that is what its weight will say once its application
+// notices. The lower of the two counts, not their product: both measure
+// the same slowness.
+func (c *Candidates) power(x *Candidate, pace bool) float64 {
+	w := weight(x.Peer)
+	if pace && !x.Peer.Self && x.slot != nil {
+		w = min(w, 1/x.slot.local.pace.slowness(c.now))
+	}
+	return capacity(x.Peer) * speed(x.Peer) * w
+}
+
+// announcedPower is how much work the peer says it can take on:
+// capacity x speed x application weight.
+func announcedPower(p *Peer) float64 {
+	return capacity(p) * speed(p) * weight(p)
+}
+
 // weight is the application-reported weight, 0-1; 1 when none is reported.
 func weight(p *Peer) float64 {
 	if !p.Figures.HasAppWeight {

@@ -16,6 +16,7 @@ func init() {
 	for _, f := range []caddy.Module{
 		new(ByRandom), new(ByLogWindow), new(ByWindow), new(ByLoad), new(ByBusyChildren),
 		new(ByCPU), new(ByCost), new(ByLatency), new(ByWeight), new(ByWait), new(AddPrediction),
+		new(ByPower),
 	} {
 		caddy.RegisterModule(f)
 	}
@@ -46,6 +47,23 @@ func (ByRandom) CaddyModule() caddy.ModuleInfo {
 
 // Candidates applies the function.
 func (ByRandom) Candidates(c *Candidates) { c.shuffle() }
+
+// ByPower shuffles the list at random, each peer coming next with a
+// probability in proportion to its power: capacity x speed x application
+// weight, the weight lowered by the peer's pace (what byWait divides by). Followed by a
+// window (byWindow), it samples the peers that can take more work more
+// often, so that a peer with half the cluster's power is a candidate in
+// most samples instead of in k of n; among equal peers it is byRandom.
+// Like byRandom before a window, it costs only the window's draws.
+type ByPower struct{ noArgs }
+
+// CaddyModule returns the Caddy module information.
+func (ByPower) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("byPower", func() caddy.Module { return new(ByPower) })
+}
+
+// Candidates applies the function.
+func (ByPower) Candidates(c *Candidates) { c.shuffleByPower() }
 
 // ByLogWindow keeps the first floor(log2 n) of the n candidates, at least
 // one (mod_backhand's byLogWindow; its rounding was not documented). After
@@ -335,19 +353,15 @@ func (ByWait) CaddyModule() caddy.ModuleInfo {
 func (f *ByWait) Candidates(c *Candidates) { c.orderBy(f) }
 
 func (f *ByWait) rank(c *Candidates, x *Candidate) float64 {
-	w := weight(x.Peer)
-	if w <= 0 {
+	power := c.power(x, !f.IgnorePace)
+	if power <= 0 {
 		return math.Inf(1)
 	}
 	busy := c.busy(x)
 	if x.Peer.Self {
 		busy -= f.Bias + selfTie
-	} else if x.slot != nil && !f.IgnorePace {
-		// A peer answering slower than usual is as slow as its weight
-		// will say once its application notices: take that now.
-		w = min(w, 1/x.slot.local.pace.slowness(c.now))
 	}
-	return (busy + 1) / (capacity(x.Peer) * speed(x.Peer) * w)
+	return (busy + 1) / power
 }
 
 // selfTie makes this node win exact ties.
@@ -393,6 +407,7 @@ func (AddPrediction) Candidates(c *Candidates) {
 // Interface guards
 var (
 	_ CandidacyFunction = (*ByRandom)(nil)
+	_ CandidacyFunction = (*ByPower)(nil)
 	_ CandidacyFunction = (*ByLogWindow)(nil)
 	_ CandidacyFunction = (*ByWindow)(nil)
 	_ CandidacyFunction = (*ByLoad)(nil)

@@ -350,6 +350,51 @@ func TestByWeightProportional(t *testing.T) {
 	}
 }
 
+// byPower puts a peer first in proportion to capacity x speed x weight,
+// both when a window samples lazily (byWindow 1) and when the whole list is
+// ordered (a window as large as the list), and a peer answering slowly
+// (pace) is drawn less often.
+func TestByPowerProportional(t *testing.T) {
+	n := testNode(tp("s1", 0, spd(1000)), tp("s2", 0, spd(1000)), tp("x2", 0, spd(2000)), tp("x4", 0, spd(4000)),
+		tp("w", 0, spd(4000), appWeight(250))) // speed 4 at weight 1/4: power 1
+	want := map[string]float64{"s1": 1.0 / 9, "s2": 1.0 / 9, "x2": 2.0 / 9, "x4": 4.0 / 9, "w": 1.0 / 9}
+	const rounds = 40000
+	for _, window := range []int{1, 5} {
+		s := policy(n, &ByPower{}, &ByWindow{N: window})
+		counts := map[string]int{}
+		for i := range rounds {
+			counts[chainNames(s, nil, uint64(i))[0]]++
+		}
+		chi2 := 0.0
+		for name, share := range want {
+			d := float64(counts[name]) - share*rounds
+			chi2 += d * d / (share * rounds)
+		}
+		if chi2 > 18.47 { // p = 0.001 for 4 degrees of freedom
+			t.Errorf("window %d: first places %v, chi-square %.2f: not in proportion to power", window, counts, chi2)
+		}
+	}
+	x4 := n.table.lookupSlot("x4")
+	at := now.Add(-40 * time.Second)
+	for range 400 {
+		at = at.Add(100 * time.Millisecond)
+		x4.local.pace.observe(10*time.Millisecond, at)
+	}
+	for range 30 { // x4 now answers 4x slower than usual: power 4 -> about 1
+		x4.local.pace.observe(40*time.Millisecond, now)
+	}
+	s := policy(n, &ByPower{}, &ByWindow{N: 1})
+	first := 0
+	for i := range rounds {
+		if chainNames(s, nil, uint64(i))[0] == "x4" {
+			first++
+		}
+	}
+	if got := float64(first) / rounds; got > 0.25 {
+		t.Errorf("x4 answering 4x slower than usual is still first %.3f of the time, want about 1/6", got)
+	}
+}
+
 func TestByLatencyPeakEWMA(t *testing.T) {
 	n := testNode(tp("a", 0, func(p *Peer) { p.Figures.LatencyMicros = 5000 }), tp("b", 0, func(p *Peer) { p.Figures.LatencyMicros = 1000 }))
 	s := policy(n, &ByLatency{})
@@ -414,6 +459,20 @@ func TestPaceNeedsSamples(t *testing.T) {
 	p.observe(time.Millisecond, now) // one fast among slow: not yet a pace
 	if s := p.slowness(now); s != 1 {
 		t.Errorf("slowness %v with %d samples, want 1", s, paceMinSamples)
+	}
+	// A peer quiet for a while that comes back slow is still seen as slow:
+	// the first response after the silence does not reset the usual pace.
+	var q pace
+	at := now.Add(-time.Minute)
+	for range 100 {
+		at = at.Add(100 * time.Millisecond)
+		q.observe(10*time.Millisecond, at)
+	}
+	for range 8 {
+		q.observe(50*time.Millisecond, now)
+	}
+	if s := q.slowness(now); s < 1.5 {
+		t.Errorf("slowness %v after 50 s of silence and 8 responses 5x slower, want >= 1.5", s)
 	}
 	var z pace
 	for range 100 {

@@ -345,40 +345,26 @@ const entryErrors = `handle_errors {
 // else — a 503 (no upstreams: the peer table was empty), a 502 from a peer
 // that was not reloaded, a wrong body, a timeout — is a "failed" request.
 type reloadLoad struct {
+	clientLoop
 	entry   *cluster.Node
 	ownApp  string // host:port of the reloading node's app site
-	total   atomic.Int64
 	handoff atomic.Int64
 	failed  atomic.Int64
 
 	mu          sync.Mutex
 	handoffErrs []string
 	failedErrs  []string
-
-	stop chan struct{}
-	wg   sync.WaitGroup
 }
 
 // run starts workers that make requests until stopped, max requests in all
 // or ctx is done.
 func (l *reloadLoad) run(ctx context.Context, workers int, max int64) {
-	l.stop = make(chan struct{})
-	for range workers {
-		l.wg.Go(func() {
-			for ctx.Err() == nil && l.total.Add(1) <= max {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				status, body, err := l.entry.Get(ctx, l.entry.Config.EntryURL())
-				if ctx.Err() != nil {
-					return
-				}
-				l.sort(status, body, err)
-			}
-		})
-	}
+	l.start(ctx, workers, max, func() {
+		status, body, err := l.entry.Get(ctx, l.entry.Config.EntryURL())
+		if ctx.Err() == nil {
+			l.sort(status, body, err)
+		}
+	})
 }
 
 func (l *reloadLoad) sort(status int, body string, err error) {
@@ -402,11 +388,6 @@ func (l *reloadLoad) sort(status int, body string, err error) {
 		l.failed.Add(1)
 		l.failedErrs = append(l.failedErrs, what)
 	}
-}
-
-func (l *reloadLoad) halt() {
-	close(l.stop)
-	l.wg.Wait()
 }
 
 // count is the number of requests made.

@@ -143,6 +143,8 @@ type pace struct {
 const (
 	paceRecentWeight = 1.0 / 16
 	paceUsualTau     = 30 * time.Second
+	// paceUsualMaxWeight is the most one sample weighs in the usual pace.
+	paceUsualMaxWeight = paceRecentWeight / 4
 	// paceMinSamples is how many samples the ratio needs before it means
 	// anything.
 	paceMinSamples = 16
@@ -165,7 +167,11 @@ func (p *pace) observe(d time.Duration, now time.Time) {
 	recent += max(paceRecentWeight, first) * (sample - recent)
 	p.recent.Store(math.Float64bits(recent))
 	dt := max(now.UnixNano()-prev, 0)
-	alpha := max(1-math.Exp(-float64(dt)/float64(paceUsualTau)), first)
+	// Time-based, so that a busy peer's usual pace spans paceUsualTau, but
+	// never more than paceUsualMaxWeight for one sample (unless among the
+	// first), so that the first response after a long silence cannot move
+	// it much.
+	alpha := max(min(1-math.Exp(-float64(dt)/float64(paceUsualTau)), paceUsualMaxWeight), first)
 	usual := math.Float64frombits(p.usual.Load())
 	usual += alpha * (sample - usual)
 	p.usual.Store(math.Float64bits(usual))

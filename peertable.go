@@ -1,6 +1,7 @@
 package backhand
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -107,6 +108,11 @@ type peerTable struct {
 	accepts atomic.Uint64
 	rejects [numRejectReasons]atomic.Uint64
 
+	// bound is at least the announced power of every peer in the view
+	// (float64 bits), for byPower's sampling by rejection: raised by each
+	// announcement that exceeds it, recomputed when the view changes.
+	bound atomic.Uint64
+
 	// noStaleUntil is when the oldest entry of the last full scan turns
 	// stale: until then a full table has nothing to evict, so a flood of
 	// new names costs O(1) each instead of a scan of the table.
@@ -129,6 +135,16 @@ func (t *peerTable) setLimits(l *tableLimits) {
 	defer t.mu.Unlock()
 	t.limits.Store(l)
 	t.noStaleUntil = time.Time{}
+}
+
+// powerBound is at least the announced power of every peer in the view.
+func (t *peerTable) powerBound() float64 { return math.Float64frombits(t.bound.Load()) }
+
+// raiseBoundLocked raises the power bound to p's power if that is higher.
+func (t *peerTable) raiseBoundLocked(p *Peer) {
+	if pw := announcedPower(p); pw > t.powerBound() {
+		t.bound.Store(math.Float64bits(pw))
+	}
 }
 
 // peers returns the current view. Callers must not modify it.
@@ -202,6 +218,7 @@ func (t *peerTable) accept(a *announcement, src netip.AddrPort, now time.Time) (
 			// send time; an older one is a replay of the previous life.
 			return false, reject(t.countReject(rejectReplay))
 		}
+		t.raiseBoundLocked(p)
 		slot.cur.Store(p)
 		slot.local.announced(&p.Figures)
 		t.accepts.Add(1)
@@ -224,6 +241,7 @@ func (t *peerTable) updateSelf(p *Peer) {
 		if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
 			p.FirstSeen = cur.FirstSeen
 		}
+		t.raiseBoundLocked(p)
 		slot.cur.Store(p)
 		slot.local.announced(&p.Figures)
 		return
@@ -242,9 +260,12 @@ func (t *peerTable) insertLocked(p *Peer) {
 // publishLocked rebuilds the sorted view after a join or an eviction.
 func (t *peerTable) publishLocked() {
 	v := make(peerView, 0, len(t.slots))
+	bound := 0.0
 	for _, s := range t.slots {
 		v = append(v, s)
+		bound = max(bound, announcedPower(s.cur.Load()))
 	}
+	t.bound.Store(math.Float64bits(bound))
 	slices.SortFunc(v, func(a, b *peerSlot) int { return strings.Compare(a.name, b.name) })
 	t.view.Store(&v)
 }

@@ -265,3 +265,16 @@ func BenchmarkReceive(b *testing.B) {
 		b.Fatalf("accepted %d of %d", got, i)
 	}
 }
+
+// The power bound byPower samples against stays at or above every peer's
+// power: raised by announcements, recomputed when the view changes.
+func TestPowerBound(t *testing.T) {
+	n := testNode(tp("a", 0, spd(1000)), tp("b", 0, spd(2000)))
+	if b := n.table.powerBound(); b != 200 {
+		t.Fatalf("bound %v, want 200 (capacity 100 x speed 2)", b)
+	}
+	n.table.updateSelf(tp("me", 0, spd(8000)))
+	if b := n.table.powerBound(); b != 800 {
+		t.Errorf("bound %v after a faster self, want 800", b)
+	}
+}
