@@ -38,6 +38,39 @@ func benchChain(n *node) *Selection {
 	return s
 }
 
+// BenchmarkDefaultChains runs the default chain and its byPower variant over
+// peers of mixed speeds (1-4) and picks the winner: both sample only their
+// window, whatever the cluster size.
+func BenchmarkDefaultChains(b *testing.B) {
+	for _, chain := range []struct {
+		name    string
+		sampler CandidacyFunction
+	}{{"byRandom", &ByRandom{}}, {"byPower", &ByPower{}}} {
+		for _, size := range benchSizes {
+			b.Run(fmt.Sprintf("%s/%d", chain.name, size), func(b *testing.B) {
+				n := benchNode(size)
+				for i, sl := range n.table.peers() {
+					sl.cur.Load().Figures.Speed = uint32(1000 * (1 + i%4))
+				}
+				n.table.mu.Lock()
+				n.table.publishLocked() // the bound follows the speeds set above
+				n.table.mu.Unlock()
+				s := policy(n, &ByAge{}, chain.sampler, &ByWindow{N: 3}, &ByWait{})
+				s.fallback = reverseproxy.RandomSelection{}
+				b.ReportAllocs()
+				for b.Loop() {
+					c := newCandidates(nil, time.Now(), n, s)
+					s.run(c)
+					if c.first() == nil {
+						b.Fatal("no winner")
+					}
+					c.release()
+				}
+			})
+		}
+	}
+}
+
 // BenchmarkChain runs `byAge byRandom byWindow 2 byLoad addPrediction` and
 // picks the winner: the per-request work of the backhand policy.
 func BenchmarkChain(b *testing.B) {
