@@ -20,7 +20,8 @@ type Candidate struct {
 }
 
 // Candidates is the list a candidacy chain works on. It starts as the live
-// peers (heard within max_age, not draining), self included, in the order
+// peers (heard within max_age, not draining, not failed by this node since
+// their last announcement), self included, in the order
 // of their names; each function filters, reorders or truncates it, and the
 // first candidate left wins. An empty list means "serve locally".
 //
@@ -113,7 +114,7 @@ func (c *Candidates) filter(f peerFilter) {
 // passes reports whether the peer of slot s, p, survives the live-peer rule
 // and the pending filters.
 func (c *Candidates) passes(s *peerSlot, p *Peer) bool {
-	if !c.live(p) || (c.exclude != nil && c.exclude.wasTried(s)) {
+	if !c.live(p) || (c.exclude != nil && c.exclude.wasTried(s)) || (!p.Self && s.local.failedSince(p.ReceivedAt)) {
 		return false
 	}
 	for _, f := range c.pending {
@@ -125,7 +126,8 @@ func (c *Candidates) passes(s *peerSlot, p *Peer) bool {
 }
 
 // live is the starting rule: heard within the policy's max_age (self is
-// always fresh) and not draining.
+// always fresh) and not draining. (passes also drops a peer this node
+// failed to reach since its last announcement.)
 func (c *Candidates) live(p *Peer) bool {
 	if p.Figures.Draining || p.Advertise == "" {
 		return false

@@ -186,6 +186,26 @@ func mustProvision[T caddy.Provisioner](f T) T {
 	return f
 }
 
+// A peer that an attempt failed to reach (Caddy retried elsewhere) is no
+// candidate until it announces again.
+func TestFailedPeerWaitsForAnnouncement(t *testing.T) {
+	n := testNode(tp("a", time.Second), tp("b", time.Second))
+	s := policy(n)
+	a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
+	var st requestState
+	st.choose(a, now)
+	st.choose(b, now) // the attempt at a failed
+	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("b")) {
+		t.Errorf("after a failed attempt at a: got %v, want [b]", got)
+	}
+	back := *a.cur.Load()
+	back.ReceivedAt = now.Add(time.Millisecond) // a announces again
+	a.cur.Store(&back)
+	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("a", "b")) {
+		t.Errorf("after a's next announcement: got %v, want [a b]", got)
+	}
+}
+
 // Prediction: requests this node sent since a peer's announcement count
 // on top of the announced figure; for self the live counter counts.
 func TestPrediction(t *testing.T) {

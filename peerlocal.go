@@ -17,6 +17,7 @@ type peerLocal struct {
 	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
 	latency    peakEWMA
 	pace       pace
+	failedAt   atomic.Int64 // when an attempt from this node to the peer last failed, Unix ns
 
 	// What the peer's last announcement showed beyond this node's own
 	// requests (others' share: other entry points, direct traffic), and its
@@ -73,6 +74,16 @@ func (l *peerLocal) decayed(age, tau time.Duration) float64 {
 func (l *peerLocal) sentSinceAnnounce() int64 {
 	return max(l.inflight.Load()-l.atAnnounce.Load(), 0)
 }
+
+// failed records that an attempt from this node to the peer failed (Caddy
+// retried it elsewhere).
+func (l *peerLocal) failed(now time.Time) { l.failedAt.Store(now.UnixNano()) }
+
+// failedSince reports whether an attempt to the peer failed after t, its
+// last announcement: such a peer is no candidate until it announces again,
+// so that a node that just died does not take a place in every window
+// until it ages out.
+func (l *peerLocal) failedSince(t time.Time) bool { return l.failedAt.Load() > t.UnixNano() }
 
 func (l *peerLocal) begin() {
 	l.inflight.Add(1)

@@ -135,10 +135,14 @@ func (st *requestState) wasTried(s *peerSlot) bool {
 }
 
 // choose records that s serves the request from now on. A previous choice
-// failed (Caddy retries only failed attempts): its in-flight count drops,
-// without a latency sample, since a fast failure is no sign of speed.
+// failed (Caddy retries only failed attempts): it is no candidate until it
+// announces again, and its in-flight count drops, without a latency
+// sample, since a fast failure is no sign of speed.
 func (st *requestState) choose(s *peerSlot, now time.Time) {
 	st.nOffered = 0
+	if st.chosen != nil {
+		st.chosen.local.failed(now)
+	}
 	if st.tracked {
 		if st.chosen != nil {
 			st.chosen.local.inflight.Add(-1)
