@@ -40,7 +40,7 @@ type Candidates struct {
 	// which must not weigh against serving it here.
 	selfCounted int64
 	view        peerView
-	table       *peerTable // for the power bound; nil in tests without one
+	table       *peerTable // for byPower's power bound
 	rnd         func(n int) int
 	policy      *Selection
 
@@ -162,18 +162,6 @@ func (c *Candidates) shuffleByPower() {
 	c.sortByKey()
 }
 
-// powerBound is at least the power of every candidate.
-func (c *Candidates) powerBound() float64 {
-	if c.table != nil {
-		return c.table.powerBound()
-	}
-	b := 0.0
-	for _, s := range c.view {
-		b = max(b, announcedPower(s.cur.Load()))
-	}
-	return b
-}
-
 // uniform is a random float64 in (0, 1].
 func (c *Candidates) uniform() float64 {
 	return (float64(c.rnd(1<<30)) + 1) / (1 << 30)
@@ -237,7 +225,7 @@ func (c *Candidates) sample(k int) bool {
 	budget := 4*k + 8
 	bound := 0.0
 	if c.weighted {
-		bound = c.powerBound()
+		bound = c.table.powerBound()
 		budget *= 2
 	}
 	for len(c.list) < k {

@@ -50,9 +50,9 @@ func (ByRandom) Candidates(c *Candidates) { c.shuffle() }
 
 // ByPower shuffles the list at random, each peer coming next with a
 // probability in proportion to its power: capacity x speed x application
-// weight, the weight lowered by the peer's pace (what byWait divides by). Followed by a
-// window (byWindow), it samples the peers that can take more work more
-// often, so that a peer with half the cluster's power is a candidate in
+// weight, the weight lowered by the peer's pace (what byWait divides by).
+// Followed by a window (byWindow), it samples the peers that can take more
+// work more often, so that a peer with half the cluster's power is a candidate in
 // most samples instead of in k of n; among equal peers it is byRandom.
 // Like byRandom before a window, it costs only the window's draws.
 type ByPower struct{ noArgs }
@@ -328,9 +328,9 @@ func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
 // capacity, and so does a peer's recent slowness as this node sees it (its
 // responses to this node taking longer than usual), whichever is lower, so
 // a peer that turns slow is shunned within a few responses instead of
-// after its next announcement. On a tie this node wins, since forwarding costs a hop for
-// nothing; `byWait <bias>` favours it by that many requests more. Part of
-// the recommended default chain.
+// after its next announcement. On a tie this node wins, since forwarding
+// costs a hop for nothing; `byWait <bias>` favours it by that many requests
+// more. Part of the recommended default chain.
 type ByWait struct {
 	// Bias is how many requests in flight this node's own count is
 	// lowered by before comparing, to offset the cost of forwarding.

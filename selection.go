@@ -185,10 +185,10 @@ func parsePredict(s string) (predictMode, error) {
 // DefaultChain is the chain used when none is configured: drop peers heard
 // from too long ago, sample three at random, and take the one whose
 // estimated wait is shortest (requests in flight, estimated as the
-// prediction mode says, relative to capacity and speed). A small random
-// sample rather than log2(n) or all keeps stale figures from herding
-// traffic onto one peer, and keeps the cost per request flat; with the
-// decay estimate, three choices beat two in the simulator at every
+// prediction mode says, relative to capacity, speed, weight and pace). A
+// small random sample rather than log2(n) or all keeps stale figures from
+// herding traffic onto one peer, and keeps the cost per request flat; with
+// the decay estimate, three choices beat two in the simulator at every
 // staleness and entry-point count tried, and in the real-process benchmark
 // (BENCHMARKS.md).
 func DefaultChain() []CandidacyFunction {
