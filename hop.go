@@ -43,23 +43,34 @@ func newHopSigner(key []byte) *hopSigner {
 
 // hopMarker is "v1;<node>;<client ip>;<unix ms>;<MAC>", the MAC being the
 // first 16 bytes of HMAC-SHA256 over the rest, in hex ("-" without a key).
+// Every forwarded request makes one, so it is built in one buffer.
 func hopMarker(s *hopSigner, node, client string, now time.Time) string {
-	body := hopVersion + ";" + node + ";" + client + ";" + strconv.FormatInt(now.UnixMilli(), 10)
-	return body + ";" + s.mac(body)
+	var buf [160]byte
+	b := append(buf[:0], hopVersion+";"...)
+	b = append(b, node...)
+	b = append(b, ';')
+	b = append(b, client...)
+	b = append(b, ';')
+	b = strconv.AppendInt(b, now.UnixMilli(), 10)
+	b = append(b, ';')
+	if s == nil {
+		return string(append(b, '-'))
+	}
+	var sum [sha256.Size]byte
+	return string(hex.AppendEncode(b, s.sum(b[:len(b)-1], &sum)))
 }
 
-func (s *hopSigner) mac(body string) string {
-	if s == nil {
-		return "-"
-	}
+// sum is the marker MAC of body: the first hopMACLen bytes of its HMAC.
+func (s *hopSigner) sum(body []byte, out *[sha256.Size]byte) []byte {
 	m := s.macs.Get().(hash.Hash)
 	m.Reset()
-	m.Write([]byte(body))
-	var sum [sha256.Size]byte
-	out := hex.EncodeToString(m.Sum(sum[:0])[:16])
+	m.Write(body)
+	m.Sum(out[:0])
 	s.macs.Put(m)
-	return out
+	return out[:hopMACLen]
 }
+
+const hopMACLen = 16 // bytes of the HMAC a marker keeps
 
 // checkHop verifies a marker and returns the node that forwarded the
 // request and the original client's address.
@@ -69,19 +80,35 @@ func checkHop(s *hopSigner, marker string, now time.Time) (from, client string, 
 		return "", "", false
 	}
 	body, mac := marker[:i], marker[i+1:]
-	if !hmac.Equal([]byte(mac), []byte(s.mac(body))) {
+	if s == nil {
+		if mac != "-" {
+			return "", "", false
+		}
+	} else {
+		var got [hopMACLen]byte
+		if len(mac) != 2*hopMACLen {
+			return "", "", false
+		}
+		if _, err := hex.Decode(got[:], []byte(mac)); err != nil {
+			return "", "", false
+		}
+		var sum [sha256.Size]byte
+		if !hmac.Equal(got[:], s.sum([]byte(body), &sum)) {
+			return "", "", false
+		}
+	}
+	version, rest, _ := strings.Cut(body, ";")
+	from, rest, _ = strings.Cut(rest, ";")
+	client, stamp, found := strings.Cut(rest, ";")
+	if !found || version != hopVersion || from == "" {
 		return "", "", false
 	}
-	parts := strings.Split(body, ";")
-	if len(parts) != 4 || parts[0] != hopVersion || parts[1] == "" {
-		return "", "", false
-	}
-	ms, err := strconv.ParseInt(parts[3], 10, 64)
+	ms, err := strconv.ParseInt(stamp, 10, 64)
 	if err != nil {
 		return "", "", false
 	}
 	if d := now.Sub(time.UnixMilli(ms)); d > hopWindow || d < -hopWindow {
 		return "", "", false
 	}
-	return parts[1], parts[2], true
+	return from, client, true
 }

@@ -1,6 +1,8 @@
 package backhand
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +17,20 @@ func TestHopMarker(t *testing.T) {
 	if from, client, ok := checkHop(key, m, at.Add(time.Second)); !ok || from != "node1" || client != "203.0.113.7" {
 		t.Fatalf("valid marker: from %q client %q ok %v", from, client, ok)
 	}
+	// signed makes a correctly signed marker of any body, so that the
+	// parsing after the MAC check is tested too.
+	signed := func(body string) string {
+		var sum [sha256.Size]byte
+		return body + ";" + hex.EncodeToString(key.sum([]byte(body), &sum))
+	}
 	bad := map[string]string{
+		"signed v2":          signed("v2;node1;x;1800000000000"),
+		"signed empty node":  signed("v1;;x;1800000000000"),
+		"signed extra field": signed("v1;node1;x;y;1800000000000"),
+		"signed bad time":    signed("v1;node1;x;soon"),
+		"signed short":       signed("v1;node1"),
+		"short MAC":          m[:len(m)-2],
+		"non-hex MAC":        m[:len(m)-2] + "zz",
 		"wrong key":          m,
 		"tampered client":    strings.Replace(m, "203.0.113.7", "203.0.113.8", 1),
 		"tampered node":      strings.Replace(m, "node1", "node2", 1),

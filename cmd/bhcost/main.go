@@ -1,10 +1,15 @@
 // Command bhcost measures what the backhand directive costs end to end:
 // requests per second and latency through `backhand` (the default chain,
 // removeSelf) against `reverse_proxy` with `lb_policy random` to the same
-// four loopback backends, from the same client (wrk), in one run, the two
-// alternating so that a noisy machine affects both alike.
+// four loopback backends, from the same client (wrk), in one run.
 //
-//	go run ./cmd/bhcost [-rounds 3] [-duration 10s] [-connections 32]
+//	go run ./cmd/bhcost [-rounds 9] [-duration 5s] [-connections 32]
+//
+// Throughput on a shared machine moves by 10-20% from one measurement to
+// the next, so each round measures both back to back (in alternating order)
+// and the headline is the median of the rounds' ratios. It also reports
+// the CPU time (user and system, from the processes) that each request
+// cost, on the entry node and on every process with wrk.
 //
 // It needs wrk on PATH (Debian package wrk).
 package main
@@ -21,6 +26,7 @@ import (
 	"time"
 
 	"github.com/caddy-backhand/backhand/internal/cluster"
+	"github.com/shirou/gopsutil/v4/process"
 )
 
 const (
@@ -30,11 +36,11 @@ const (
 )
 
 func main() {
-	rounds := flag.Int("rounds", 3, "alternating rounds of each contender")
-	duration := flag.Duration("duration", 10*time.Second, "wrk duration per measurement")
+	rounds := flag.Int("rounds", 9, "rounds, each measuring both contenders back to back (in alternating order)")
+	duration := flag.Duration("duration", 5*time.Second, "wrk duration per measurement")
 	conns := flag.Int("connections", 32, "wrk connections")
 	threads := flag.Int("threads", 2, "wrk threads")
-	flag.StringVar(&profilePath, "cpuprofile", "", "save a CPU profile of the entry node during the first backhand measurement")
+	flag.StringVar(&profilePath, "cpuprofile", "", "save CPU profiles of the entry node during each contender's first measurement, as `prefix`-random.prof and prefix-backhand.prof")
 	flag.Parse()
 	if err := run(*rounds, *duration, *conns, *threads); err != nil {
 		fmt.Fprintln(os.Stderr, "bhcost:", err)
@@ -44,10 +50,12 @@ func main() {
 
 var profilePath string
 
+var profileNames = map[string]string{"reverse_proxy random": "random", "backhand (default chain)": "backhand"}
+
 // profile saves a CPU profile of the entry over d from its admin API.
-func profile(entry *cluster.Node, d time.Duration) {
+func profile(entry *cluster.Node, d time.Duration, path string) {
 	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", entry.Config.AdminURL(), int(d.Seconds()))
-	out, err := exec.Command("curl", "-s", "-o", profilePath, url).CombinedOutput()
+	out, err := exec.Command("curl", "-s", "-o", path, url).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "profile: %v %s\n", err, out)
 	}
@@ -79,15 +87,15 @@ func run(rounds int, duration time.Duration, conns, threads int) error {
 	names := []string{"reverse_proxy random", "backhand (default chain)"}
 	results := map[string][]wrkResult{}
 	for r := range rounds {
-		for _, name := range names {
-			if profilePath != "" && r == 0 && name == names[1] {
-				go profile(entry, duration-2*time.Second)
+		for _, name := range roundOrder(names, r) {
+			if profilePath != "" && r == 0 {
+				go profile(entry, duration-2*time.Second, profilePath+"-"+profileNames[name]+".prof")
 			}
-			res, err := runWrk(urls[name], duration, conns, threads)
+			res, err := measure(nodes, urls[name], duration, conns, threads)
 			if err != nil {
 				return fmt.Errorf("%s: %v", name, err)
 			}
-			fmt.Printf("round %d  %-26s %9.0f req/s  p50 %8v  p99 %8v  errors %d\n", r+1, name, res.rps, res.p50, res.p99, res.errors)
+			fmt.Printf("round %d  %-26s %9.0f req/s  p50 %8v  p99 %8v  CPU %6.1f us/req (entry %5.1f)  errors %d\n", r+1, name, res.rps, res.p50, res.p99, res.cpuPerReq, res.entryCPU, res.errors)
 			results[name] = append(results[name], res)
 		}
 	}
@@ -95,9 +103,12 @@ func run(rounds int, duration time.Duration, conns, threads int) error {
 	rp, bh := median(results[names[0]]), median(results[names[1]])
 	for _, name := range names {
 		m := median(results[name])
-		fmt.Printf("| %s | %.0f req/s | p50 %v | p99 %v |\n", name, m.rps, m.p50, m.p99)
+		fmt.Printf("| %s | %.0f req/s | p50 %v | p99 %v | %.1f us CPU/req | entry %.1f us/req |\n", name, m.rps, m.p50, m.p99, m.cpuPerReq, m.entryCPU)
 	}
-	fmt.Printf("throughput ratio backhand / reverse_proxy random: %.3f\n", bh.rps/rp.rps)
+	ratios := roundRatios(results[names[0]], results[names[1]])
+	fmt.Printf("throughput ratio backhand / reverse_proxy random: %.3f (median of the rounds' ratios; ratio of medians %.3f)\n", medianOf(ratios), bh.rps/rp.rps)
+	fmt.Printf("rounds' ratios: %.3f\n", ratios)
+	fmt.Printf("CPU per request, reverse_proxy random / backhand: %.3f (all processes), %.3f (entry)\n", rp.cpuPerReq/bh.cpuPerReq, rp.entryCPU/bh.entryCPU)
 	return nil
 }
 
@@ -164,9 +175,92 @@ func join(xs []string) string {
 }
 
 type wrkResult struct {
-	rps      float64
-	p50, p99 time.Duration
-	errors   int
+	rps       float64
+	p50, p99  time.Duration
+	errors    int
+	cpuPerReq float64 // microseconds of CPU (every node and wrk) per request
+	entryCPU  float64 // of which the entry node's
+	wrkCPU    time.Duration
+}
+
+// measure runs wrk against url and adds up the CPU time that the nodes and
+// wrk spent meanwhile.
+func measure(nodes []*cluster.Node, url string, d time.Duration, conns, threads int) (wrkResult, error) {
+	entry := nodes[len(nodes)-1:]
+	before, err := nodesCPU(nodes)
+	if err != nil {
+		return wrkResult{}, err
+	}
+	entryBefore, err := nodesCPU(entry)
+	if err != nil {
+		return wrkResult{}, err
+	}
+	res, err := runWrk(url, d, conns, threads)
+	if err != nil {
+		return res, err
+	}
+	after, err := nodesCPU(nodes)
+	if err != nil {
+		return res, err
+	}
+	entryAfter, err := nodesCPU(entry)
+	if err != nil {
+		return res, err
+	}
+	if requests := res.rps * d.Seconds(); requests > 0 {
+		res.cpuPerReq = float64(after-before+res.wrkCPU) / float64(time.Microsecond) / requests
+		res.entryCPU = float64(entryAfter-entryBefore) / float64(time.Microsecond) / requests
+	}
+	return res, nil
+}
+
+// nodesCPU is the user and system time that the processes of nodes have
+// used.
+func nodesCPU(nodes []*cluster.Node) (time.Duration, error) {
+	var total float64
+	for _, n := range nodes {
+		p, err := process.NewProcess(int32(n.Pid()))
+		if err != nil {
+			return 0, err
+		}
+		t, err := p.Times()
+		if err != nil {
+			return 0, err
+		}
+		total += t.User + t.System
+	}
+	return time.Duration(total * float64(time.Second)), nil
+}
+
+// roundOrder runs the contenders in turn, reversing the order every other
+// round (ABBA), so that a machine speeding up or slowing down over a round
+// does not favour whichever goes first.
+func roundOrder(names []string, round int) []string {
+	if round%2 == 0 {
+		return names
+	}
+	return []string{names[1], names[0]}
+}
+
+// roundRatios is backhand's throughput over random's, round by round: each
+// pair ran back to back, so its ratio is less noisy than the medians'.
+func roundRatios(rp, bh []wrkResult) []float64 {
+	var out []float64
+	for i := range min(len(rp), len(bh)) {
+		out = append(out, bh[i].rps/rp[i].rps)
+	}
+	return out
+}
+
+func medianOf(v []float64) float64 {
+	v = slices.Sorted(slices.Values(v))
+	if len(v) == 0 {
+		return 0
+	}
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return v[len(v)/2]
 }
 
 var (
@@ -177,12 +271,13 @@ var (
 
 // runWrk runs wrk with latency percentiles and parses its report.
 func runWrk(url string, d time.Duration, conns, threads int) (wrkResult, error) {
-	out, err := exec.Command("wrk", "--latency", "-t"+strconv.Itoa(threads), "-c"+strconv.Itoa(conns),
-		"-d"+strconv.Itoa(int(d.Seconds()))+"s", url).CombinedOutput()
+	cmd := exec.Command("wrk", "--latency", "-t"+strconv.Itoa(threads), "-c"+strconv.Itoa(conns),
+		"-d"+strconv.Itoa(int(d.Seconds()))+"s", url)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
-	var r wrkResult
+	r := wrkResult{wrkCPU: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
 	m := reRPS.FindSubmatch(out)
 	if m == nil {
 		return r, fmt.Errorf("no Requests/sec in wrk output: %s", out)
@@ -217,6 +312,9 @@ func median(rs []wrkResult) wrkResult {
 		rps: pick(func(r wrkResult) float64 { return r.rps }),
 		p50: time.Duration(pick(func(r wrkResult) float64 { return float64(r.p50) })),
 		p99: time.Duration(pick(func(r wrkResult) float64 { return float64(r.p99) })),
+
+		cpuPerReq: pick(func(r wrkResult) float64 { return r.cpuPerReq }),
+		entryCPU:  pick(func(r wrkResult) float64 { return r.entryCPU }),
 	}
 }
 
