@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"time"
@@ -147,4 +148,37 @@ func cdfPoints(sorted []float64) []CDFPoint {
 		out = append(out, CDFPoint{P: p, Ms: quantile(sorted, p)})
 	}
 	return out
+}
+
+// P99Interval is a distribution-free 95% confidence interval for the
+// cell's p99, read off its CDF: the p99 of n requests is the order
+// statistic of rank about 0.99n, and that rank's spread is binomial, so the
+// interval runs between the quantiles at 0.99 -+ 1.96 sqrt(0.99 x 0.01 / n).
+// It assumes independent requests; queueing correlates neighbours, so the
+// true interval is wider. NaN without samples.
+func (c Cell) P99Interval() (lo, hi float64) {
+	n := float64(c.Requests - c.Errors)
+	if n <= 0 || len(c.CDF) == 0 {
+		return math.NaN(), math.NaN()
+	}
+	const p = 0.99
+	d := 1.96 * math.Sqrt(p*(1-p)/n)
+	return cdfAt(c.CDF, p-d), cdfAt(c.CDF, p+d)
+}
+
+// cdfAt interpolates the latency at cumulative fraction p, clamped to the
+// points' range.
+func cdfAt(cdf []CDFPoint, p float64) float64 {
+	i, _ := slices.BinarySearchFunc(cdf, p, func(pt CDFPoint, p float64) int { return cmp.Compare(pt.P, p) })
+	switch {
+	case i == 0:
+		return cdf[0].Ms
+	case i == len(cdf):
+		return cdf[len(cdf)-1].Ms
+	}
+	a, b := cdf[i-1], cdf[i]
+	if b.P == a.P {
+		return b.Ms
+	}
+	return a.Ms + (b.Ms-a.Ms)*(p-a.P)/(b.P-a.P)
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -40,5 +41,62 @@ func TestSummarizeRounds(t *testing.T) {
 	}
 	if one := summarizeRounds([][]Sample{round(0, 10)}, 2, measure); one.P99Rounds != nil {
 		t.Errorf("one round: p99 per round %v, want none", one.P99Rounds)
+	}
+}
+
+// The p99's interval brackets the p99, runs between the order statistics
+// that the binomial spread of its rank gives, and halves when the sample
+// grows fourfold.
+func TestP99Interval(t *testing.T) {
+	cell := func(n int) Cell {
+		var s []Sample
+		for i := range n { // latencies spread evenly over 0-10 s
+			s = append(s, Sample{At: time.Millisecond, Latency: time.Duration(i+1) * 10 * time.Second / time.Duration(n), OK: true})
+		}
+		return summarize(s, 1, time.Second)
+	}
+	c := cell(10000)
+	lo, hi := c.P99Interval()
+	// Ranks 9900 -+ 1.96 sqrt(10000 x 0.99 x 0.01) = 9880.5 and 9919.5.
+	if !(lo > 9870 && lo < 9890 && hi > 9910 && hi < 9930 && lo < c.P99 && c.P99 < hi) {
+		t.Errorf("n=10000: interval [%.1f, %.1f] around p99 %.1f, want about [9880, 9920]", lo, hi, c.P99)
+	}
+	lo4, hi4 := cell(40000).P99Interval()
+	if r := (hi - lo) / (hi4 - lo4); r < 1.8 || r > 2.2 {
+		t.Errorf("width %.1f at n=10000 vs %.1f at n=40000: ratio %.2f, want about 2", hi-lo, hi4-lo4, r)
+	}
+	if lo, hi := (Cell{}).P99Interval(); !math.IsNaN(lo) || !math.IsNaN(hi) {
+		t.Errorf("empty cell: [%v, %v], want NaN", lo, hi)
+	}
+}
+
+// A missed ratio target is flagged as unresolved only when the default's
+// p99 interval reaches 1.05x the best: a few requests cannot decide it, many
+// can.
+func TestTargetUnresolved(t *testing.T) {
+	cell := func(contender string, p99 float64, n int) Cell {
+		var s []Sample
+		for i := range n { // exponential quantiles, scaled so that the p99 is p99
+			u := (float64(i) + 0.5) / float64(n)
+			lat := time.Duration(math.Log(1-u) / math.Log(0.01) * p99 * float64(time.Millisecond))
+			s = append(s, Sample{At: time.Millisecond, Latency: lat, OK: true})
+		}
+		c := summarize(s, 1, time.Second)
+		c.Scenario, c.Contender, c.Load = "homogeneous", contender, headlineLoad
+		return c
+	}
+	for _, tc := range []struct {
+		n          int
+		unresolved bool
+	}{{300, true}, {100000, false}} {
+		r := &Results{
+			Scenarios:  []Scenario{{Name: "homogeneous"}},
+			Contenders: []Contender{{Name: defaultName, Kind: KindBackhand}, {Name: "caddy-least_conn", Kind: KindCaddy}},
+			Cells:      []Cell{cell(defaultName, 110, tc.n), cell("caddy-least_conn", 100, tc.n)},
+		}
+		got := r.Targets()[0]
+		if got.Met || got.Unresolved != tc.unresolved {
+			t.Errorf("n=%d, p99 110 vs 100: met %v unresolved %v, want missed and unresolved %v", tc.n, got.Met, got.Unresolved, tc.unresolved)
+		}
 	}
 }
