@@ -2,6 +2,7 @@ package backhand
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -500,6 +501,37 @@ func TestPaceNeedsSamples(t *testing.T) {
 	}
 	if s := z.slowness(now); s != 1 {
 		t.Errorf("slowness %v for zero-length responses, want 1", s)
+	}
+}
+
+// A healthy peer whose response times merely vary (lognormal, sigma 1: a
+// heavy tail) is almost never taken for a slow one, while the same peer
+// turning 3x slower is, within 16 responses.
+func TestPaceIgnoresNoise(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	sample := func() time.Duration { return time.Duration(40e3*math.Exp(rng.NormFloat64()-0.5)) * time.Microsecond }
+	var p pace
+	at := now.Add(-time.Hour)
+	flagged, decisions := 0, 0
+	for i := range 5000 {
+		at = at.Add(10 * time.Millisecond)
+		p.observe(sample(), at)
+		if i >= 500 {
+			decisions++
+			if p.slowness(at) > 1 {
+				flagged++
+			}
+		}
+	}
+	if f := float64(flagged) / float64(decisions); f > 0.02 {
+		t.Errorf("a healthy peer counted as slow on %.1f%% of decisions, want under 2%%", 100*f)
+	}
+	for range 16 {
+		at = at.Add(10 * time.Millisecond)
+		p.observe(3*sample(), at)
+	}
+	if s := p.slowness(at); s < 1.5 {
+		t.Errorf("slowness %v after 16 responses 3x slower, want >= 1.5", s)
 	}
 }
 

@@ -145,10 +145,11 @@ func (e *peakEWMA) micros() (float64, bool) {
 // they do. Updates are lock-free and may lose a sample to a concurrent one,
 // which an average does not miss.
 type pace struct {
-	recent atomic.Uint64 // float64 bits: mean response time in µs, weight paceRecentWeight per sample
-	usual  atomic.Uint64 // float64 bits: mean response time in µs, time constant paceUsualTau
-	n      atomic.Uint64 // samples seen
-	last   atomic.Int64  // when the last sample came, Unix ns
+	recent  atomic.Uint64 // float64 bits: mean response time in µs, weight paceRecentWeight per sample
+	usual   atomic.Uint64 // float64 bits: mean response time in µs, time constant paceUsualTau
+	usualSq atomic.Uint64 // float64 bits: mean squared response time in µs², as usual
+	n       atomic.Uint64 // samples seen
+	last    atomic.Int64  // when the last sample came, Unix ns
 }
 
 const (
@@ -159,10 +160,19 @@ const (
 	// paceMinSamples is how many samples the ratio needs before it means
 	// anything.
 	paceMinSamples = 16
-	// paceNoise is the ratio below which a peer counts as at its usual
-	// pace: an average of 16 exponential service times is within ±25%
-	// most of the time.
+	// A peer counts as slower than usual only when its recent average
+	// exceeds the usual one by paceZ standard errors of that average (the
+	// spread of its responses, from usualSq, times paceRecentSE), and at
+	// least by paceNoise. A fixed band alone mistakes noise for slowness:
+	// with ±25%, a healthy peer with exponential response times counted as
+	// slow on 7% of decisions, with lognormal ones (sigma 1) on 11%; with
+	// 3 standard errors on 0.2% and 0.5% (a simulation of this average).
+	paceZ     = 3
 	paceNoise = 1.25
+	// paceRecentSE is the standard error of the recent average in units of
+	// one response's standard deviation: sqrt(w / (2 - w)) for an EWMA of
+	// weight w over independent samples.
+	paceRecentSE = 0.1796 // sqrt((1/16) / (2 - 1/16))
 	// paceStale is the time constant with which the ratio fades back to
 	// 1 once no responses come: the peer's own figures have caught up by
 	// then, and a peer shunned for slowness must get a chance again.
@@ -186,6 +196,16 @@ func (p *pace) observe(d time.Duration, now time.Time) {
 	usual := math.Float64frombits(p.usual.Load())
 	usual += alpha * (sample - usual)
 	p.usual.Store(math.Float64bits(usual))
+	sq := math.Float64frombits(p.usualSq.Load())
+	sq += alpha * (sample*sample - sq)
+	p.usualSq.Store(math.Float64bits(sq))
+}
+
+// threshold is the ratio of the recent to the usual average beyond which
+// the peer is slower than usual rather than noisy.
+func (p *pace) threshold(usual float64) float64 {
+	variance := max(math.Float64frombits(p.usualSq.Load())-usual*usual, 0)
+	return max(paceNoise, 1+paceZ*paceRecentSE*math.Sqrt(variance)/usual)
 }
 
 // slowness is how many times slower than usual the peer answers now: 1
@@ -197,7 +217,7 @@ func (p *pace) slowness(now time.Time) float64 {
 	}
 	usual := math.Float64frombits(p.usual.Load())
 	r := math.Float64frombits(p.recent.Load()) / usual
-	if !(r > paceNoise) || usual <= 0 { // NaN-safe
+	if !(r > p.threshold(usual)) || usual <= 0 { // NaN-safe
 		return 1
 	}
 	age := max(now.UnixNano()-p.last.Load(), 0)
