@@ -74,17 +74,6 @@ func TestP99Interval(t *testing.T) {
 // p99 interval reaches 1.05x the best: a few requests cannot decide it, many
 // can.
 func TestTargetUnresolved(t *testing.T) {
-	cell := func(contender string, p99 float64, n int) Cell {
-		var s []Sample
-		for i := range n { // exponential quantiles, scaled so that the p99 is p99
-			u := (float64(i) + 0.5) / float64(n)
-			lat := time.Duration(math.Log(1-u) / math.Log(0.01) * p99 * float64(time.Millisecond))
-			s = append(s, Sample{At: time.Millisecond, Latency: lat, OK: true})
-		}
-		c := summarize(s, 1, time.Second)
-		c.Scenario, c.Contender, c.Load = "homogeneous", contender, headlineLoad
-		return c
-	}
 	for _, tc := range []struct {
 		n          int
 		unresolved bool
@@ -92,11 +81,48 @@ func TestTargetUnresolved(t *testing.T) {
 		r := &Results{
 			Scenarios:  []Scenario{{Name: "homogeneous"}},
 			Contenders: []Contender{{Name: defaultName, Kind: KindBackhand}, {Name: "caddy-least_conn", Kind: KindCaddy}},
-			Cells:      []Cell{cell(defaultName, 110, tc.n), cell("caddy-least_conn", 100, tc.n)},
+			Cells:      []Cell{expCell("homogeneous", defaultName, 110, tc.n), expCell("homogeneous", "caddy-least_conn", 100, tc.n)},
 		}
 		got := r.Targets()[0]
 		if got.Met || got.Unresolved != tc.unresolved {
 			t.Errorf("n=%d, p99 110 vs 100: met %v unresolved %v, want missed and unresolved %v", tc.n, got.Met, got.Unresolved, tc.unresolved)
 		}
 	}
+}
+
+// A gap target whose gap (best deployable to oracle) lies inside the best
+// cell's p99 interval has no measurable gap: the default is held to 1.05x
+// the best instead of a percentage of noise. A gap the cells resolve is
+// measured.
+func TestTargetGapInsideNoise(t *testing.T) {
+	run := func(n int, oracle float64) Target {
+		r := &Results{
+			Scenarios: []Scenario{{Name: "slowdown"}},
+			Contenders: []Contender{{Name: defaultName, Kind: KindBackhand}, {Name: "haproxy-agent", Kind: KindHAProxy},
+				{Name: oracleName, Kind: KindOracle}},
+			Cells: []Cell{expCell("slowdown", defaultName, 211, n), expCell("slowdown", "haproxy-agent", 205, n),
+				expCell("slowdown", oracleName, oracle, n)},
+		}
+		return r.Targets()[0]
+	}
+	if got := run(9000, 204); !math.IsNaN(got.Value) || !got.Met {
+		t.Errorf("211 vs best 205, oracle 204: value %v met %v, want no measurable gap and met (1.03x)", got.Value, got.Met)
+	}
+	if got := run(9000, 150); math.IsNaN(got.Value) || got.Met {
+		t.Errorf("211 vs best 205, oracle 150: value %v met %v, want a gap, not closed", got.Value, got.Met)
+	}
+}
+
+// expCell is a cell of n requests with exponential latencies whose p99 is
+// p99 ms.
+func expCell(scenario, contender string, p99 float64, n int) Cell {
+	var s []Sample
+	for i := range n {
+		u := (float64(i) + 0.5) / float64(n)
+		lat := time.Duration(math.Log(1-u) / math.Log(0.01) * p99 * float64(time.Millisecond))
+		s = append(s, Sample{At: time.Millisecond, Latency: lat, OK: true})
+	}
+	c := summarize(s, 1, time.Second)
+	c.Scenario, c.Contender, c.Load = scenario, contender, headlineLoad
+	return c
 }
