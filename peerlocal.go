@@ -217,7 +217,8 @@ func (p *pace) slowness(now time.Time) float64 {
 	}
 	usual := math.Float64frombits(p.usual.Load())
 	r := math.Float64frombits(p.recent.Load()) / usual
-	if !(r > p.threshold(usual)) || usual <= 0 { // NaN-safe
+	// paceNoise first: it settles most calls without threshold's square root.
+	if !(r > paceNoise) || usual <= 0 || r <= p.threshold(usual) { // NaN-safe
 		return 1
 	}
 	age := max(now.UnixNano()-p.last.Load(), 0)

@@ -183,15 +183,10 @@ type wrkResult struct {
 	wrkCPU    time.Duration
 }
 
-// measure runs wrk against url and adds up the CPU time that the nodes and
-// wrk spent meanwhile.
+// measure runs wrk against url and adds up the CPU time that the nodes
+// (the entry is the last) and wrk spent meanwhile.
 func measure(nodes []*cluster.Node, url string, d time.Duration, conns, threads int) (wrkResult, error) {
-	entry := nodes[len(nodes)-1:]
-	before, err := nodesCPU(nodes)
-	if err != nil {
-		return wrkResult{}, err
-	}
-	entryBefore, err := nodesCPU(entry)
+	all0, entry0, err := nodesCPU(nodes)
 	if err != nil {
 		return wrkResult{}, err
 	}
@@ -199,37 +194,33 @@ func measure(nodes []*cluster.Node, url string, d time.Duration, conns, threads 
 	if err != nil {
 		return res, err
 	}
-	after, err := nodesCPU(nodes)
-	if err != nil {
-		return res, err
-	}
-	entryAfter, err := nodesCPU(entry)
+	all1, entry1, err := nodesCPU(nodes)
 	if err != nil {
 		return res, err
 	}
 	if requests := res.rps * d.Seconds(); requests > 0 {
-		res.cpuPerReq = float64(after-before+res.wrkCPU) / float64(time.Microsecond) / requests
-		res.entryCPU = float64(entryAfter-entryBefore) / float64(time.Microsecond) / requests
+		res.cpuPerReq = float64(all1-all0+res.wrkCPU) / float64(time.Microsecond) / requests
+		res.entryCPU = float64(entry1-entry0) / float64(time.Microsecond) / requests
 	}
 	return res, nil
 }
 
-// nodesCPU is the user and system time that the processes of nodes have
-// used.
-func nodesCPU(nodes []*cluster.Node) (time.Duration, error) {
-	var total float64
+// nodesCPU is the user and system time that the nodes' processes have
+// used, in all and the last node's alone.
+func nodesCPU(nodes []*cluster.Node) (all, last time.Duration, err error) {
 	for _, n := range nodes {
 		p, err := process.NewProcess(int32(n.Pid()))
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		t, err := p.Times()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		total += t.User + t.System
+		last = time.Duration((t.User + t.System) * float64(time.Second))
+		all += last
 	}
-	return time.Duration(total * float64(time.Second)), nil
+	return all, last, nil
 }
 
 // roundOrder runs the contenders in turn, reversing the order every other
@@ -239,7 +230,9 @@ func roundOrder(names []string, round int) []string {
 	if round%2 == 0 {
 		return names
 	}
-	return []string{names[1], names[0]}
+	rev := slices.Clone(names)
+	slices.Reverse(rev)
+	return rev
 }
 
 // roundRatios is backhand's throughput over random's, round by round: each
@@ -252,6 +245,7 @@ func roundRatios(rp, bh []wrkResult) []float64 {
 	return out
 }
 
+// medianOf is the median of v (0 if empty).
 func medianOf(v []float64) float64 {
 	v = slices.Sorted(slices.Values(v))
 	if len(v) == 0 {
@@ -305,8 +299,7 @@ func median(rs []wrkResult) wrkResult {
 		for i, r := range rs {
 			v[i] = f(r)
 		}
-		slices.Sort(v)
-		return v[len(v)/2]
+		return medianOf(v)
 	}
 	return wrkResult{
 		rps: pick(func(r wrkResult) float64 { return r.rps }),

@@ -259,24 +259,20 @@ func reaches(c Cell, mark float64) bool {
 	return lo <= mark
 }
 
-// interval is " [lo-hi]", a cell's p99 interval at the headline load.
+// interval is " [lo-hi]", a cell's p99 interval at the headline load, or
+// "" without samples.
 func (r *Results) interval(scenario, contender string) string {
-	c, ok := r.Cell(scenario, contender, headlineLoad)
-	if !ok {
+	lo, hi := r.cellAt(scenario, contender).P99Interval()
+	if math.IsNaN(lo) {
 		return ""
 	}
-	lo, hi := c.P99Interval()
 	return fmt.Sprintf(" [%s-%s]", ms(lo), ms(hi))
 }
 
 // spread is " (a-b)", the range of the single rounds' p99 of a cell at the
 // headline load, or "" for a one-round run.
 func (r *Results) spread(scenario, contender string) string {
-	c, ok := r.Cell(scenario, contender, headlineLoad)
-	if !ok {
-		return ""
-	}
-	return roundsRange(c)
+	return roundsRange(r.cellAt(scenario, contender))
 }
 
 // roundsRange is " (a-b)", the range of a cell's single rounds' p99, or ""

@@ -649,7 +649,7 @@ func fmtShare(s []float64) string {
 	return out
 }
 
-// fmtRounds shows the rounds' p99 range, if there was more than one.
+// fmtThirds shows the p99 of each third of the measurement.
 func fmtThirds(p99s []float64) string {
 	if len(p99s) != 3 {
 		return ""
@@ -657,6 +657,7 @@ func fmtThirds(p99s []float64) string {
 	return fmt.Sprintf("  p99 by third %.0f/%.0f/%.0f", p99s[0], p99s[1], p99s[2])
 }
 
+// fmtRounds shows the rounds' p99 range, if there was more than one.
 func fmtRounds(p99s []float64) string {
 	if len(p99s) < 2 {
 		return ""
