@@ -1,18 +1,32 @@
 // Command bhbench is caddy-backhand's real-process quality benchmark: it
 // starts simulated application servers on 127.0.0.11-14, each behind a real
-// Caddy node built from this checkout, and runs every contender (backhand
-// chains, Caddy's built-in policies, HAProxy, nginx and an oracle) on them
-// in turn, under open-loop Poisson load at several fractions of the
-// cluster's capacity. It writes the results between the bhbench markers of
+// Caddy node built from this checkout, and runs every contender on them in
+// turn, under open-loop Poisson load at several fractions of the cluster's
+// capacity. It writes the results between the bhbench markers of
 // BENCHMARKS.md, with CDF plots in bench/results/.
 //
-// The full run (about an hour on 2 cores):
+// The contenders: backhand exactly as the README's minimal configuration
+// runs it (backhand-minimal, the headline, a dedicated balancer;
+// backhand-minimal-track, the same behind backhand_track; backhand-peers,
+// the backhand directive on every node), backhand-informed (nodes that
+// announce their true speed, capacity and an app report, which no other
+// contender is told), other backhand chains, Caddy's built-in policies,
+// HAProxy, nginx and an oracle. The app nodes' Caddy config follows the
+// contender (its node profile: minimal, informed or peers), switched
+// through Caddy's admin API. -list shows the scenarios and contenders.
+//
+// The full run (8 scenarios x 20 contenders x 3 loads, about two hours on
+// 2 cores):
 //
 //	go run ./cmd/bhbench
 //
 // A quick check that everything works (a few minutes; no figures to trust):
 //
 //	go run ./cmd/bhbench -quick -out /tmp/bhbench
+//
+// The README's rows against Caddy in one scenario, short cells:
+//
+//	go run ./cmd/bhbench -scenarios heterogeneous -contenders backhand-minimal,backhand-peers,caddy-least_conn -loads 70 -measure70 5s -out /tmp/bhbench
 //
 // HAProxy and nginx come from Debian's packages haproxy and nginx-light;
 // when they are missing their contenders are skipped, with the reason.
@@ -23,6 +37,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -46,8 +61,9 @@ func main() {
 func run() int {
 	var (
 		quick       = flag.Bool("quick", false, "quick mode: one scenario, 70% load, a few contenders, short cells (checks the harness, not the balancers)")
-		scenarios   = flag.String("scenarios", "", "comma-separated scenarios (default: all; quick: heterogeneous)")
-		contenders  = flag.String("contenders", "", "comma-separated contenders (default: all; quick: a few)")
+		list        = flag.Bool("list", false, "list the scenarios and contenders, and exit")
+		scenarios   = flag.String("scenarios", "", "comma-separated scenarios (default: all; quick: heterogeneous); -list shows them")
+		contenders  = flag.String("contenders", "", "comma-separated contenders (default: all; quick: the README's backhand rows, one Caddy, HAProxy and nginx row, the oracle); -list shows them")
 		loads       = flag.String("loads", "", "comma-separated loads in percent of capacity (default: 50,70,90; quick: 70)")
 		warmup      = flag.Duration("warmup", 0, "warm-up per cell, discarded (default 3s; quick 2s)")
 		measure     = flag.Duration("measure", 0, "measurement per cell at loads other than 70% (default 7s; quick 5s)")
@@ -65,6 +81,10 @@ func run() int {
 	if flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "bhbench: unexpected arguments:", flag.Args())
 		return 2
+	}
+	if *list {
+		printList(os.Stdout)
+		return 0
 	}
 	command := "go run ./cmd/bhbench"
 	if len(os.Args) > 1 {
@@ -167,6 +187,18 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// printList shows what -scenarios and -contenders accept.
+func printList(w io.Writer) {
+	fmt.Fprintln(w, "scenarios:")
+	for _, s := range bench.DefaultScenarios() {
+		fmt.Fprintf(w, "  %-16s %s\n", s.Name, s.Desc)
+	}
+	fmt.Fprintln(w, "contenders (nodes: the app nodes' profile):")
+	for _, c := range bench.DefaultContenders() {
+		fmt.Fprintf(w, "  %-24s nodes %-8s %s\n", c.Name, c.Nodes, c.Desc)
+	}
 }
 
 func split(s string) []string {

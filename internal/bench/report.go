@@ -27,11 +27,8 @@ const (
 // headlineLoad is the load of the targets and the summary table.
 const headlineLoad = 0.7
 
-// The default chain's contender and the limit.
-const (
-	defaultName = "backhand-default"
-	oracleName  = "oracle"
-)
+// The limit: the oracle contender's name.
+const oracleName = "oracle"
 
 // RunID names a run on the page and in every plot.
 func (r *Results) RunID() string {
@@ -83,8 +80,12 @@ func plotName(scenario string, load float64) string {
 	return fmt.Sprintf("cdf-%s-%02.0f.svg", scenario, load*100)
 }
 
-// plotted picks the contenders drawn: the default, the classic chain, every
-// extra chain, each other family's best at that load, and the oracle.
+// alwaysPlotted are drawn whenever they ran: the README's configurations,
+// the informed one beside them, and the limit.
+var alwaysPlotted = []string{headlineName, "backhand-peers", "backhand-informed", oracleName}
+
+// plotted picks the contenders drawn: alwaysPlotted, every extra chain,
+// and each family's best of the rest at that load.
 func plotted(res *Results, scenario string, load float64) []string {
 	var names []string
 	bestOf := map[Kind]string{}
@@ -95,7 +96,7 @@ func plotted(res *Results, scenario string, load float64) []string {
 			continue
 		}
 		switch {
-		case c.Name == defaultName, c.Name == "backhand-classic", c.Kind == KindOracle, strings.HasPrefix(c.Desc, "chain: "):
+		case slices.Contains(alwaysPlotted, c.Name), strings.HasPrefix(c.Desc, "chain: "):
 			names = append(names, c.Name)
 		default:
 			if p, seen := bestP99[c.Kind]; !seen || cell.P99 < p {
@@ -125,7 +126,7 @@ func writePlots(res *Results, dir string) (map[string]string, error) {
 			var lines []PlotLine
 			for _, name := range plotted(res, sc.Name, load) {
 				cell, _ := res.Cell(sc.Name, name, load)
-				lines = append(lines, PlotLine{Name: name, Points: cell.CDF, Bold: name == defaultName, Dashed: name == oracleName})
+				lines = append(lines, PlotLine{Name: name, Points: cell.CDF, Bold: name == headlineName, Dashed: name == oracleName})
 			}
 			if len(lines) == 0 {
 				continue
@@ -164,86 +165,6 @@ func replaceSection(path, section string) error {
 	out.WriteString(section)
 	out.Write(old[j:])
 	return os.WriteFile(path, out.Bytes(), 0o644)
-}
-
-// Target is the verdict on one of the issue's targets for the default chain.
-type Target struct {
-	Scenario string
-	Kind     string // "gap" (close 70% of the gap to the oracle) or "ratio" (within 1.05x of the best)
-	Default  float64
-	Best     float64 // best of Caddy/HAProxy/nginx (gap) or best non-oracle contender (ratio)
-	BestName string
-	Oracle   float64
-	Value    float64 // gap closed (fraction) or ratio
-	Met      bool
-	// Unresolved is set on a missed target when the default's p99 interval
-	// (Cell.P99Interval) still reaches the mark (1.05x the best, or 70% of
-	// the gap closed): a run with more requests could come out either way.
-	Unresolved bool
-	Missing    string
-}
-
-// gapScenarios are the scenarios where the default must close 70% of the
-// gap between the best of Caddy/HAProxy/nginx and the oracle.
-var gapScenarios = []string{"heterogeneous", "slowdown"}
-
-// Targets evaluates the targets at the headline load.
-func (r *Results) Targets() []Target {
-	var out []Target
-	for _, sc := range r.Scenarios {
-		t := Target{Scenario: sc.Name, Kind: "ratio"}
-		if slices.Contains(gapScenarios, sc.Name) {
-			t.Kind = "gap"
-		}
-		def, ok := r.Cell(sc.Name, defaultName, headlineLoad)
-		if !ok {
-			t.Missing = "no backhand-default cell at 70%"
-			out = append(out, t)
-			continue
-		}
-		t.Default = def.P99
-		t.Best = math.Inf(1)
-		for _, c := range r.Contenders {
-			cell, ok := r.Cell(sc.Name, c.Name, headlineLoad)
-			if !ok || c.Name == defaultName || c.Kind == KindOracle {
-				continue
-			}
-			if t.Kind == "gap" && c.Kind == KindBackhand {
-				continue
-			}
-			if cell.P99 < t.Best {
-				t.Best, t.BestName = cell.P99, c.Name
-			}
-		}
-		if o, ok := r.Cell(sc.Name, oracleName, headlineLoad); ok {
-			t.Oracle = o.P99
-		} else {
-			t.Oracle = math.NaN()
-		}
-		switch {
-		case math.IsInf(t.Best, 1):
-			t.Missing = "no other contender at 70%"
-		case t.Kind == "ratio":
-			t.Value = t.Default / t.Best
-			t.Met = t.Value <= 1.05
-			t.Unresolved = !t.Met && reaches(def, 1.05*t.Best)
-		case math.IsNaN(t.Oracle):
-			t.Missing = "no oracle cell at 70%"
-		case t.Best <= t.Oracle || reaches(r.cellAt(sc.Name, t.BestName), t.Oracle):
-			// No gap to close, or none that the best cell's p99 interval can
-			// tell from noise: the best deployable is at the limit, so the
-			// default is held to 1.05x it, as in the other scenarios.
-			t.Value = math.NaN()
-			t.Met = t.Default <= t.Best*1.05
-			t.Unresolved = !t.Met && reaches(def, 1.05*t.Best)
-		default:
-			t.Value = (t.Best - t.Default) / (t.Best - t.Oracle)
-			t.Met = t.Value >= 0.7
-			t.Unresolved = !t.Met && reaches(def, t.Best-0.7*(t.Best-t.Oracle))
-		}
-		out = append(out, t)
-	}
-	return out
 }
 
 // cellAt is the cell of scenario and contender at the headline load (zero
@@ -330,20 +251,29 @@ func markdown(r *Results, plots map[string]string) string {
 
 	p("**Setup.** Each app node is a simulated application server inside the harness (sleep-based: K workers, ")
 	p("a FIFO queue, service times scaled by its speed) behind its own real Caddy node built from this checkout, on ")
-	p("127.0.0.11-14. The Caddy node runs the backhand app (capacity = workers, speed = app speed x 1000, ")
-	p("1 s interval, `app_report` from its app: `load=<in system per worker> weight=<1000 unless its requests take ")
-	p("more than 1.25x their usual time, then less in proportion>`) and a site that `backhand_track`s and proxies to ")
-	p("its app. Every contender runs its own entry points on 127.0.0.21-23, started fresh for each cell, that proxy ")
-	p("to the node sites (the same two hops for all): backhand chains as `reverse_proxy { dynamic backhand ")
-	p("{ tags app; exclude_self }; lb_policy backhand { <chain> } }`, Caddy's built-ins with static upstreams, HAProxy ")
+	p("127.0.0.11-14. The Caddy node runs the backhand app (1 s interval) and a site in front of its app, in one of ")
+	p("three profiles, the contender's (column *nodes* below), switched through Caddy's admin API (`POST /load`) ")
+	p("between contenders: **minimal**, the README's minimal `backhand` option (name, cluster, advertise, listen, peers, ")
+	p("key, `tags app`: no capacity, no speed, no app report) and a site that `backhand_track`s and proxies to the app; ")
+	p("**informed**, the same plus what only the harness knows: capacity = workers, speed = true app speed x 1000 and ")
+	p("`app_report` from its app (`load=<in system per worker> weight=<1000 unless its requests take more than 1.25x ")
+	p("their usual time, then less in proportion>`), which no other balancer is told (haproxy-agent gets the same ")
+	p("weights through its own agent); **peers**, the minimal option and the `backhand` directive in front of the ")
+	p("site's `reverse_proxy`, so that every node balances. Every contender but backhand-peers runs its own entry ")
+	p("points on 127.0.0.21-23, started fresh for each cell, that proxy to the node sites (the same two hops for ")
+	p("all): backhand as `reverse_proxy { dynamic backhand { tags app }; lb_policy backhand [{ <chain> }] }`, ")
+	p("behind `backhand_track` where the contender says so, Caddy's built-ins with static upstreams, HAProxy ")
 	p("and nginx with their own processes, and the oracle, a proxy inside the harness that reads every app's true ")
-	p("queue and true speed. Retries alike for all: two more tries on another node after a connection failure ")
-	p("(Caddy `lb_retries 2`, `fail_duration 5s`; HAProxy `retries 2`, `option redispatch`, layer-4 `check inter 1s`; ")
+	p("queue and true speed. backhand-peers has no entry points: its clients go to the node sites 1..entries, and a ")
+	p("node forwards a request to the peer that its chain picks (one hop more) or serves it itself. Retries alike ")
+	p("for all: two more tries on another node after a connection failure ")
+	p("(Caddy `lb_retries 2`, `fail_duration 5s`; the directive as configured by the README keeps its default, ")
+	p("three more tries, then serves the request itself; HAProxy `retries 2`, `option redispatch`, layer-4 `check inter 1s`; ")
 	p("nginx `proxy_next_upstream error timeout`, 3 tries, `max_fails=1 fail_timeout=5s`). The load generator is ")
 	p("open-loop: Poisson arrivals at the target rate, at most 2000 outstanding (more count as errors), 10 s timeout, ")
 	p("latency measured from the moment a request was due; clients pick an entry point at random per request. ")
-	p("Load is a share of the capacity left for proxied traffic (the nodes' nominal rates less bypass traffic and ")
-	p("what a CPU hog takes; transient trouble is not subtracted). Each cell: %s warm-up (discarded), then %s measured",
+	p("Load is a share of the capacity left for proxied traffic (the nodes' nominal rates less bypass and hidden ")
+	p("traffic and what a CPU hog takes; transient trouble is not subtracted). Each cell: %s warm-up (discarded), then %s measured",
 		r.Warmup, r.Measure)
 	if r.MeasureMid > 0 && r.MeasureMid != r.Measure {
 		p(" (%s at 70%%)", r.MeasureMid)
@@ -358,36 +288,25 @@ func markdown(r *Results, plots map[string]string) string {
 	p("move by several percent from run to run; p99.9 rests on few samples.\n\n")
 
 	// Targets.
-	p("### Targets for the recommended default (70%% load, p99)\n\n")
-	p("| scenario | target | backhand-default | reference | oracle | result | verdict |\n|---|---|---|---|---|---|---|\n")
+	p("### Targets (70%% load; %s is the headline)\n\n", headlineName)
+	p("| scenario | contender | target | measured | reference | oracle | result | verdict |\n|---|---|---|---|---|---|---|---|\n")
 	for _, t := range r.Targets() {
+		name := boldHeadline(t.Contender)
 		if t.Missing != "" {
-			p("| %s | | | | | %s | |\n", t.Scenario, t.Missing)
+			p("| %s | %s | %s | | | | %s | |\n", t.Scenario, name, t.goal(), t.Missing)
 			continue
 		}
-		def := ms(t.Default) + " ms" + r.interval(t.Scenario, defaultName) + r.spread(t.Scenario, defaultName)
-		ref := ms(t.Best) + " ms (" + t.BestName + ")" + r.interval(t.Scenario, t.BestName) + r.spread(t.Scenario, t.BestName)
-		orc := ms(t.Oracle) + " ms" + r.spread(t.Scenario, oracleName)
 		verdict := yesNo(t.Met)
 		if t.Unresolved {
-			verdict += " (within the default's interval)"
+			verdict += " (within the contender's interval)"
 		}
-		if t.Kind == "gap" {
-			res := fmt.Sprintf("no measurable gap (the oracle is inside the best's interval); the default is %.2fx the best, target <= 1.05x", t.Default/t.Best)
-			if !math.IsNaN(t.Value) {
-				res = fmt.Sprintf("closes %.0f%% of the gap", t.Value*100)
-			}
-			p("| %s | close >= 70%% of the gap between the best of Caddy/HAProxy/nginx and the oracle | %s | %s | %s | %s | %s |\n",
-				t.Scenario, def, ref, orc, res, verdict)
-		} else {
-			p("| %s | <= 1.05x the best contender | %s | %s | %s | %.2fx | %s |\n",
-				t.Scenario, def, ref, orc, t.Value, verdict)
-		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s |\n", t.Scenario, name, t.goal(), r.measured(t), r.reference(t), r.oracleFigure(t), t.result(), verdict)
 	}
 	p("\nIn brackets: a 95%% interval for the cell's p99 from the binomial spread of its rank among the cell's ")
 	p("requests (distribution-free, but it takes the requests as independent, and queueing correlates them, so ")
-	p("the real interval is wider). A missed target whose mark lies inside the default's interval is marked as such: ")
-	p("that cell cannot tell. In parentheses, with `-rounds`: the single rounds' p99 range.\n\n")
+	p("the real interval is wider). A missed p99 target whose mark lies inside the contender's interval is marked as ")
+	p("such: that cell cannot tell. In parentheses, with `-rounds`: the single rounds' p99 range. The p50 targets ")
+	p("and the share targets have no interval.\n\n")
 
 	// Summary matrix at the headline load.
 	if slices.Contains(r.Loads, headlineLoad) {
@@ -401,7 +320,7 @@ func markdown(r *Results, plots map[string]string) string {
 		}
 		p("\n")
 		for _, c := range r.Contenders {
-			p("| %s |", c.Name)
+			p("| %s |", boldHeadline(c.Name))
 			for _, sc := range r.Scenarios {
 				if cell, ok := r.Cell(sc.Name, c.Name, headlineLoad); ok {
 					p(" %s |", ms(cell.P99))
@@ -415,13 +334,13 @@ func markdown(r *Results, plots map[string]string) string {
 	}
 
 	// Contenders.
-	p("### Contenders\n\n| contender | what |\n|---|---|\n")
+	p("### Contenders\n\n| contender | nodes | what |\n|---|---|---|\n")
 	for _, c := range r.Contenders {
 		desc := c.Desc
 		if c.Kind == KindBackhand && len(c.Chain) > 0 {
 			desc += ": `" + strings.Join(c.Chain, "; ") + "`"
 		}
-		p("| %s | %s |\n", c.Name, desc)
+		p("| %s | %s | %s |\n", boldHeadline(c.Name), nodesOf(c), desc)
 	}
 	p("\n")
 	var skipped []string
@@ -464,10 +383,7 @@ func markdown(r *Results, plots map[string]string) string {
 				if !ok {
 					continue
 				}
-				name := c.Name
-				if name == defaultName {
-					name = "**" + name + "**"
-				}
+				name := boldHeadline(c.Name)
 				p("| %s | %s | %s | %s%s | %s | %.0f | %d | %s |\n", name, ms(cell.P50), ms(cell.P90), ms(cell.P99), roundsRange(cell), ms(cell.P999),
 					cell.Throughput, cell.Errors, fmtShare(cell.Share))
 			}
@@ -475,6 +391,60 @@ func markdown(r *Results, plots map[string]string) string {
 		}
 	}
 	return b.String()
+}
+
+// measured is a target's figure for the contender: its percentile (with
+// the p99's interval and rounds), or its shares.
+func (r *Results) measured(t Target) string {
+	c := r.cellAt(t.Scenario, t.Contender)
+	switch t.Stat {
+	case "p99":
+		return ms(t.Own) + " ms" + r.interval(t.Scenario, t.Contender) + r.spread(t.Scenario, t.Contender)
+	case "p50":
+		return ms(t.Own) + " ms"
+	}
+	return "shares " + fmtShare(c.Share) + " %"
+}
+
+// reference is a target's reference figure and who set it.
+func (r *Results) reference(t Target) string {
+	switch t.Stat {
+	case "p99":
+		return ms(t.Ref) + " ms (" + t.RefName + ")" + r.interval(t.Scenario, t.RefName) + r.spread(t.Scenario, t.RefName)
+	case "p50":
+		return ms(t.Ref) + " ms (" + t.RefName + ")"
+	}
+	return t.RefDesc
+}
+
+// oracleFigure is the oracle's figure for a percentile target.
+func (r *Results) oracleFigure(t Target) string {
+	if t.Stat == "" || math.IsNaN(t.Oracle) {
+		return "-"
+	}
+	s := ms(t.Oracle) + " ms"
+	if t.Stat == "p99" {
+		s += r.spread(t.Scenario, oracleName)
+	}
+	return s
+}
+
+// boldHeadline marks the headline contender's name.
+func boldHeadline(name string) string {
+	if name == headlineName {
+		return "**" + name + "**"
+	}
+	return name
+}
+
+// nodesOf is contender c's node profile; results written before there
+// were profiles have none, and every contender of those runs ran on
+// informed nodes.
+func nodesOf(c Contender) Profile {
+	if c.Nodes == "" {
+		return ProfileInformed
+	}
+	return c.Nodes
 }
 
 func (r *Results) scenarioMean() time.Duration {

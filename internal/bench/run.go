@@ -1,16 +1,17 @@
 // Package bench is the real-process quality benchmark of caddy-backhand:
 // simulated application servers inside the harness, each behind a real
 // Caddy node built with the plugin, an open-loop load generator, and the
-// contenders (backhand chains, Caddy's built-in policies, HAProxy, nginx
-// and an oracle) run one after the other on the same app servers. See
-// cmd/bhbench and BENCHMARKS.md.
+// contenders (backhand as the README configures it, as a dedicated
+// balancer and as the directive on every node, backhand on nodes told
+// what the harness knows, other chains, Caddy's built-in policies,
+// HAProxy, nginx and an oracle) run one after the other on the same app
+// servers. See cmd/bhbench and BENCHMARKS.md.
 package bench
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -108,6 +109,11 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if o.Block < 0 || o.Block > 1 {
 		return nil, fmt.Errorf("address block %d: want 0 or 1", o.Block)
 	}
+	for _, c := range o.Contenders {
+		if err := c.check(); err != nil {
+			return nil, err
+		}
+	}
 	hostBase, adminBase = 10+100*o.Block, 12000+100*o.Block
 	res := &Results{
 		Started: time.Now(), Scenarios: o.Scenarios, Contenders: o.Contenders, Loads: o.Loads, Rounds: o.Rounds,
@@ -176,15 +182,16 @@ type env struct {
 	log  io.Writer
 	apps []*App
 
-	mu    sync.Mutex
-	nodes []*proc // index 0 = node1
-	seq   int     // for unique process directories
+	mu      sync.Mutex
+	nodes   []*proc // index 0 = node1
+	profile Profile // the nodes' current configuration
+	seq     int     // for unique process directories
 }
 
 func (e *env) appConfig(i int) AppConfig {
 	return AppConfig{
 		Name:      nodeName(i),
-		Addr:      hostPort(nodeHost(i), appPort),
+		Addr:      appAddr(i),
 		AgentAddr: hostPort(nodeHost(i), agentPort),
 		Workers:   e.sc.Workers,
 		Speed:     e.sc.Speeds[i-1],
@@ -197,10 +204,14 @@ func (e *env) appConfig(i int) AppConfig {
 const maxEntries = 3
 
 // start starts the app servers and their Caddy nodes and waits for them.
+// The nodes start in the minimal profile, the headline's, so that whatever
+// they measure about themselves at start-up they measure in the
+// scenario's conditions (see Scenario.BusyStart).
 func (e *env) start(ctx context.Context) error {
 	fmt.Fprintf(e.log, "== scenario %s: %s; capacity for proxied traffic %.0f req/s\n", e.sc.Name, e.sc.Desc, e.sc.Capacity())
 	n := e.sc.Nodes()
 	e.nodes = make([]*proc, n)
+	e.profile = ProfileMinimal
 	for i := 1; i <= n; i++ {
 		a := NewApp(e.appConfig(i))
 		if e.sc.HogNode == i {
@@ -211,16 +222,17 @@ func (e *env) start(ctx context.Context) error {
 			return err
 		}
 	}
-	for i := 1; i <= n; i++ {
-		if err := e.startNode(i); err != nil {
-			return err
-		}
+	stopBurn := func() {}
+	if e.sc.BusyStart {
+		fmt.Fprintf(e.log, "   starting the nodes with every CPU busy\n")
+		stopBurn = burnCPUs()
 	}
-	for i := 1; i <= n; i++ {
-		if err := e.waitNode(ctx, i); err != nil {
-			return err
-		}
+	err := e.startNodes(ctx)
+	stopBurn()
+	if err != nil {
+		return err
 	}
+	e.logRatings(ctx)
 	// Warm the fresh nodes up (connection pools, latency averages, the
 	// apps' own timing) so that the first cell does not pay for it: half
 	// the capacity straight to the node sites, discarded.
@@ -279,9 +291,31 @@ func (e *env) startCaddy(name, caddyfile string) (*proc, error) {
 	return startProc(d, name, env, e.bin, "run", "--config", cf, "--adapter", "caddyfile")
 }
 
-// startNode starts node i's Caddy (1-based).
+// startNodes starts every node's Caddy at once and waits until each
+// serves through its app and sees the others.
+func (e *env) startNodes(ctx context.Context) error {
+	n := e.sc.Nodes()
+	for i := 1; i <= n; i++ {
+		if err := e.startNode(i); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= n; i++ {
+		if err := e.waitNode(ctx, i); err != nil {
+			return err
+		}
+	}
+	for i := 1; i <= n; i++ {
+		if err := e.waitNodePeers(ctx, i, time.Time{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startNode starts node i's Caddy (1-based) in the current profile.
 func (e *env) startNode(i int) error {
-	p, err := e.startCaddy(nodeName(i), nodeCaddyfile(i, e.appConfig(i), e.key, e.sc.Nodes(), maxEntries))
+	p, err := e.startCaddy(nodeName(i), e.nodeCaddyfile(i, e.currentProfile()))
 	if err != nil {
 		return err
 	}
@@ -314,9 +348,13 @@ func (e *env) aliveApps() int {
 }
 
 // startEntries starts contender c's entry points and waits until they
-// proxy; stop stops them.
+// proxy; stop stops them. The peers contender has none: the nodes are its
+// entry points.
 func (e *env) startEntries(ctx context.Context, c Contender) (stop func(), err error) {
 	entries := e.sc.Entries
+	if c.Kind == KindPeers {
+		return func() {}, nil
+	}
 	if c.Kind == KindOracle {
 		o, err := StartOracle(e.apps, entries)
 		if err != nil {
@@ -370,36 +408,12 @@ func (e *env) startEntries(ctx context.Context, c Contender) (stop func(), err e
 
 // waitPeers waits until a backhand entry sees every serving app node live.
 func (e *env) waitPeers(ctx context.Context, p *proc, admin int) error {
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	url := "http://127.0.0.1:" + strconv.Itoa(admin) + "/backhand/peers"
-	err := cluster.Poll(ctx, 20*time.Second, 50*time.Millisecond, func() error {
-		if p.exited() {
-			return cluster.Permanent(fmt.Errorf("%s exited: %v", p.name, p.err))
-		}
-		resp, err := client.Get(url)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		var v cluster.PeersView
-		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-			return err
-		}
-		live := 0
-		for _, pv := range v.Peers {
-			if pv.State == "live" && slices.Contains(pv.Tags, "app") {
-				live++
-			}
-		}
-		if want := e.aliveApps(); live < want {
+	return waitView(ctx, p, admin, func(v *cluster.PeersView) error {
+		if live, want := liveTagged(v, "app"), e.aliveApps(); live < want {
 			return fmt.Errorf("sees %d of %d app nodes: %s", live, want, v.Summary())
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("%s: %w\n--- %s ---\n%s", p.name, err, p.log, p.tail(15))
-	}
-	return nil
 }
 
 func (e *env) startHAProxy(name string, j int, c Contender) (*proc, error) {
@@ -503,6 +517,9 @@ func (e *env) runLoad(ctx context.Context, load float64, o Options, seed *uint64
 func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options, seed uint64) ([]Sample, error) {
 	measure := o.measureFor(load)
 	rate := load * e.sc.Capacity()
+	if err := e.readyFor(ctx, c); err != nil {
+		return nil, err
+	}
 	stop, err := e.startEntries(ctx, c)
 	if err != nil {
 		return nil, err
@@ -514,10 +531,7 @@ func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options,
 		}
 	}()
 
-	var urls []string
-	for j := 1; j <= e.sc.Entries; j++ {
-		urls = append(urls, "http://"+entryAddr(j)+"/")
-	}
+	urls := e.clientURLs(c)
 	nodes := nodeIndex{}
 	for i := 1; i <= e.sc.Nodes(); i++ {
 		nodes[nodeName(i)] = i - 1
@@ -530,12 +544,7 @@ func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options,
 	var wg sync.WaitGroup
 	var evErr error
 	wg.Go(func() { evErr = e.events(cctx, measureStart, measure) })
-	if e.sc.BypassNode > 0 {
-		spec := LoadSpec{
-			URLs: []string{"http://" + siteAddr(e.sc.BypassNode) + "/"}, Rate: e.sc.bypassRate(),
-			Warmup: o.Warmup, Measure: measure, MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout,
-			Header: http.Header{bypassHeader: {"1"}}, Seed: seed ^ 0xb1a5,
-		}
+	for _, spec := range e.sideLoads(o, measure, seed) {
 		wg.Go(func() { Generate(cctx, spec, nodes, start) })
 	}
 	spec := LoadSpec{
@@ -553,6 +562,42 @@ func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options,
 		return nil, evErr
 	}
 	return samples, ctx.Err()
+}
+
+// clientURLs are where contender c's clients send their requests: the
+// entry points, or for the peers contender the first Entries node sites.
+func (e *env) clientURLs(c Contender) []string {
+	var urls []string
+	for j := 1; j <= e.sc.Entries; j++ {
+		if c.Kind == KindPeers {
+			urls = append(urls, "http://"+siteAddr(j)+"/")
+		} else {
+			urls = append(urls, "http://"+entryAddr(j)+"/")
+		}
+	}
+	return urls
+}
+
+// sideLoads are the scenario's traffic besides the clients': bypass
+// traffic to a node's site and hidden traffic to a node's app server,
+// unrecorded. Both carry the bypass header, so that the oracle counts them
+// in the app's queue, as it counts everything it did not send itself.
+func (e *env) sideLoads(o Options, measure time.Duration, seed uint64) []LoadSpec {
+	var specs []LoadSpec
+	side := func(url string, rate float64, seed uint64) {
+		specs = append(specs, LoadSpec{
+			URLs: []string{url}, Rate: rate,
+			Warmup: o.Warmup, Measure: measure, MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout,
+			Header: http.Header{bypassHeader: {"1"}}, Seed: seed,
+		})
+	}
+	if n := e.sc.BypassNode; n > 0 {
+		side("http://"+siteAddr(n)+"/", e.sc.bypassRate(), seed^0xb1a5)
+	}
+	if n := e.sc.HiddenNode; n > 0 {
+		side("http://"+appAddr(n)+"/", e.sc.hiddenRate(), seed^0x41dde)
+	}
+	return specs
 }
 
 // events injects the scenario's transient trouble relative to the

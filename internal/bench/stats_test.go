@@ -70,7 +70,7 @@ func TestP99Interval(t *testing.T) {
 	}
 }
 
-// A missed ratio target is flagged as unresolved only when the default's
+// A missed ratio target is flagged as unresolved only when the headline's
 // p99 interval reaches 1.05x the best: a few requests cannot decide it, many
 // can.
 func TestTargetUnresolved(t *testing.T) {
@@ -80,8 +80,8 @@ func TestTargetUnresolved(t *testing.T) {
 	}{{300, true}, {100000, false}} {
 		r := &Results{
 			Scenarios:  []Scenario{{Name: "homogeneous"}},
-			Contenders: []Contender{{Name: defaultName, Kind: KindBackhand}, {Name: "caddy-least_conn", Kind: KindCaddy}},
-			Cells:      []Cell{expCell("homogeneous", defaultName, 110, tc.n), expCell("homogeneous", "caddy-least_conn", 100, tc.n)},
+			Contenders: []Contender{{Name: headlineName, Kind: KindBackhand}, {Name: "caddy-least_conn", Kind: KindCaddy}},
+			Cells:      []Cell{expCell("homogeneous", headlineName, 110, tc.n), expCell("homogeneous", "caddy-least_conn", 100, tc.n)},
 		}
 		got := r.Targets()[0]
 		if got.Met || got.Unresolved != tc.unresolved {
@@ -91,19 +91,19 @@ func TestTargetUnresolved(t *testing.T) {
 }
 
 // A gap target whose gap (best deployable to oracle) lies inside the best
-// cell's p99 interval has no measurable gap: the default is held to 1.05x
+// cell's p99 interval has no measurable gap: the headline is held to 1.05x
 // the best instead of a percentage of noise. A gap the cells resolve is
 // measured.
 func TestTargetGapInsideNoise(t *testing.T) {
 	run := func(n int, oracle float64) Target {
 		r := &Results{
-			Scenarios: []Scenario{{Name: "slowdown"}},
-			Contenders: []Contender{{Name: defaultName, Kind: KindBackhand}, {Name: "haproxy-agent", Kind: KindHAProxy},
+			Scenarios: []Scenario{{Name: "heterogeneous"}},
+			Contenders: []Contender{{Name: headlineName, Kind: KindBackhand}, {Name: "haproxy-leastconn", Kind: KindHAProxy},
 				{Name: oracleName, Kind: KindOracle}},
-			Cells: []Cell{expCell("slowdown", defaultName, 211, n), expCell("slowdown", "haproxy-agent", 205, n),
-				expCell("slowdown", oracleName, oracle, n)},
+			Cells: []Cell{expCell("heterogeneous", headlineName, 211, n), expCell("heterogeneous", "haproxy-leastconn", 205, n),
+				expCell("heterogeneous", oracleName, oracle, n)},
 		}
-		return r.Targets()[0]
+		return findTarget(t, r.Targets(), headlineName, "gap", "p99")
 	}
 	if got := run(9000, 204); !math.IsNaN(got.Value) || !got.Met {
 		t.Errorf("211 vs best 205, oracle 204: value %v met %v, want no measurable gap and met (1.03x)", got.Value, got.Met)
@@ -111,6 +111,72 @@ func TestTargetGapInsideNoise(t *testing.T) {
 	if got := run(9000, 150); math.IsNaN(got.Value) || got.Met {
 		t.Errorf("211 vs best 205, oracle 150: value %v met %v, want a gap, not closed", got.Value, got.Met)
 	}
+}
+
+// The gap of the heterogeneous targets is to the best balancer without
+// agent weights: haproxy-agent, told the nodes' capacities, is no reference
+// for the headline, which is not.
+func TestTargetGapIgnoresAgent(t *testing.T) {
+	r := &Results{
+		Scenarios: []Scenario{{Name: "heterogeneous"}},
+		Contenders: []Contender{{Name: headlineName, Kind: KindBackhand}, {Name: "caddy-least_conn", Kind: KindCaddy},
+			{Name: "haproxy-agent", Kind: KindHAProxy, Agent: true}, {Name: oracleName, Kind: KindOracle}},
+		Cells: []Cell{expCell("heterogeneous", headlineName, 300, 50000), expCell("heterogeneous", "caddy-least_conn", 400, 50000),
+			expCell("heterogeneous", "haproxy-agent", 220, 50000), expCell("heterogeneous", oracleName, 200, 50000)},
+	}
+	got := findTarget(t, r.Targets(), headlineName, "gap", "p99")
+	if got.RefName != "caddy-least_conn" || !got.Met || math.Abs(got.Value-0.5) > 0.02 {
+		t.Errorf("300 vs caddy 400, oracle 200: reference %s, value %.2f, met %v; want caddy-least_conn, 0.50, met", got.RefName, got.Value, got.Met)
+	}
+	if lc := findTarget(t, r.Targets(), headlineName, "ratio", "p99"); lc.RefName != "caddy-least_conn" || !lc.Met {
+		t.Errorf("p99 <= caddy-least_conn: reference %s met %v", lc.RefName, lc.Met)
+	}
+}
+
+// The p50 and p99 targets of entry-slowdown hold backhand-minimal and
+// backhand-peers to the best of Caddy/HAProxy/nginx, not to each other.
+func TestTargetBeatOthers(t *testing.T) {
+	r := &Results{
+		Scenarios: []Scenario{{Name: "entry-slowdown"}},
+		Contenders: []Contender{{Name: headlineName, Kind: KindBackhand}, {Name: "backhand-peers", Kind: KindPeers},
+			{Name: "nginx-least_conn", Kind: KindNginx}},
+		Cells: []Cell{expCell("entry-slowdown", headlineName, 100, 20000), expCell("entry-slowdown", "backhand-peers", 90, 20000),
+			expCell("entry-slowdown", "nginx-least_conn", 95, 20000)},
+	}
+	if got := findTarget(t, r.Targets(), headlineName, "ratio", "p99"); got.RefName != "nginx-least_conn" || got.Met {
+		t.Errorf("headline 100 vs nginx 95, peers 90: reference %s met %v; want nginx-least_conn, missed", got.RefName, got.Met)
+	}
+	if got := findTarget(t, r.Targets(), "backhand-peers", "ratio", "p50"); got.RefName != "nginx-least_conn" || !got.Met {
+		t.Errorf("peers p50: reference %s met %v; want nginx-least_conn, met", got.RefName, got.Met)
+	}
+}
+
+// The share target measures the largest relative deviation from the mean
+// share.
+func TestShareDeviation(t *testing.T) {
+	for _, tc := range []struct {
+		share []float64
+		want  float64
+	}{
+		{[]float64{0.25, 0.25, 0.25, 0.25}, 0},
+		{[]float64{0.275, 0.25, 0.25, 0.225}, 0.1},
+		{[]float64{0.1, 0.3, 0.3, 0.3}, 0.6},
+	} {
+		if got := shareDeviation(tc.share); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("shareDeviation(%v) = %v, want %v", tc.share, got, tc.want)
+		}
+	}
+}
+
+func findTarget(t *testing.T, ts []Target, contender, kind, stat string) Target {
+	t.Helper()
+	for _, x := range ts {
+		if x.Contender == contender && x.Kind == kind && x.Stat == stat {
+			return x
+		}
+	}
+	t.Fatalf("no %s %s target for %s in %+v", kind, stat, contender, ts)
+	return Target{}
 }
 
 // expCell is a cell of n requests with exponential latencies whose p99 is

@@ -11,7 +11,8 @@ import (
 // app server, its HAProxy agent and its Caddy node on 127.0.0.(10+i); entry
 // point j on 127.0.0.(20+j). Every contender's entry points listen on the
 // same addresses (one contender runs at a time), so the load generator does
-// not change.
+// not change, except for the peers contender, which has no entry points:
+// its clients go to the node sites 1..Entries instead.
 const (
 	appPort   = 18000
 	agentPort = 18001
@@ -36,6 +37,10 @@ func hostPort(h string, p int) string {
 }
 func nodeName(i int) string  { return "node" + strconv.Itoa(i) }
 func entryName(j int) string { return "entry" + strconv.Itoa(j) }
+
+// appAddr is the address of node i's app server, which only the node's
+// own Caddy and the hidden load reach.
+func appAddr(i int) string { return hostPort(nodeHost(i), appPort) }
 
 // siteAddr is the address of node i's Caddy site, which every contender
 // proxies to.
@@ -81,12 +86,20 @@ const transportBlock = "\t\ttransport http {\n\t\t\tkeepalive_idle_conns_per_hos
 // gets; HAProxy's and nginx's equivalents are in their configs.
 var retryLines = []string{"lb_retries 2", "fail_duration 5s"}
 
-// nodeCaddyfile is the Caddyfile of app node i: the backhand app announcing
-// the app's capacity, speed and report, and a site that counts its
-// requests and proxies them to the local app server.
-func nodeCaddyfile(i int, cfg AppConfig, key string, nodes, entries int) string {
-	var b strings.Builder
-	b.WriteString(caddyGlobal(adminBase+i, []string{
+// nodeCaddyfile is the Caddyfile of app node i under profile p: the
+// backhand app and a site in front of the local app server. bypass is set
+// on the node that gets the scenario's bypass traffic (see nodeSite).
+func nodeCaddyfile(i int, cfg AppConfig, key string, nodes, entries int, p Profile, bypass bool) string {
+	return caddyGlobal(adminBase+i, nodeBackhand(i, cfg, key, nodes, entries, p)) + "\n" + nodeSite(i, cfg, p, bypass)
+}
+
+// nodeBackhand is the body of app node i's `backhand` option: the README's
+// minimal one (name, cluster, where to reach it, the key, a tag that the
+// dedicated balancers select on), plus, in the informed profile, the
+// app's capacity, its true speed and its report, which a user would have
+// to work out and configure.
+func nodeBackhand(i int, cfg AppConfig, key string, nodes, entries int, p Profile) []string {
+	lines := []string{
 		"name " + nodeName(i),
 		"cluster bench",
 		"advertise " + siteAddr(i),
@@ -94,18 +107,46 @@ func nodeCaddyfile(i int, cfg AppConfig, key string, nodes, entries int) string 
 		"peers " + peerList(nodes, entries),
 		"key " + key,
 		"tags app",
-		"capacity " + strconv.Itoa(cfg.Workers),
-		"speed " + strconv.Itoa(int(cfg.Speed*1000+0.5)),
-		"app_report url http://" + cfg.Addr + "/__report",
-	}))
-	fmt.Fprintf(&b, "\n:%d {\n\tbind %s\n\tbackhand_track\n\treverse_proxy %s {\n%s\t}\n}\n",
-		sitePort, nodeHost(i), cfg.Addr, transportBlock)
+	}
+	if p == ProfileInformed {
+		lines = append(lines,
+			"capacity "+strconv.Itoa(cfg.Workers),
+			"speed "+strconv.Itoa(int(cfg.Speed*1000+0.5)),
+			"app_report url http://"+cfg.Addr+"/__report")
+	}
+	return lines
+}
+
+// nodeSite is app node i's site. It counts its requests (backhand_track)
+// and proxies them to the local app server; in the peers profile the
+// `backhand` directive takes backhand_track's place and may send a request
+// to a peer's site instead.
+//
+// Bypass traffic (bypass set: this node gets it) is served here whatever
+// the profile, as traffic that no balancer sees: in the peers profile it
+// skips the directive by its header, and backhand_track counts it, as the
+// site of the other profiles does.
+func nodeSite(i int, cfg AppConfig, p Profile, bypass bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, ":%d {\n\tbind %s\n", sitePort, nodeHost(i))
+	switch {
+	case p != ProfilePeers:
+		b.WriteString("\tbackhand_track\n")
+	case bypass:
+		fmt.Fprintf(&b, "\t@bypass header %s *\n\tbackhand_track @bypass\n", bypassHeader)
+		fmt.Fprintf(&b, "\t@balanced not header %s *\n\tbackhand @balanced\n", bypassHeader)
+	default:
+		b.WriteString("\tbackhand\n")
+	}
+	fmt.Fprintf(&b, "\treverse_proxy %s {\n%s\t}\n}\n", cfg.Addr, transportBlock)
 	return b.String()
 }
 
 // backhandEntryCaddyfile is entry point j of a backhand contender: the
-// backhand app (tagged entry, so that entries never pick each other), and a
-// site proxying to the live app nodes with the contender's chain.
+// backhand app (tagged entry, so that entries never pick each other: `tags
+// app` leaves them out, this entry included, so exclude_self would add
+// nothing), and a site proxying to the live app nodes with the contender's
+// chain, behind backhand_track if the contender asks for it.
 func backhandEntryCaddyfile(j int, c Contender, key string, nodes, entries int) string {
 	var b strings.Builder
 	b.WriteString(caddyGlobal(adminBase+20+j, []string{
@@ -117,8 +158,11 @@ func backhandEntryCaddyfile(j int, c Contender, key string, nodes, entries int) 
 		"key " + key,
 		"tags entry",
 	}))
-	fmt.Fprintf(&b, "\n:%d {\n\tbind %s\n\tbackhand_track\n\treverse_proxy {\n", entryPort, entryHost(j))
-	b.WriteString("\t\tdynamic backhand {\n\t\t\ttags app\n\t\t\texclude_self\n\t\t}\n")
+	fmt.Fprintf(&b, "\n:%d {\n\tbind %s\n", entryPort, entryHost(j))
+	if c.Track {
+		b.WriteString("\tbackhand_track\n")
+	}
+	b.WriteString("\treverse_proxy {\n\t\tdynamic backhand {\n\t\t\ttags app\n\t\t}\n")
 	if len(c.Chain) == 0 {
 		b.WriteString("\t\tlb_policy backhand\n")
 	} else {
