@@ -235,6 +235,7 @@ func (an *announcer) sendLoop(ctx context.Context) {
 		}
 		buf = an.announce(ctx, time.Now(), buf[:0])
 		an.evict(time.Now())
+		an.node.table.updateReference(time.Now())
 		jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(interval))
 		timer.Reset(interval + jitter)
 	}
@@ -318,9 +319,6 @@ func (an *announcer) gather(ctx context.Context, now time.Time) Figures {
 	f.LatencyMicros = an.latency.update(st, now)
 	f.Forwarded = st.forwarded.Load()
 	f.Speed = uint32(app.Speed)
-	if f.Speed == 0 {
-		f.Speed = an.node.measuredSpeed()
-	}
 	f.Draining = app.Drain || an.node.draining.Load()
 	if an.reporter != nil {
 		rctx, cancel := context.WithTimeout(ctx, time.Duration(app.Interval)/2)

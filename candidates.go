@@ -157,7 +157,7 @@ func (c *Candidates) shuffleByPower() {
 	}
 	for i := range c.list {
 		// Efraimidis-Spirakis: the smallest -ln(U)/w comes first.
-		c.list[i].key = -math.Log(c.uniform()) / c.power(&c.list[i], true)
+		c.list[i].key = -math.Log(c.uniform()) / c.power(&c.list[i])
 	}
 	c.sortByKey()
 }
@@ -243,7 +243,7 @@ func (c *Candidates) sample(k int) bool {
 			continue
 		}
 		x := Candidate{Peer: p, slot: s}
-		if c.weighted && c.uniform()*bound > c.power(&x, true) {
+		if c.weighted && c.uniform()*bound > c.power(&x) {
 			continue
 		}
 		c.list = append(c.list, x)

@@ -258,7 +258,7 @@ func (a *App) compileFigures() error {
 		return errOption("capacity", "must be 1-%d, got %d", 1<<30, a.Capacity)
 	}
 	if a.Speed < 0 || a.Speed > 1<<30 {
-		return errOption("speed", "must be 0 (measure) or 1-%d, got %d", 1<<30, a.Speed)
+		return errOption("speed", "must be 0 (none) or 1-%d, got %d", 1<<30, a.Speed)
 	}
 	if a.AppReport != nil {
 		if err := a.AppReport.Validate(); err != nil {

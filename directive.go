@@ -167,18 +167,19 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	r.Header.Set(hopHeader, hopMarker(keys.hop, h.app.Name, client, time.Now()))
 	counting := st.count()
-	st.tracked = true
+	st.handlerEnds()
 	tw := &startedWriter{ResponseWriter: w}
 	err := h.proxy.ServeHTTP(tw, r, next)
 	st.finish(time.Now())
 	r.Header.Del(hopHeader)
 	if err != nil && !tw.started && r.Context().Err() == nil {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
-		st.chosen, st.counted = nil, !counting
+		st.servedHere()
+		st.counted = !counting
 		h.node.decisions.record(outcomeFailedOver)
 		return h.serveLocally(w, r, next)
 	}
-	if st.chosen != nil && !st.chosen.cur.Load().Self {
+	if fwd, _ := st.forwarded(); fwd {
 		h.node.decisions.record(outcomeForwarded)
 		if counting {
 			h.node.stats.forwarded.Add(1)
@@ -193,13 +194,13 @@ func (h *Handler) serveLocally(w http.ResponseWriter, r *http.Request, next cadd
 	if !stateOf(r).count() {
 		return next.ServeHTTP(w, r)
 	}
-	st := &h.node.stats
-	st.busy.Add(1)
+	busy := &h.node.stats.busy
+	busy.Add(1)
 	start := time.Now()
 	defer func() {
-		st.busy.Add(-1)
-		st.latencyMicros.Add(uint64(time.Since(start).Microseconds()))
-		st.done.Add(1)
+		busy.Add(-1)
+		now := time.Now()
+		h.node.served(now.Sub(start), now)
 	}()
 	return next.ServeHTTP(w, r)
 }

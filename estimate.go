@@ -1,6 +1,9 @@
 package backhand
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // The figures candidacy functions rank by. Announced figures are up to an
 // interval old; with prediction on (the default, or addPrediction), each
@@ -56,8 +59,8 @@ func cpus(p *Peer) float64 { return max(float64(p.Figures.CPUMilli)/1000, 0.001)
 // capacity is the peer's announced capacity, at least 1.
 func capacity(p *Peer) float64 { return max(float64(p.Figures.Capacity), 1) }
 
-// speed is the peer's speed relative to a reference core (1.0); an unknown
-// speed counts as the reference.
+// speed is the peer's configured speed relative to a reference core
+// (1.0); a peer without one counts as the reference.
 func speed(p *Peer) float64 {
 	if p.Figures.Speed == 0 {
 		return 1
@@ -65,16 +68,46 @@ func speed(p *Peer) float64 {
 	return float64(p.Figures.Speed) / 1000
 }
 
-// power is how much work x's peer can take on now, as byWait and byPower
-// see it: its announced power, with the application's weight lowered to
-// 1/slowness when the peer has been answering this node slower than usual
-// (pace), since that is what its weight will say once its application
-// notices. The lower of the two counts, not their product: both measure
-// the same slowness.
-func (c *Candidates) power(x *Candidate, pace bool) float64 {
+// serviceTime is how long x's candidate takes per request, as byWait
+// ranks by, in µs: the response time learned from evidence (see
+// responseTimes), the current one when quick, else the typical one. The
+// application's weight, when it reports one, stretches the typical time
+// by 1/weight; with quick, the larger of that and the current time counts,
+// not their product, since both measure the same slowness. +Inf at weight
+// 0.
+func (c *Candidates) serviceTime(x *Candidate, quick bool) float64 {
+	typical, current := c.responseTimes(x)
+	if !quick {
+		current = typical
+	}
+	if !x.Peer.Figures.HasAppWeight {
+		return current
+	}
 	w := weight(x.Peer)
-	if pace && !x.Peer.Self && x.slot != nil {
-		w = min(w, 1/x.slot.local.pace.slowness(c.now))
+	if w <= 0 {
+		return math.Inf(1)
+	}
+	return max(current, typical/w)
+}
+
+// responseTimes returns x's typical and current response times in µs.
+func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
+	fb := fallbackTime(x.Peer, c.table.referenceMicros())
+	if x.slot == nil {
+		return fb, fb
+	}
+	return x.slot.local.times.estimate(c.now, fb)
+}
+
+// power is how much work x's peer can take on now, as byPower sees it:
+// its announced power, with the application's weight lowered to the
+// inverse of the peer's slowness when it answers slower than usual (the
+// lower of the two, not their product: both measure the same slowness).
+// It never exceeds the announced power, which the table's bound covers.
+func (c *Candidates) power(x *Candidate) float64 {
+	w := weight(x.Peer)
+	if typical, current := c.responseTimes(x); current > typical {
+		w = min(w, typical/current)
 	}
 	return capacity(x.Peer) * speed(x.Peer) * w
 }

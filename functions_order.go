@@ -322,25 +322,29 @@ func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
 }
 
 // ByWait orders by expected wait, shortest first: (requests in flight + 1)
-// divided by capacity times speed, the figure an ideal balancer that saw
-// every queue would minimise. In flight is estimated as for
-// byBusyChildren; the application's weight, when reported, scales the
-// capacity, and so does a peer's recent slowness as this node sees it (its
-// responses to this node taking longer than usual), whichever is lower, so
-// a peer that turns slow is shunned within a few responses instead of
-// after its next announcement. On a tie this node wins, since forwarding
-// costs a hop for nothing; `byWait <bias>` favours it by that many requests
-// more. Part of the recommended default chain.
+// times the time the peer takes per request, divided by its capacity. In
+// flight is estimated as for byBusyChildren. The time per request is
+// learned from evidence: the response times this node sees from the peer
+// (for itself, those of the requests it serves), typically over the last
+// few seconds, or over its last few responses when they differ from that
+// beyond noise, so a peer that turns slow is shunned within a few
+// responses, and followed as quickly when it recovers. Without such
+// evidence, the response time the peer announces counts, else the
+// cluster's median (scaled by a configured `speed`). The application's
+// weight, when reported, stretches it by 1/weight. Times below 1 ms count
+// as 1 ms. On a tie this node wins, since forwarding costs a hop for
+// nothing; `byWait <bias>` favours it by that many requests more. Part of
+// the recommended default chain.
 type ByWait struct {
 	// Bias is how many requests in flight this node's own count is
 	// lowered by before comparing, to offset the cost of forwarding.
 	// Default: 0 (this node still wins ties).
 	Bias float64 `json:"bias,omitempty"`
 
-	// IgnorePace leaves out the peers' recent slowness as this node sees
-	// it, ranking by announced figures and in-flight counts only: for
-	// comparison, or where response times vary for reasons other than
-	// the peers' speed. Default: false.
+	// IgnorePace ranks by each peer's typical response time only,
+	// leaving out that its last few responses were slower or faster than
+	// that: for comparison, or where response times vary for reasons
+	// other than the peers' speed. Default: false.
 	IgnorePace bool `json:"ignore_pace,omitempty"`
 }
 
@@ -353,15 +357,15 @@ func (ByWait) CaddyModule() caddy.ModuleInfo {
 func (f *ByWait) Candidates(c *Candidates) { c.orderBy(f) }
 
 func (f *ByWait) rank(c *Candidates, x *Candidate) float64 {
-	power := c.power(x, !f.IgnorePace)
-	if power <= 0 {
-		return math.Inf(1)
-	}
 	busy := c.busy(x)
 	if x.Peer.Self {
 		busy -= f.Bias + selfTie
 	}
-	return (busy + 1) / power
+	t := c.serviceTime(x, !f.IgnorePace)
+	if math.IsInf(t, 1) {
+		return t
+	}
+	return (busy + 1) * t / capacity(x.Peer)
 }
 
 // selfTie makes this node win exact ties.

@@ -1,8 +1,8 @@
 package backhand
 
 import (
+	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -194,8 +194,9 @@ func TestFailedPeerWaitsForAnnouncement(t *testing.T) {
 	s := policy(n)
 	a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
 	var st requestState
-	st.choose(a, now)
-	st.choose(b, now) // the attempt at a failed
+	st.handlerEnds()
+	st.choose(context.Background(), a, now, &n.stats)
+	st.choose(context.Background(), b, now, &n.stats) // the attempt at a failed
 	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("b")) {
 		t.Errorf("after a failed attempt at a: got %v, want [b]", got)
 	}
@@ -399,10 +400,10 @@ func TestByPowerProportional(t *testing.T) {
 	at := now.Add(-40 * time.Second)
 	for range 400 {
 		at = at.Add(100 * time.Millisecond)
-		x4.local.pace.observe(10*time.Millisecond, at)
+		x4.local.times.observe(10*time.Millisecond, at)
 	}
 	for range 30 { // x4 now answers 4x slower than usual: power 4 -> about 1
-		x4.local.pace.observe(40*time.Millisecond, now)
+		x4.local.times.observe(40*time.Millisecond, now)
 	}
 	s := policy(n, &ByPower{}, &ByWindow{N: 1})
 	first := 0
@@ -435,104 +436,61 @@ func TestByLatencyPeakEWMA(t *testing.T) {
 
 // A peer that starts answering this node five times slower than usual
 // loses byWait's ranking within a few responses, long before its own
-// figures say so; ignore_pace does not notice; and without responses the
-// slowness fades so the peer gets another chance.
-func TestByWaitPace(t *testing.T) {
+// figures say so; ignore_pace does not notice; when it recovers, it wins
+// again within a few responses; and without responses the estimate
+// returns to what the peer announces, so the peer gets another chance.
+func TestByWaitFollowsResponseTimes(t *testing.T) {
 	n := testNode(tp("a", 0, busy(2)), tp("b", 0, busy(1)))
 	wait, blind := policy(n, &ByWait{}), policy(n, &ByWait{IgnorePace: true})
 	a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
 	at := now.Add(-time.Minute)
 	for i := range 400 { // a minute of usual responses, 40 ms each
 		at = at.Add(150 * time.Millisecond)
-		a.local.pace.observe(40*time.Millisecond, at)
-		b.local.pace.observe(time.Duration(38+i%5)*time.Millisecond, at)
+		a.local.times.observe(40*time.Millisecond, at)
+		b.local.times.observe(time.Duration(38+i%5)*time.Millisecond, at)
 	}
-	if s := b.local.pace.slowness(at); s != 1 {
-		t.Fatalf("slowness %v at the usual pace, want 1", s)
-	}
-	if got := chainNames(wait, nil, 1); !slices.Equal(got, fig("b", "a")) {
+	rank := func(s *Selection) []string { return chainNamesAt(s, at, 1) }
+	if got := rank(wait); !slices.Equal(got, fig("b", "a")) {
 		t.Errorf("byWait at the usual pace: got %v, want the less busy b first", got)
 	}
 	for range 8 { // b turns 5x slower: eight responses
 		at = at.Add(10 * time.Millisecond)
-		b.local.pace.observe(200*time.Millisecond, at)
+		b.local.times.observe(200*time.Millisecond, at)
 	}
-	s := b.local.pace.slowness(at)
-	if s < 2 || s > 5 {
-		t.Errorf("slowness %v after 8 responses 5x slower, want between 2 and 5", s)
-	}
-	if got := chainNames(wait, nil, 1); !slices.Equal(got, fig("a", "b")) {
+	if got := rank(wait); !slices.Equal(got, fig("a", "b")) {
 		t.Errorf("byWait: got %v, want the slow b last", got)
 	}
-	if got := chainNames(blind, nil, 1); !slices.Equal(got, fig("b", "a")) {
+	if got := rank(blind); !slices.Equal(got, fig("b", "a")) {
 		t.Errorf("byWait ignore_pace: got %v, want the less busy b first", got)
 	}
-	if s := b.local.pace.slowness(at.Add(time.Minute)); s > 1.01 {
-		t.Errorf("slowness %v a minute after the last response, want faded to 1", s)
+	for range 24 { // b recovers
+		at = at.Add(10 * time.Millisecond)
+		b.local.times.observe(40*time.Millisecond, at)
+	}
+	if got := rank(wait); !slices.Equal(got, fig("b", "a")) {
+		t.Errorf("byWait after b recovered: got %v, want the less busy b first again", got)
+	}
+	for range 40 { // b turns slow for longer: its typical time follows
+		at = at.Add(50 * time.Millisecond)
+		b.local.times.observe(200*time.Millisecond, at)
+	}
+	if got := rank(blind); !slices.Equal(got, fig("a", "b")) {
+		t.Errorf("byWait ignore_pace after 2 s of slow responses: got %v, want the slow b last", got)
+	}
+	// A minute without responses: b counts as taking what it announces.
+	typical, _ := b.local.times.estimate(at.Add(time.Minute), 40e3)
+	if typical > 45e3 {
+		t.Errorf("typical time %.0fµs a minute after the last response, want back near the announced 40000", typical)
 	}
 }
 
-func TestPaceNeedsSamples(t *testing.T) {
-	var p pace
-	for range paceMinSamples - 1 {
-		p.observe(time.Second, now)
-	}
-	p.observe(time.Millisecond, now) // one fast among slow: not yet a pace
-	if s := p.slowness(now); s != 1 {
-		t.Errorf("slowness %v with %d samples, want 1", s, paceMinSamples)
-	}
-	// A peer quiet for a while that comes back slow is still seen as slow:
-	// the first response after the silence does not reset the usual pace.
-	var q pace
-	at := now.Add(-time.Minute)
-	for range 100 {
-		at = at.Add(100 * time.Millisecond)
-		q.observe(10*time.Millisecond, at)
-	}
-	for range 8 {
-		q.observe(50*time.Millisecond, now)
-	}
-	if s := q.slowness(now); s < 1.5 {
-		t.Errorf("slowness %v after 50 s of silence and 8 responses 5x slower, want >= 1.5", s)
-	}
-	var z pace
-	for range 100 {
-		z.observe(0, now) // zero-length responses must not divide by zero
-	}
-	if s := z.slowness(now); s != 1 {
-		t.Errorf("slowness %v for zero-length responses, want 1", s)
-	}
-}
-
-// A healthy peer whose response times merely vary (lognormal, sigma 1: a
-// heavy tail) is almost never taken for a slow one, while the same peer
-// turning 3x slower is, within 16 responses.
-func TestPaceIgnoresNoise(t *testing.T) {
-	rng := rand.New(rand.NewPCG(7, 11))
-	sample := func() time.Duration { return time.Duration(40e3*math.Exp(rng.NormFloat64()-0.5)) * time.Microsecond }
-	var p pace
-	at := now.Add(-time.Hour)
-	flagged, decisions := 0, 0
-	for i := range 5000 {
-		at = at.Add(10 * time.Millisecond)
-		p.observe(sample(), at)
-		if i >= 500 {
-			decisions++
-			if p.slowness(at) > 1 {
-				flagged++
-			}
-		}
-	}
-	if f := float64(flagged) / float64(decisions); f > 0.02 {
-		t.Errorf("a healthy peer counted as slow on %.1f%% of decisions, want under 2%%", 100*f)
-	}
-	for range 16 {
-		at = at.Add(10 * time.Millisecond)
-		p.observe(3*sample(), at)
-	}
-	if s := p.slowness(at); s < 1.5 {
-		t.Errorf("slowness %v after 16 responses 3x slower, want >= 1.5", s)
-	}
+// chainNamesAt is chainNames with the chain's clock set to at.
+func chainNamesAt(s *Selection, at time.Time, seed uint64) []string {
+	c := newCandidates(nil, at, s.node, s)
+	defer c.release()
+	c.rnd = rand.New(rand.NewPCG(seed, 1)).IntN
+	s.run(c)
+	return c.Names()
 }
 
 // The herd: one table, announced once, and many decisions before the next

@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,7 +37,6 @@ const (
 	defaultResolveInterval = 30 * time.Second
 	defaultAdvertisePort   = "80"
 	minKeyLen              = 16
-	speedBudget            = 100 * time.Millisecond
 )
 
 // App is the backhand app: it gathers this node's resources, announces them
@@ -135,9 +133,12 @@ type App struct {
 	// announced beside Busy, the requests in flight. Default: 256.
 	Capacity int `json:"capacity,omitempty"`
 
-	// Speed is this node's speed rating, where 1000 is a reference core
-	// (mod_backhand's arriba). Default: measured by a benchmark of about
-	// 100ms once per process.
+	// Speed is this node's speed relative to a reference core (1000),
+	// mod_backhand's arriba: what peers rank it by until they have seen it
+	// serve (then the response times they observe decide), and what byLoad
+	// and byPower divide by. Default: none (0), counted as 1000; nothing is
+	// measured, since a start-up CPU benchmark rated identical nodes on a
+	// busy machine up to 7x apart.
 	Speed int `json:"speed,omitempty"`
 
 	// Drain announces this node as draining: peers send it no new requests.
@@ -281,8 +282,6 @@ type node struct {
 	decisions   decisions
 	draining    atomic.Bool // set through the admin API
 	keys        atomic.Pointer[derivedKeys]
-	speedOnce   sync.Once
-	speed       uint32
 }
 
 func newNode() *node {
@@ -318,12 +317,6 @@ func deriveKeys(secret []byte) *derivedKeys {
 
 // Destruct implements caddy.Destructor; the node holds no OS resources.
 func (*node) Destruct() error { return nil }
-
-// measuredSpeed runs the speed benchmark once per process.
-func (n *node) measuredSpeed() uint32 {
-	n.speedOnce.Do(func() { n.speed = measureSpeed(speedBudget) })
-	return n.speed
-}
 
 // hostPort is an unresolved host:port destination.
 type hostPort struct {

@@ -8,7 +8,8 @@ import (
 
 // peerLocal is what this node itself knows about one peer, fresher than
 // the peer's announcements: the requests it has in flight there, and how
-// fast that peer has answered it. It lives in the peer's slot, so it
+// fast that peer has answered it (for this node's own slot: how fast it
+// served its own requests). It lives in the peer's slot, so it
 // survives config reloads like the table does.
 type peerLocal struct {
 	inflight   atomic.Int64  // requests this node has in flight to the peer now
@@ -16,7 +17,7 @@ type peerLocal struct {
 	sent       atomic.Uint64 // requests this node has sent to the peer
 	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
 	latency    peakEWMA
-	pace       pace
+	times      responseTimes
 	failedAt   atomic.Int64 // when an attempt from this node to the peer last failed, Unix ns
 
 	// What the peer's last announcement showed beyond this node's own
@@ -93,7 +94,7 @@ func (l *peerLocal) begin() {
 func (l *peerLocal) end(d time.Duration, now time.Time) {
 	l.inflight.Add(-1)
 	l.latency.observe(d, now)
-	l.pace.observe(d, now)
+	l.times.observe(d, now)
 }
 
 // peakEWMA is Finagle's and Linkerd's latency estimate: an exponentially
@@ -134,93 +135,4 @@ func (e *peakEWMA) micros() (float64, bool) {
 		return 0, false
 	}
 	return s.micros, true
-}
-
-// pace tells how much slower than usual a peer has been answering this
-// node lately: the ratio of a short average of its response times (the
-// last 16 or so) to a long one (about paceUsualTau). It notices a peer
-// turning slow within a few of its responses, where the peer's own
-// figures (its announced latency, its application's weight) take an
-// interval or more to say so; byWait takes it as the peer's speed until
-// they do. Updates are lock-free and may lose a sample to a concurrent one,
-// which an average does not miss.
-type pace struct {
-	recent  atomic.Uint64 // float64 bits: mean response time in µs, weight paceRecentWeight per sample
-	usual   atomic.Uint64 // float64 bits: mean response time in µs, time constant paceUsualTau
-	usualSq atomic.Uint64 // float64 bits: mean squared response time in µs², as usual
-	n       atomic.Uint64 // samples seen
-	last    atomic.Int64  // when the last sample came, Unix ns
-}
-
-const (
-	paceRecentWeight = 1.0 / 16
-	paceUsualTau     = 30 * time.Second
-	// paceUsualMaxWeight is the most one sample weighs in the usual pace.
-	paceUsualMaxWeight = paceRecentWeight / 4
-	// paceMinSamples is how many samples the ratio needs before it means
-	// anything.
-	paceMinSamples = 16
-	// A peer counts as slower than usual only when its recent average
-	// exceeds the usual one by paceZ standard errors of that average (the
-	// spread of its responses, from usualSq, times paceRecentSE), and at
-	// least by paceNoise. A fixed band alone mistakes noise for slowness:
-	// with ±25%, a healthy peer with exponential response times counted as
-	// slow on 7% of decisions, with lognormal ones (sigma 1) on 11%; with
-	// 3 standard errors on 0.2% and 0.5% (a simulation of this average).
-	paceZ     = 3
-	paceNoise = 1.25
-	// paceRecentSE is the standard error of the recent average in units of
-	// one response's standard deviation: sqrt(w / (2 - w)) for an EWMA of
-	// weight w over independent samples.
-	paceRecentSE = 0.1796 // sqrt((1/16) / (2 - 1/16))
-	// paceStale is the time constant with which the ratio fades back to
-	// 1 once no responses come: the peer's own figures have caught up by
-	// then, and a peer shunned for slowness must get a chance again.
-	paceStale = 2 * time.Second
-)
-
-func (p *pace) observe(d time.Duration, now time.Time) {
-	sample := float64(d.Microseconds())
-	n := p.n.Add(1)
-	prev := p.last.Swap(now.UnixNano())
-	first := 1 / float64(n) // until there are enough, a plain mean
-	recent := math.Float64frombits(p.recent.Load())
-	recent += max(paceRecentWeight, first) * (sample - recent)
-	p.recent.Store(math.Float64bits(recent))
-	dt := max(now.UnixNano()-prev, 0)
-	// Time-based, so that a busy peer's usual pace spans paceUsualTau, but
-	// never more than paceUsualMaxWeight for one sample (unless among the
-	// first), so that the first response after a long silence cannot move
-	// it much.
-	alpha := max(min(1-math.Exp(-float64(dt)/float64(paceUsualTau)), paceUsualMaxWeight), first)
-	usual := math.Float64frombits(p.usual.Load())
-	usual += alpha * (sample - usual)
-	p.usual.Store(math.Float64bits(usual))
-	sq := math.Float64frombits(p.usualSq.Load())
-	sq += alpha * (sample*sample - sq)
-	p.usualSq.Store(math.Float64bits(sq))
-}
-
-// threshold is the ratio of the recent to the usual average beyond which
-// the peer is slower than usual rather than noisy.
-func (p *pace) threshold(usual float64) float64 {
-	variance := max(math.Float64frombits(p.usualSq.Load())-usual*usual, 0)
-	return max(paceNoise, 1+paceZ*paceRecentSE*math.Sqrt(variance)/usual)
-}
-
-// slowness is how many times slower than usual the peer answers now: 1
-// when it is at its usual pace (within the noise), when too few samples
-// have come, or, fading with paceStale, when none has come lately.
-func (p *pace) slowness(now time.Time) float64 {
-	if p.n.Load() < paceMinSamples {
-		return 1
-	}
-	usual := math.Float64frombits(p.usual.Load())
-	r := math.Float64frombits(p.recent.Load()) / usual
-	// paceNoise first: it settles most calls without threshold's square root.
-	if !(r > paceNoise) || usual <= 0 || r <= p.threshold(usual) { // NaN-safe
-		return 1
-	}
-	age := max(now.UnixNano()-p.last.Load(), 0)
-	return 1 + (r-1)*math.Exp(-float64(age)/float64(paceStale))
 }

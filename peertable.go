@@ -113,6 +113,12 @@ type peerTable struct {
 	// announcement that exceeds it, recomputed when the view changes.
 	bound atomic.Uint64
 
+	// reference is the cluster's reference response time in µs (float64
+	// bits; see referenceTime), and self this node's slot: both for the
+	// request path, which must not search for them.
+	reference atomic.Uint64
+	self      atomic.Pointer[peerSlot]
+
 	// noStaleUntil is when the oldest entry of the last full scan turns
 	// stale: until then a full table has nothing to evict, so a flood of
 	// new names costs O(1) each instead of a scan of the table.
@@ -135,6 +141,15 @@ func (t *peerTable) setLimits(l *tableLimits) {
 	defer t.mu.Unlock()
 	t.limits.Store(l)
 	t.noStaleUntil = time.Time{}
+}
+
+// referenceMicros is the cluster's reference response time, 0 while
+// unknown.
+func (t *peerTable) referenceMicros() float64 { return loadFloat(&t.reference) }
+
+// updateReference recomputes the reference response time from the view.
+func (t *peerTable) updateReference(now time.Time) {
+	storeFloat(&t.reference, referenceTime(t.peers(), now, t.limits.Load().maxAge))
 }
 
 // powerBound is at least the announced power of every peer in the view.
@@ -244,9 +259,11 @@ func (t *peerTable) updateSelf(p *Peer) {
 		t.raiseBoundLocked(p)
 		slot.cur.Store(p)
 		slot.local.announced(&p.Figures)
+		t.self.Store(slot)
 		return
 	}
 	t.insertLocked(p)
+	t.self.Store(t.slots[p.Name])
 }
 
 func (t *peerTable) insertLocked(p *Peer) {

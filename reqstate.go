@@ -1,7 +1,9 @@
 package backhand
 
 import (
+	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -11,8 +13,13 @@ import (
 // requestState follows one request through the backhand modules: which
 // candidates `dynamic backhand` offered on this attempt, which peers were
 // tried, and which one is serving it now. It lives in the request's
-// variables, so the source, the policy and the handler that counts the
-// request share it without locks (one request is one goroutine at a time).
+// variables, so the source, the policy and the handlers share it.
+//
+// A chosen peer counts the request in flight from the moment it is chosen
+// until finish, exactly once whoever is on the route: backhand_track and
+// the backhand directive say they will finish it (handlerEnds) before the
+// proxy runs; without them, the policy has the end of the request's
+// context finish it.
 type requestState struct {
 	offered  [maxKeep]*peerSlot
 	nOffered int
@@ -26,12 +33,15 @@ type requestState struct {
 	planned  [maxKeep]Candidate
 	nPlanned int
 
+	// mu guards the fields below it that finish writes: when the
+	// context ends the request, finish runs on another goroutine.
+	mu       sync.Mutex
 	chosen   *peerSlot
 	chosenAt time.Time
-	// tracked is set by a handler that ends the request (backhand_track,
-	// the backhand directive): only then may the chosen peer's in-flight
-	// count go up, since someone will bring it down again.
-	tracked bool
+	inFlight bool        // chosen's in-flight count includes this request
+	ending   ending      // who finishes the request
+	stats    *localStats // counts a forward that the context finishes
+
 	// counted is set by the first handler that counts the request into
 	// this node's figures, so that backhand_track and the backhand
 	// directive on one route do not count it twice.
@@ -41,6 +51,16 @@ type requestState struct {
 	// choice of a request it balances alone.
 	decided bool
 }
+
+// ending says who finishes a request's count in flight.
+type ending uint8
+
+const (
+	endUnset     ending = iota
+	endByHandler        // backhand_track or the directive, when the rest of the route returns
+	endByContext        // the end of the request's context
+	endDone             // finished: a later choice is not counted
+)
 
 // count claims the counting of the request for the caller: true if no
 // handler has counted it yet. A nil state (a request from outside Caddy's
@@ -134,22 +154,39 @@ func (st *requestState) wasTried(s *peerSlot) bool {
 	return false
 }
 
-// choose records that s serves the request from now on. A previous choice
-// failed (Caddy retries only failed attempts): it is no candidate until it
-// announces again, and its in-flight count drops, without a latency
-// sample, since a fast failure is no sign of speed.
-func (st *requestState) choose(s *peerSlot, now time.Time) {
+// handlerEnds tells the policy that the calling handler will finish the
+// request when the rest of its route returns.
+func (st *requestState) handlerEnds() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.ending == endUnset {
+		st.ending = endByHandler
+	}
+}
+
+// choose records that s serves the request from now on, counting it in
+// flight there. A previous choice failed (Caddy retries only failed
+// attempts): it is no candidate until it announces again, and its count
+// drops without a latency sample, since a fast failure is no sign of
+// speed. When no handler finishes the request, the end of ctx does.
+func (st *requestState) choose(ctx context.Context, s *peerSlot, now time.Time, stats *localStats) {
 	st.nOffered = 0
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	if st.chosen != nil {
 		st.chosen.local.failed(now)
-	}
-	if st.tracked {
-		if st.chosen != nil {
+		if st.inFlight {
 			st.chosen.local.inflight.Add(-1)
 		}
+	}
+	st.chosen, st.chosenAt, st.inFlight = s, now, st.ending != endDone
+	if st.inFlight {
 		s.local.begin()
 	}
-	st.chosen, st.chosenAt = s, now
+	if st.ending == endUnset {
+		st.ending, st.stats = endByContext, stats
+		context.AfterFunc(ctx, func() { st.finish(time.Now()) })
+	}
 	if !st.wasTried(s) && st.nTried < maxTries {
 		st.tried[st.nTried] = s
 		st.nTried++
@@ -157,10 +194,35 @@ func (st *requestState) choose(s *peerSlot, now time.Time) {
 }
 
 // finish ends the request: the chosen peer's in-flight count drops and its
-// latency takes the sample.
+// response times take the sample. Later calls do nothing.
 func (st *requestState) finish(now time.Time) {
-	if st.tracked && st.chosen != nil {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.inFlight {
 		st.chosen.local.end(now.Sub(st.chosenAt), now)
+		st.inFlight = false
+		if st.ending == endByContext && !st.chosen.cur.Load().Self {
+			st.stats.forwarded.Add(1)
+		}
 	}
-	st.tracked = false
+	st.ending = endDone
+}
+
+// servedHere records that this node serves the request after all (every
+// peer tried failed), so that it does not count as forwarded.
+func (st *requestState) servedHere() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.chosen = nil
+}
+
+// forwarded reports whether a peer other than this node serves the
+// request, and ok when a backhand policy chose at all.
+func (st *requestState) forwarded() (fwd, ok bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.chosen == nil {
+		return false, false
+	}
+	return !st.chosen.cur.Load().Self, true
 }

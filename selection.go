@@ -213,7 +213,7 @@ func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w ht
 	if st != nil && st.offeredFor(pool) {
 		for i, up := range pool {
 			if up.Available() {
-				s.chose(st, st.offered[i], time.Now())
+				s.chose(r, st, st.offered[i], time.Now())
 				return up
 			}
 		}
@@ -232,7 +232,7 @@ func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w ht
 		for _, x := range all {
 			for _, up := range pool {
 				if up.Dial == x.Peer.Advertise && up.Available() {
-					s.chose(st, x.slot, c.now)
+					s.chose(r, st, x.slot, c.now)
 					return up
 				}
 			}
@@ -241,14 +241,15 @@ func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w ht
 	return s.fallbackSelect(pool, r, w)
 }
 
-// chose records the chosen peer in the request's state and the outcome.
-func (s *Selection) chose(st *requestState, slot *peerSlot, now time.Time) {
+// chose records the chosen peer in the request's state, which counts the
+// request in flight there until it ends, and the outcome.
+func (s *Selection) chose(r *http.Request, st *requestState, slot *peerSlot, now time.Time) {
 	o := outcomeForwarded
 	if slot.cur.Load().Self {
 		o = outcomeLocal
 	}
 	if st != nil {
-		st.choose(slot, now)
+		st.choose(r.Context(), slot, now, &s.node.stats)
 	}
 	s.decide(st, o)
 }

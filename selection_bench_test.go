@@ -52,24 +52,31 @@ func benchPick(b *testing.B, n *node, s *Selection) {
 	}
 }
 
-// BenchmarkDefaultChains runs the default chain and its byPower variant over
-// peers of mixed speeds (1-4) and picks the winner: both sample only their
-// window, whatever the cluster size.
-func BenchmarkDefaultChains(b *testing.B) {
+// BenchmarkSelect runs the default chain and its byPower variant over
+// peers of mixed speeds (1-4) whose response times this node has seen, and
+// picks the winner: both sample only their window, whatever the cluster
+// size, and rank by the learned times.
+func BenchmarkSelect(b *testing.B) {
 	for _, chain := range []struct {
 		name    string
 		sampler CandidacyFunction
-	}{{"byRandom", &ByRandom{}}, {"byPower", &ByPower{}}} {
+	}{{"default", &ByRandom{}}, {"byPower", &ByPower{}}} {
 		for _, size := range benchSizes {
 			b.Run(fmt.Sprintf("%s/%d", chain.name, size), func(b *testing.B) {
 				n := benchNode(size)
+				at := time.Now()
 				for i, sl := range n.table.peers() {
 					sl.cur.Load().Figures.Speed = uint32(1000 * (1 + i%4))
+					for k := range minResponses * 2 {
+						sl.local.times.observe(time.Duration(40/(1+i%4)+k%3)*time.Millisecond, at)
+					}
 				}
 				n.table.mu.Lock()
 				n.table.publishLocked() // the bound follows the speeds set above
 				n.table.mu.Unlock()
+				n.table.updateReference(at)
 				s := policy(n, &ByAge{}, chain.sampler, &ByWindow{N: 3}, &ByWait{})
+				s.predict = predictDecay
 				s.fallback = reverseproxy.RandomSelection{}
 				benchPick(b, n, s)
 			})
@@ -91,7 +98,9 @@ func BenchmarkChain(b *testing.B) {
 
 // BenchmarkProxyAttempt is what one proxied attempt costs with `dynamic
 // backhand` and `lb_policy backhand`: GetUpstreams runs the chain and
-// offers its best candidates, Select takes the first available. Its
+// offers its best candidates, Select takes the first available and counts
+// the request until its context ends (the benchmark's own context.WithCancel
+// per request is included; Caddy's server makes one per request anyway). Its
 // allocations (the offered upstreams and the request's state) must not
 // grow with the number of peers.
 func BenchmarkProxyAttempt(b *testing.B) {
@@ -101,12 +110,14 @@ func BenchmarkProxyAttempt(b *testing.B) {
 			s := benchChain(n)
 			s.keep = 4
 			src := &Upstreams{node: n, table: n.table, maxAge: time.Hour, policy: s}
-			r := requestWithVars()
-			vars := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+			base := requestWithVars()
+			vars := base.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
 			var hosts [maxKeep]reverseproxy.Host
 			b.ReportAllocs()
 			for b.Loop() {
-				delete(vars, stateVar) // a new request
+				delete(vars, stateVar) // a new request, which ends below
+				ctx, end := context.WithCancel(base.Context())
+				r := base.WithContext(ctx)
 				ups, _ := src.GetUpstreams(r)
 				for i, u := range ups {
 					u.Host = &hosts[i] // what reverse_proxy's provisionUpstream does
@@ -114,6 +125,7 @@ func BenchmarkProxyAttempt(b *testing.B) {
 				if s.Select(ups, r, nil) == nil {
 					b.Fatal("no upstream")
 				}
+				end()
 			}
 		})
 	}

@@ -28,6 +28,17 @@ type localStats struct {
 	sent          atomic.Uint64 // announcements sent
 }
 
+// served counts a request that this node served itself, which took d:
+// into the latency it announces, and into what it knows of its own speed
+// (its slot's response times, as it learns each peer's).
+func (n *node) served(d time.Duration, now time.Time) {
+	n.stats.latencyMicros.Add(uint64(max(d, 0).Microseconds()))
+	n.stats.done.Add(1)
+	if s := n.table.self.Load(); s != nil {
+		s.local.times.observe(d, now)
+	}
+}
+
 // latencyEWMA smooths the mean response time of each interval with a time
 // constant of latencyTau, so that one slow interval moves the figure but
 // does not define it. An interval without requests leaves it unchanged.
@@ -60,7 +71,7 @@ func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
 // every site whose requests should count (the `backhand_track` directive is
 // ordered before all standard directives); it needs the backhand app.
 type Track struct {
-	stats *localStats
+	node *node
 }
 
 // CaddyModule returns the Caddy module information.
@@ -77,7 +88,7 @@ func (t *Track) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	t.stats = &app.node.stats
+	t.node = app.node
 	return nil
 }
 
@@ -88,23 +99,23 @@ func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return next.ServeHTTP(w, r)
 	}
 	if rs != nil {
-		rs.tracked = true
+		rs.handlerEnds()
 	}
-	st := t.stats
+	st := &t.node.stats
 	st.busy.Add(1)
 	start := time.Now()
 	defer func() {
 		st.busy.Add(-1)
+		now := time.Now()
 		if rs != nil {
-			rs.finish(time.Now())
+			rs.finish(now)
 		}
 		if forwardedToPeer(r) {
 			// A peer served it: its time is the peer's latency, not ours.
 			st.forwarded.Add(1)
 			return
 		}
-		st.latencyMicros.Add(uint64(time.Since(start).Microseconds()))
-		st.done.Add(1)
+		t.node.served(now.Sub(start), now)
 	}()
 	return next.ServeHTTP(w, r)
 }

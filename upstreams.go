@@ -211,8 +211,10 @@ func markBackhanded(r *http.Request, t *peerTable) {
 // forwardedToPeer reports whether r was proxied to a peer other than this
 // node, through a backhand source.
 func forwardedToPeer(r *http.Request) bool {
-	if st := stateOf(r); st != nil && st.chosen != nil {
-		return !st.chosen.cur.Load().Self
+	if st := stateOf(r); st != nil {
+		if fwd, ok := st.forwarded(); ok {
+			return fwd
+		}
 	}
 	t, ok := caddyhttp.GetVar(r.Context(), backhandedVar).(*peerTable)
 	if !ok {

@@ -1,0 +1,153 @@
+package backhand
+
+import (
+	"math"
+	"slices"
+	"sync/atomic"
+	"time"
+)
+
+// How a node learns how fast each candidate serves, from evidence rather
+// than from what it is told. For a peer, the evidence is the response
+// times of the requests this node sent it; for this node itself, those of
+// the requests it served. Each candidate keeps two averages of them: a
+// typical one (time constant typicalTau) and a recent one (the last
+// sixteen or so responses). A ranking takes the typical time, or the
+// recent one when the two differ by more than their noise (a peer turning
+// slow, or recovering, is followed within a few responses either way).
+// Without fresh evidence the estimate returns, with forgetTau, to the
+// candidate's fallback: the response time the peer announces for the
+// requests it serves, else the cluster's reference (the median of what
+// this node knows), so that a peer shunned once gets its chance again.
+//
+// Times below latencyFloor count as latencyFloor: differences that small
+// are the network's and the scheduler's noise rather than speed, and
+// balancing on them would send every request to whichever node looked a
+// few microseconds faster.
+type responseTimes struct {
+	recent    atomic.Uint64 // float64 bits: µs, weight recentWeight per response
+	typical   atomic.Uint64 // float64 bits: µs, time constant typicalTau
+	typicalSq atomic.Uint64 // float64 bits: µs², as typical, for its spread
+	n         atomic.Uint64 // responses seen
+	last      atomic.Int64  // when the last response came, Unix ns
+}
+
+const (
+	recentWeight = 1.0 / 16
+	typicalTau   = 2 * time.Second
+	// typicalMaxWeight is the most one response weighs in the typical time
+	// (once past the first few), so that one response after a silence
+	// cannot redefine it.
+	typicalMaxWeight = recentWeight / 4
+	// minResponses is how many responses the averages need before they
+	// count as evidence.
+	minResponses = 8
+	forgetTau    = 10 * time.Second
+	// The recent time replaces the typical one only when they differ by
+	// changeZ standard errors of the recent average (from the spread of
+	// the responses), and at least by the factor changeMin: a fixed band
+	// alone mistakes noise for change (BENCHMARKS.md, pace).
+	changeZ   = 3
+	changeMin = 1.25
+	// latencyFloor is the shortest response time a ranking tells apart.
+	latencyFloor = time.Millisecond
+)
+
+// recentSE is the standard error of the recent average in units of one
+// response's standard deviation: sqrt(w / (2 - w)) for an EWMA of weight
+// w over independent samples.
+var recentSE = math.Sqrt(recentWeight / (2 - recentWeight))
+
+var floorMicros = float64(latencyFloor.Microseconds())
+
+func loadFloat(a *atomic.Uint64) float64     { return math.Float64frombits(a.Load()) }
+func storeFloat(a *atomic.Uint64, v float64) { a.Store(math.Float64bits(v)) }
+
+// observe takes one response time. Updates are lock-free and may lose a
+// sample to a concurrent one, which an average does not miss.
+func (r *responseTimes) observe(d time.Duration, now time.Time) {
+	sample := float64(max(d, 0).Microseconds())
+	n := r.n.Add(1)
+	prev := r.last.Swap(now.UnixNano())
+	first := 1 / float64(n) // until there are enough, a plain mean
+	storeFloat(&r.recent, ewma(loadFloat(&r.recent), sample, max(recentWeight, first)))
+	dt := max(now.UnixNano()-prev, 0)
+	alpha := max(min(1-math.Exp(-float64(dt)/float64(typicalTau)), typicalMaxWeight), first)
+	storeFloat(&r.typical, ewma(loadFloat(&r.typical), sample, alpha))
+	storeFloat(&r.typicalSq, ewma(loadFloat(&r.typicalSq), sample*sample, alpha))
+}
+
+// ewma moves avg towards sample by weight w.
+func ewma(avg, sample, w float64) float64 { return avg + w*(sample-avg) }
+
+// estimate returns the candidate's typical response time and its current
+// one (the recent time when it differs from the typical beyond noise), in
+// µs and at least latencyFloor, each blended towards fallback as the last
+// response ages; both are fallback without enough evidence.
+func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, current float64) {
+	if r.n.Load() < minResponses {
+		return fallback, fallback
+	}
+	typical = loadFloat(&r.typical)
+	current = typical
+	// changeMin first: it settles most calls without threshold's root.
+	if recent := loadFloat(&r.recent); typical > 0 && (recent > typical*changeMin || recent*changeMin < typical) {
+		if t := r.threshold(typical); recent > typical*t || recent*t < typical {
+			current = recent
+		}
+	}
+	typical, current = max(typical, floorMicros), max(current, floorMicros)
+	if age := now.UnixNano() - r.last.Load(); age > int64(forgetTau/16) {
+		w := math.Exp(-float64(age) / float64(forgetTau))
+		typical = ewma(fallback, typical, w)
+		current = ewma(fallback, current, w)
+	}
+	return typical, current
+}
+
+// threshold is the ratio between the recent and the typical time beyond
+// which they differ by more than noise.
+func (r *responseTimes) threshold(typical float64) float64 {
+	variance := max(loadFloat(&r.typicalSq)-typical*typical, 0)
+	return max(changeMin, 1+changeZ*recentSE*math.Sqrt(variance)/typical)
+}
+
+// fallbackTime is what a candidate's response time is taken to be
+// without evidence of this node's own, in µs: what the peer announces for
+// the requests it serves; else the cluster's reference time, scaled by a
+// configured speed (1000 = the reference); never below latencyFloor
+// but for a speed above the reference.
+func fallbackTime(p *Peer, reference float64) float64 {
+	if t := float64(p.Figures.LatencyMicros); t > 0 {
+		return max(t, floorMicros)
+	}
+	t := max(reference, floorMicros)
+	if p.Figures.Speed > 0 {
+		t *= 1000 / float64(p.Figures.Speed)
+	}
+	return t
+}
+
+// referenceTime is the median of the typical response times that this
+// node knows of the live peers in view (its own observations, else what
+// they announce), in µs, or 0 when it knows none. The announcer updates
+// it once per interval; peers without evidence are ranked as if they took
+// this long.
+func referenceTime(view peerView, now time.Time, maxAge time.Duration) float64 {
+	times := make([]float64, 0, len(view))
+	for _, s := range view {
+		p := s.cur.Load()
+		if !p.Self && p.Age(now) > maxAge {
+			continue
+		}
+		fb := float64(p.Figures.LatencyMicros)
+		if t, _ := s.local.times.estimate(now, fb); t > 0 {
+			times = append(times, t)
+		}
+	}
+	if len(times) == 0 {
+		return 0
+	}
+	slices.Sort(times)
+	return times[len(times)/2]
+}
