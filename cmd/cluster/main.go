@@ -5,10 +5,14 @@
 // It builds cmd/caddy, starts N Caddy nodes on 127.0.0.1 to 127.0.0.N that
 // announce to each other over UDP, each with an app site that responds
 // "served by nodeN", and makes node1 an entry point on 127.0.0.1:8080 that
-// reverse-proxies to the live peers (`dynamic backhand`). It waits until every
-// node sees all the others, prints the URLs, and runs until Ctrl-C or
-// SIGTERM, then stops every node. If a node dies, it stops the others too
-// and keeps the logs.
+// reverse-proxies to the live peers (`dynamic backhand`) and balances with
+// the plugin's policy (`lb_policy backhand`; -policy picks another), trying
+// another node if one fails (`lb_retries 2`). With -mode peers, every
+// node's app site runs the `backhand` directive instead. The nodes are
+// configured by cluster.Demo, which the integration tests start too. It
+// waits until every node sees all the others, prints the URLs, and runs
+// until Ctrl-C or SIGTERM, then stops every node. If a node dies, it stops
+// the others too and keeps the logs.
 package main
 
 import (
@@ -17,11 +21,9 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"reflect"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -33,54 +35,30 @@ func main() {
 }
 
 type options struct {
-	nodes     int
-	basePort  int
-	adminPort int
-	udpPort   int
-	key       string
-	keepLogs  bool
-	interval  time.Duration
-	policy    string
-	mode      string
+	cluster.Demo
+	keepLogs bool
 }
 
 func parseFlags() options {
-	var o options
-	flag.IntVar(&o.nodes, "nodes", 3, "number of nodes, on 127.0.0.1 to 127.0.0.N (1-254)")
-	flag.IntVar(&o.basePort, "base-port", 8080, "entry point port on node1; each node's app site listens on base-port+1")
-	flag.IntVar(&o.adminPort, "admin-port", 2019, "admin API port of node1 on 127.0.0.1; nodeN uses admin-port+N-1")
-	flag.IntVar(&o.udpPort, "udp-port", 4445, "UDP port announcements are received on, at each node's address")
-	flag.StringVar(&o.key, "key", "", "shared announcement key, at least 16 bytes (default: a random 32-hex key)")
+	o := options{Demo: cluster.DefaultDemo()}
+	flag.IntVar(&o.Nodes, "nodes", o.Nodes, "number of nodes, on 127.0.0.1 to 127.0.0.N (1-254)")
+	flag.IntVar(&o.BasePort, "base-port", o.BasePort, "entry point port on node1; each node's app site listens on base-port+1")
+	flag.IntVar(&o.AdminPort, "admin-port", o.AdminPort, "admin API port of node1 on 127.0.0.1; nodeN uses admin-port+N-1")
+	flag.IntVar(&o.UDPPort, "udp-port", o.UDPPort, "UDP port announcements are received on, at each node's address")
+	flag.StringVar(&o.Key, "key", "", "shared announcement key, at least 16 bytes (default: a random 32-hex key)")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the logs and Caddyfiles after stopping")
-	flag.DurationVar(&o.interval, "interval", time.Second, "announcement interval")
-	flag.StringVar(&o.policy, "policy", "round_robin", "lb_policy of the entry point (e.g. round_robin, least_conn, backhand)")
-	flag.StringVar(&o.mode, "mode", "entry", "entry: node1 is an entry point proxying to the live nodes (dynamic backhand);\npeers: every node's app site runs the backhand directive, so every node is an entry point")
+	flag.DurationVar(&o.Interval, "interval", o.Interval, "announcement interval")
+	flag.StringVar(&o.Policy, "policy", o.Policy, "lb_policy of the entry point: backhand (the plugin's own balancing), or one of Caddy's, e.g. round_robin or least_conn")
+	flag.StringVar(&o.Mode, "mode", o.Mode, "entry: node1 is an entry point proxying to the live nodes (dynamic backhand, lb_policy from -policy);\npeers: every node's app site runs the backhand directive, so every node is an entry point")
 	flag.Parse()
 	return o
 }
 
 func (o options) check() error {
-	switch {
-	case flag.NArg() > 0:
+	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", flag.Args())
-	case o.mode != "entry" && o.mode != "peers":
-		return fmt.Errorf("-mode %q: want entry or peers", o.mode)
-	case o.nodes < 1 || o.nodes > 254:
-		return fmt.Errorf("-nodes %d: want 1-254", o.nodes)
-	case o.basePort < 1 || o.basePort+1 > 65535:
-		return fmt.Errorf("-base-port %d: want 1-65534", o.basePort)
-	case o.adminPort < 1 || o.adminPort+o.nodes-1 > 65535:
-		return fmt.Errorf("-admin-port %d: too large for %d nodes", o.adminPort, o.nodes)
-	case o.adminPort <= o.basePort+1 && o.basePort <= o.adminPort+o.nodes-1:
-		return fmt.Errorf("-admin-port %d: admin ports overlap the entry and app ports %d-%d", o.adminPort, o.basePort, o.basePort+1)
-	case o.udpPort < 1 || o.udpPort > 65535:
-		return fmt.Errorf("-udp-port %d: want 1-65535", o.udpPort)
-	case o.key != "" && len(o.key) < 16:
-		return fmt.Errorf("-key: at least 16 bytes")
-	case o.interval < 10*time.Millisecond:
-		return fmt.Errorf("-interval %v: at least 10ms", o.interval)
 	}
-	return nil
+	return o.Validate()
 }
 
 func run() int {
@@ -89,10 +67,10 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "cluster:", err)
 		return 2
 	}
-	if o.key == "" {
+	if o.Key == "" {
 		var b [16]byte
 		_, _ = rand.Read(b[:])
-		o.key = hex.EncodeToString(b[:])
+		o.Key = hex.EncodeToString(b[:])
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
@@ -120,32 +98,10 @@ func run() int {
 		return 1
 	}
 
-	configs := make([]cluster.NodeConfig, o.nodes)
-	var peers []string
-	for i := range configs {
-		peers = append(peers, net.JoinHostPort("127.0.0."+strconv.Itoa(i+1), strconv.Itoa(o.udpPort)))
-	}
-	names := make([]string, o.nodes)
-	for i := range configs {
-		configs[i] = cluster.NodeConfig{
-			Index:     i + 1,
-			HTTPPort:  o.basePort + 1,
-			UDPPort:   o.udpPort,
-			AdminPort: o.adminPort + i,
-			Cluster:   "local",
-			Peers:     peers,
-			Key:       o.key,
-			Interval:  o.interval,
-			Entry:     i == 0 && o.mode == "entry",
-			EntryPort: o.basePort,
-			LBPolicy:  o.policy,
-			// Every node shows its view of the cluster at /backhand/.
-			AppDirectives: []string{"backhand_status /backhand/*"},
-		}
-		if o.mode == "peers" {
-			configs[i].AppDirectives = append(configs[i].AppDirectives, "@app not path /backhand/*", "backhand @app")
-		}
-		names[i] = configs[i].NodeName()
+	configs := o.Configs()
+	names := make([]string, len(configs))
+	for i, cfg := range configs {
+		names[i] = cfg.NodeName()
 	}
 	for _, cfg := range configs {
 		if err := cfg.CheckFree(); err != nil {
@@ -173,7 +129,7 @@ func run() int {
 	fmt.Printf("%d nodes started; waiting until each sees all %d ...\n", len(nodes), len(nodes))
 	views := make([]*cluster.PeersView, len(nodes))
 	for i, n := range nodes {
-		err := cluster.Poll(ctx, 3*o.interval+10*time.Second, 50*time.Millisecond, func() error {
+		err := cluster.Poll(ctx, 3*o.Interval+10*time.Second, 50*time.Millisecond, func() error {
 			if n.Exited() {
 				return cluster.Permanent(fmt.Errorf("%s exited: %v\n%s", n.Name(), n.ExitErr(), n.LogTail(20)))
 			}
@@ -189,14 +145,24 @@ func run() int {
 		}
 	}
 
-	fmt.Printf("\nbackhand cluster %q is up: %d nodes, interval %v\n", "local", len(nodes), o.interval)
+	fmt.Printf("\nbackhand cluster %q is up: %d nodes, interval %v\n", "local", len(nodes), o.Interval)
 	for i, n := range nodes {
 		fmt.Printf("  %-7s app %s  admin %s  sees %s\n", n.Name(), n.Config.AppURL(), n.Config.AdminURL(), views[i].Summary())
 	}
-	if o.mode == "entry" {
-		fmt.Printf("\nEntry point (%s, lb_policy %s):\n  curl %s\n", nodes[0].Name(), o.policy, nodes[0].Config.EntryURL())
+	if o.Mode == "entry" {
+		entry := nodes[0]
+		fmt.Printf("\nEntry point (%s, lb_policy %s, lb_retries %d):\n", entry.Name(), o.Policy, cluster.DemoRetries)
+		fmt.Printf("  for i in 1 2 3 4 5 6; do curl -s %s; echo; done\n", entry.Config.EntryURL())
+		if o.Policy == "backhand" {
+			fmt.Printf("Its decisions and what it sent each node (decisions, sent_by_this_node):\n  curl %s/backhand/peers\n", entry.Config.AdminURL())
+		} else {
+			fmt.Printf("(Caddy's %s chooses the node; the plugin only lists the live ones, so its decision counters stay 0.)\n", o.Policy)
+		}
 	} else {
-		fmt.Printf("\nEvery node is an entry point (the backhand directive, default chain); e.g.:\n  curl %s\n", nodes[0].Config.AppURL())
+		n := nodes[min(1, len(nodes)-1)]
+		fmt.Printf("\nEvery node balances the requests to its app site (the backhand directive, default chain); e.g.:\n")
+		fmt.Printf("  for i in 1 2 3 4 5 6; do curl -s %s; echo; done\n", n.Config.AppURL())
+		fmt.Printf("Its decisions and what it sent each node (decisions, sent_by_this_node):\n  curl %s/backhand/peers\n", n.Config.AdminURL())
 	}
 	fmt.Printf("Status pages (open in a browser):\n")
 	for _, n := range nodes {

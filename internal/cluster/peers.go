@@ -19,6 +19,10 @@ type PeersView struct {
 	Accepted    uint64         `json:"announcements_accepted"`
 	Rejected    map[string]int `json:"announcements_rejected"`
 	Peers       []PeerView     `json:"peers"`
+
+	// Decisions counts this node's balancing decisions by outcome (local,
+	// forwarded, redirected, fallback, failed_over) since it started.
+	Decisions map[string]uint64 `json:"decisions"`
 }
 
 // PeerView is one row of PeersView.
@@ -38,6 +42,14 @@ type PeerView struct {
 	Forwarded   uint64   `json:"forwarded"`
 	Speed       uint32   `json:"speed"`
 	Draining    bool     `json:"draining"`
+
+	// SentByThisNode is how many requests the viewing node has proxied to
+	// this peer since it started.
+	SentByThisNode uint64 `json:"sent_by_this_node"`
+
+	// ObservedLatencyMS is the viewing node's estimate of this peer's
+	// response time; nil until it has sent the peer a request.
+	ObservedLatencyMS *float64 `json:"observed_latency_ms,omitempty"`
 }
 
 // Peer returns the row of the named peer.

@@ -1,0 +1,187 @@
+package backhand_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-backhand/backhand/internal/cluster"
+)
+
+// The README's local cluster (cmd/cluster, configured by cluster.Demo)
+// must show the plugin balancing: requests spread evenly over the nodes
+// and the balancing node's counters move.
+
+const (
+	demoRequests    = 300
+	demoConcurrency = 8
+	// demoTolerance is how far a node's share may be from the mean,
+	// relative to it.
+	demoTolerance = 0.10
+	// demoLoadTime bounds the requests of one mode.
+	demoLoadTime = time.Minute
+)
+
+// TestIntegrationDemoSpreads starts the demo as `go run ./cmd/cluster`
+// does (other ports and a fixed key aside), in both modes, and sends 300
+// requests at concurrency 8: in mode entry to node1's entry point, in mode
+// peers to node2's app site (the README's `curl http://127.0.0.2:8081/`).
+// Every node must serve within 10% of its even share, and the balancing
+// node's decisions (and, behind the entry point, what it sent each peer)
+// must have moved: with Caddy's own policy they stay 0.
+func TestIntegrationDemoSpreads(t *testing.T) {
+	caddyBin(t) // skips under -short before picking ports
+	for _, mode := range []string{"entry", "peers"} {
+		t.Run(mode, func(t *testing.T) {
+			nodes := demoStart(t, mode)
+			balancer, url := nodes[0], nodes[0].Config.EntryURL()
+			if mode == "peers" {
+				balancer, url = nodes[1], nodes[1].Config.AppURL()
+			}
+			before, err := balancer.Peers(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := demoLoad(t, balancer, url)
+			after, err := balancer.Peers(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			mean := float64(demoRequests) / float64(len(nodes))
+			var counts, uneven []string
+			for _, n := range nodes {
+				c := served[n.Name()]
+				counts = append(counts, fmt.Sprintf("%s=%d", n.Name(), c))
+				if math.Abs(float64(c)/mean-1) > demoTolerance {
+					uneven = append(uneven, n.Name())
+				}
+			}
+			t.Logf("%s: %d requests to %s served by %s (mean %.0f, allowed %.0f-%.0f)",
+				mode, demoRequests, url, strings.Join(counts, " "), mean,
+				math.Ceil(mean*(1-demoTolerance)), math.Floor(mean*(1+demoTolerance)))
+			sent := demoCounters(t, balancer.Name(), before, after)
+			if len(uneven) > 0 {
+				t.Errorf("%s: shares of %v are more than %.0f%% from the mean %.0f: %s",
+					mode, uneven, 100*demoTolerance, mean, strings.Join(counts, " "))
+			}
+			var decided uint64
+			for o, c := range after.Decisions {
+				decided += c - before.Decisions[o]
+			}
+			if decided == 0 {
+				t.Errorf("%s: %s's decisions did not move over %d requests: the plugin's policy did not choose: %v",
+					mode, balancer.Name(), demoRequests, after.Decisions)
+			}
+			if mode == "entry" {
+				for _, n := range nodes[1:] {
+					if sent[n.Name()] == 0 {
+						t.Errorf("entry: %s's sent_by_this_node for %s did not move over %d requests", balancer.Name(), n.Name(), demoRequests)
+					}
+				}
+			}
+		})
+	}
+}
+
+// demoStart starts the demo's nodes in mode on free ports, stops them when
+// the test ends, and waits until each sees all the others.
+func demoStart(t *testing.T, mode string) []*cluster.Node {
+	t.Helper()
+	d := cluster.DefaultDemo()
+	d.Mode = mode
+	d.Key = itKey
+	cfgs, err := demoPorts(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// itCluster.start, with the demo's configurations in place of its own.
+	nodes, _ := itCluster{base: d.BasePort, n: d.Nodes, modify: func(c *cluster.NodeConfig) {
+		*c = cfgs[c.Index-1]
+	}}.start(t)
+	waitAllSeeAll(t, nodes, 3*d.Interval+itStartup)
+	return nodes
+}
+
+// demoPorts picks a port base at random between the other integration
+// tests' (21100-22899) and the ephemeral ports (32768 on), so that two
+// runs at once (or a demo on its default ports) do not meet, and lays the
+// ports out as itCluster does: entry base, app sites base+1, admin
+// base+10 on, UDP base+20. It returns d's configurations once every one of
+// their addresses is free.
+func demoPorts(d *cluster.Demo) ([]cluster.NodeConfig, error) {
+	var last error
+	for range 20 {
+		base := 23000 + 50*rand.IntN(190) // up to 32450, so base+20 < 32768
+		d.BasePort, d.AdminPort, d.UDPPort = base, base+10, base+20
+		cfgs := d.Configs()
+		last = nil
+		for _, c := range cfgs {
+			if last = c.CheckFree(); last != nil {
+				break
+			}
+		}
+		if last == nil {
+			return cfgs, nil
+		}
+	}
+	return nil, fmt.Errorf("no free port base in 20 tries; last: %w", last)
+}
+
+// demoLoad makes demoRequests requests to url through client's node at
+// demoConcurrency, within demoLoadTime, and returns who served them. Any
+// failed request fails the test: the demo's retries leave none.
+func demoLoad(t *testing.T, client *cluster.Node, url string) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), demoLoadTime)
+	defer cancel()
+	start := time.Now()
+	load := startLoad(ctx, client, url, demoConcurrency, demoRequests)
+	load.wg.Wait() // every worker ends after the last request
+	done := load.failed.Load()
+	for _, c := range load.served {
+		done += int64(c)
+	}
+	t.Logf("%d requests in %v, %d failed", done, time.Since(start).Round(time.Millisecond), load.failed.Load())
+	if f := load.failed.Load(); f > 0 {
+		t.Errorf("%d of %d requests to %s failed: %v", f, done, url, load.errs[:min(len(load.errs), 5)])
+	}
+	if done < demoRequests {
+		t.Fatalf("only %d of %d requests to %s were made within %v: %v", done, demoRequests, url, demoLoadTime, ctx.Err())
+	}
+	return load.served
+}
+
+// demoCounters logs what the balancing node's view says about the load
+// (decisions; per peer: requests sent, observed latency, announced
+// speed) and returns how many requests it sent each peer meanwhile.
+func demoCounters(t *testing.T, node string, before, after *cluster.PeersView) map[string]uint64 {
+	t.Helper()
+	var decisions []string
+	for _, o := range slices.Sorted(maps.Keys(after.Decisions)) {
+		decisions = append(decisions, fmt.Sprintf("%s=%d", o, after.Decisions[o]-before.Decisions[o]))
+	}
+	sent := map[string]uint64{}
+	var rows []string
+	for _, p := range after.Peers {
+		was, _ := before.Peer(p.Name)
+		sent[p.Name] = p.SentByThisNode - was.SentByThisNode
+		latency := "-"
+		if p.ObservedLatencyMS != nil {
+			latency = fmt.Sprintf("%.2fms", *p.ObservedLatencyMS)
+		}
+		rows = append(rows, fmt.Sprintf("%s(%s): sent %d, observed latency %s, speed %d",
+			p.Name, p.State, sent[p.Name], latency, p.Speed))
+	}
+	t.Logf("%s's view over the requests: decisions %s; %s", node, strings.Join(decisions, " "), strings.Join(rows, "; "))
+	return sent
+}
