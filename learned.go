@@ -105,6 +105,16 @@ func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, curr
 	return typical, current
 }
 
+// learned returns the typical response time in µs, without fallback,
+// and whether there is enough evidence for one.
+func (r *responseTimes) learned(now time.Time) (float64, bool) {
+	if r.n.Load() < minResponses {
+		return 0, false
+	}
+	t, _ := r.estimate(now, loadFloat(&r.typical))
+	return t, true
+}
+
 // threshold is the ratio between the recent and the typical time beyond
 // which they differ by more than noise.
 func (r *responseTimes) threshold(typical float64) float64 {

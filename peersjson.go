@@ -76,6 +76,12 @@ type PeerView struct {
 	// response time to its proxied requests (10 s time constant); omitted
 	// until this node has sent the peer a request.
 	ObservedLatencyMS *float64 `json:"observed_latency_ms,omitempty"`
+
+	// LearnedLatencyMS is the typical response time that byWait ranks the
+	// peer by, learned from the requests this node sent it (for this node
+	// itself: from those it served); omitted until there is enough
+	// evidence.
+	LearnedLatencyMS *float64 `json:"learned_latency_ms,omitempty"`
 }
 
 // viewOptions are the presentation settings of a view.
@@ -133,6 +139,10 @@ func slotRow(s *peerSlot, now time.Time, maxAge time.Duration, opts viewOptions)
 	if us, ok := s.local.latency.micros(); ok {
 		ms := us / 1000
 		pv.ObservedLatencyMS = &ms
+	}
+	if us, ok := s.local.times.learned(now); ok {
+		ms := us / 1000
+		pv.LearnedLatencyMS = &ms
 	}
 	return pv
 }

@@ -133,7 +133,26 @@ func (s *Selection) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lb_policy backhand: loading fallback policy: %v", err)
 	}
 	s.fallback = mod.(reverseproxy.Selector)
+	s.warnWithoutPeers(ctx)
 	return nil
+}
+
+// warnWithoutPeers warns when the policy is not fed by `dynamic backhand`:
+// it can then only choose among reverse_proxy's upstreams whose address a
+// peer advertises, and leaves the others to the fallback policy.
+func (s *Selection) warnWithoutPeers(ctx caddy.Context) {
+	h := parentProxy(ctx)
+	if h == nil {
+		return
+	}
+	var src struct {
+		Source string `json:"source"`
+	}
+	if json.Unmarshal(h.DynamicUpstreamsRaw, &src) == nil && src.Source == "backhand" {
+		return
+	}
+	ctx.Logger().Warn("lb_policy backhand without `dynamic backhand`: the chain can choose only upstreams whose address a live peer advertises; " +
+		"requests to other upstreams are left to the fallback policy and balanced without the peers' figures")
 }
 
 func (s *Selection) loadChain(ctx caddy.Context) error {

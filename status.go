@@ -217,7 +217,7 @@ var statusColumns = []statusColumn{
 	{"tags", "Tags", "", false},
 	{"state", "State", "self, live, slow-start, draining or stale (not heard within max_age)", false},
 	{"age", "Age", "since its last announcement arrived", true},
-	{"speed", "Speed", "speed rating, 1000 = reference core", true},
+	{"speed", "Speed", "configured speed, 1000 = reference core; — when none", true},
 	{"busy", "Busy / cap", "requests in flight / capacity", true},
 	{"load", "Load", "load average", true},
 	{"cpu_idle", "CPU idle", "idle share over the last interval", true},
@@ -227,6 +227,7 @@ var statusColumns = []statusColumn{
 	{"inflight", "In flight", "of those, in flight now", true},
 	{"observed", "Latency seen", "this node's peak-EWMA of its response time", true},
 	{"latency", "Latency own", "its own response-time EWMA, as announced", true},
+	{"learned", "Ranked by", "the response time byWait ranks it by, learned from what this node saw (for itself: the requests it served)", true},
 }
 
 // statusPage is what the template renders.
@@ -291,6 +292,14 @@ func rowCells(p *PeerView) []statusCell {
 	if p.ObservedLatencyMS != nil {
 		observed, observedSort = fmtMS(*p.ObservedLatencyMS), f(*p.ObservedLatencyMS)
 	}
+	learned, learnedSort := "—", "-1"
+	if p.LearnedLatencyMS != nil {
+		learned, learnedSort = fmtMS(*p.LearnedLatencyMS), f(*p.LearnedLatencyMS)
+	}
+	speed := "—"
+	if p.Speed > 0 {
+		speed = strconv.FormatUint(uint64(p.Speed), 10)
+	}
 	busyShare := 0.0
 	if p.Capacity > 0 {
 		busyShare = float64(p.Busy) / float64(p.Capacity)
@@ -303,7 +312,7 @@ func rowCells(p *PeerView) []statusCell {
 		c(tags, tags),
 		c(p.State, strconv.Itoa(stateRank[p.State])),
 		c(fmtAge(p.AgeMS), strconv.FormatInt(p.AgeMS, 10)),
-		c(strconv.FormatUint(uint64(p.Speed), 10), f(float64(p.Speed))),
+		c(speed, f(float64(p.Speed))),
 		c(fmt.Sprintf("%d / %d", p.Busy, p.Capacity), f(busyShare)),
 		c(strconv.FormatFloat(p.Load, 'f', 2, 64), f(p.Load)),
 		c(fmtPct(p.CPUIdle), f(p.CPUIdle)),
@@ -313,6 +322,7 @@ func rowCells(p *PeerView) []statusCell {
 		c(strconv.FormatInt(p.InFlightFromThisNode, 10), f(float64(p.InFlightFromThisNode))),
 		c(observed, observedSort),
 		c(fmtMS(p.LatencyMS), f(p.LatencyMS)),
+		c(learned, learnedSort),
 	}
 }
 

@@ -81,16 +81,23 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 // this source is provisioned in, if that is its policy. The handler loads
 // its selection policy before its upstream source.
 func siblingPolicy(ctx caddy.Context) *Selection {
-	mods := ctx.Modules()
-	if len(mods) < 2 {
-		return nil
-	}
-	h, ok := mods[len(mods)-2].(*reverseproxy.Handler)
-	if !ok || h.LoadBalancing == nil {
+	h := parentProxy(ctx)
+	if h == nil || h.LoadBalancing == nil {
 		return nil
 	}
 	s, _ := h.LoadBalancing.SelectionPolicy.(*Selection)
 	return s
+}
+
+// parentProxy returns the reverse_proxy handler that the module being
+// provisioned belongs to, or nil.
+func parentProxy(ctx caddy.Context) *reverseproxy.Handler {
+	mods := ctx.Modules()
+	if len(mods) < 2 {
+		return nil
+	}
+	h, _ := mods[len(mods)-2].(*reverseproxy.Handler)
+	return h
 }
 
 // GetUpstreams returns fresh upstreams: reverse_proxy writes into each
