@@ -16,7 +16,13 @@ import (
 func (c *Candidates) busy(x *Candidate) float64 {
 	switch {
 	case x.Peer.Self && c.stats != nil:
-		return float64(max(c.stats.busy.Load()-c.selfCounted, 0))
+		// The requests served here, or, if more, those a reverse_proxy on
+		// this node sent to its own site and still waits for.
+		own := int64(0)
+		if x.slot != nil {
+			own = x.slot.local.inflight.Load()
+		}
+		return float64(max(c.stats.busy.Load()-c.selfCounted, own, 0))
 	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
 		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
 		if tau == 0 {
@@ -91,12 +97,22 @@ func (c *Candidates) serviceTime(x *Candidate, quick bool) float64 {
 }
 
 // responseTimes returns x's typical and current response times in µs.
+// A peer that announces how long it takes to serve is ranked by that,
+// the same measure as this node's own (the requests it serves), without
+// the hop to it, which would otherwise make every peer look slower than
+// this node; this node's observations of the peer then say only how much
+// slower or faster than typical it answers now. A peer that announces no
+// latency (it counts no requests) is ranked by what this node observes.
 func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 	fb := fallbackTime(x.Peer, c.table.referenceMicros())
 	if x.slot == nil {
 		return fb, fb
 	}
-	return x.slot.local.times.estimate(c.now, fb)
+	typical, current = x.slot.local.times.estimate(c.now, fb)
+	if x.Peer.Self || x.Peer.Figures.LatencyMicros == 0 {
+		return typical, current
+	}
+	return fb, fb * current / typical
 }
 
 // power is how much work x's peer can take on now, as byPower sees it:

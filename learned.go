@@ -139,8 +139,8 @@ func fallbackTime(p *Peer, reference float64) float64 {
 }
 
 // referenceTime is the median of the typical response times that this
-// node knows of the live peers in view (its own observations, else what
-// they announce), in µs, or 0 when it knows none. The announcer updates
+// node ranks the live peers in view by (what they announce, else its own
+// observations), in µs, or 0 when it knows none. The announcer updates
 // it once per interval; peers without evidence are ranked as if they took
 // this long.
 func referenceTime(view peerView, now time.Time, maxAge time.Duration) float64 {
@@ -150,8 +150,11 @@ func referenceTime(view peerView, now time.Time, maxAge time.Duration) float64 {
 		if !p.Self && p.Age(now) > maxAge {
 			continue
 		}
-		fb := float64(p.Figures.LatencyMicros)
-		if t, _ := s.local.times.estimate(now, fb); t > 0 {
+		t := float64(p.Figures.LatencyMicros)
+		if p.Self || t == 0 {
+			t, _ = s.local.times.learned(now)
+		}
+		if t > 0 {
 			times = append(times, t)
 		}
 	}
