@@ -29,7 +29,8 @@ const (
 )
 
 // TestIntegrationDemoSpreads starts the demo as `go run ./cmd/cluster`
-// does (other ports and a fixed key aside), in both modes, and sends 300
+// does (other ports and a fixed key aside), with its applications that
+// take ~20ms per request (the default -work), in both modes, and sends 300
 // requests at concurrency 8: in mode entry to node1's entry point, in mode
 // peers to node2's app site (the README's `curl http://127.0.0.2:8081/`).
 // Every node must serve within 10% of its even share, and the balancing
@@ -58,7 +59,7 @@ func TestIntegrationDemoSpreads(t *testing.T) {
 			var counts, uneven []string
 			for _, n := range nodes {
 				c := served[n.Name()]
-				counts = append(counts, fmt.Sprintf("%s=%d", n.Name(), c))
+				counts = append(counts, fmt.Sprintf("%s=%d (%.1f%%)", n.Name(), c, 100*float64(c)/demoRequests))
 				if math.Abs(float64(c)/mean-1) > demoTolerance {
 					uneven = append(uneven, n.Name())
 				}
@@ -90,8 +91,9 @@ func TestIntegrationDemoSpreads(t *testing.T) {
 	}
 }
 
-// demoStart starts the demo's nodes in mode on free ports, stops them when
-// the test ends, and waits until each sees all the others.
+// demoStart starts the demo's applications and nodes in mode on free
+// ports, stops them when the test ends (the nodes first), and waits until
+// each node sees all the others.
 func demoStart(t *testing.T, mode string) []*cluster.Node {
 	t.Helper()
 	d := cluster.DefaultDemo()
@@ -104,6 +106,17 @@ func demoStart(t *testing.T, mode string) []*cluster.Node {
 	if err := d.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	apps, err := d.StartApps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered before itCluster.start's cleanup, so it runs after it.
+	t.Cleanup(func() {
+		if err := apps.Close(5 * time.Second); err != nil {
+			t.Errorf("closing the applications: %v", err)
+		}
+	})
+	t.Logf("%s: %d nodes, each app taking ~%v per request", mode, d.Nodes, d.Work)
 	// itCluster.start, with the demo's configurations in place of its own.
 	nodes, _ := itCluster{base: d.BasePort, n: d.Nodes, modify: func(c *cluster.NodeConfig) {
 		*c = cfgs[c.Index-1]
@@ -115,23 +128,16 @@ func demoStart(t *testing.T, mode string) []*cluster.Node {
 // demoPorts picks a port base at random between the other integration
 // tests' (21100-22899) and the ephemeral ports (32768 on), so that two
 // runs at once (or a demo on its default ports) do not meet, and lays the
-// ports out as itCluster does: entry base, app sites base+1, admin
-// base+10 on, UDP base+20. It returns d's configurations once every one of
-// their addresses is free.
+// ports out as itCluster does: entry base, app sites base+1 (and the
+// demo's applications base+2), admin base+10 on, UDP base+20. It returns
+// d's configurations once every one of their addresses is free.
 func demoPorts(d *cluster.Demo) ([]cluster.NodeConfig, error) {
 	var last error
 	for range 20 {
 		base := 23000 + 50*rand.IntN(190) // up to 32450, so base+20 < 32768
 		d.BasePort, d.AdminPort, d.UDPPort = base, base+10, base+20
-		cfgs := d.Configs()
-		last = nil
-		for _, c := range cfgs {
-			if last = c.CheckFree(); last != nil {
-				break
-			}
-		}
-		if last == nil {
-			return cfgs, nil
+		if last = d.CheckFree(); last == nil {
+			return d.Configs(), nil
 		}
 	}
 	return nil, fmt.Errorf("no free port base in 20 tries; last: %w", last)

@@ -3,13 +3,20 @@
 //	go run ./cmd/cluster
 //
 // It builds cmd/caddy, starts N Caddy nodes on 127.0.0.1 to 127.0.0.N that
-// announce to each other over UDP, each with an app site that responds
-// "served by nodeN", and makes node1 an entry point on 127.0.0.1:8080 that
+// announce to each other over UDP, each with an app site (port 8081) that
+// reverse-proxies to the node's own application: a small server run by
+// this program on 127.0.0.N:8082 that takes ~20ms per request (-work;
+// exponentially distributed, so requests differ) and answers "served by
+// nodeN". It makes node1 an entry point on 127.0.0.1:8080 that
 // reverse-proxies to the live peers (`dynamic backhand`) and balances with
 // the plugin's policy (`lb_policy backhand`; -policy picks another), trying
 // another node if one fails (`lb_retries 2`). With -mode peers, every
-// node's app site runs the `backhand` directive instead. The nodes are
-// configured by cluster.Demo, which the integration tests start too. It
+// node's app site runs the `backhand` directive instead. With -work 0 there
+// is no application and the app sites answer at once with Caddy's respond:
+// then nothing is ever in flight, and a balancer sees only ties. The nodes
+// and applications come from cluster.Demo, which the integration tests
+// start too. Admin APIs are on 127.0.0.1:2019 on, announcements on UDP
+// 4445 at each node's address. It
 // waits until every node sees all the others, prints the URLs, and runs
 // until Ctrl-C or SIGTERM, then stops every node. If a node dies, it stops
 // the others too and keeps the logs.
@@ -42,13 +49,14 @@ type options struct {
 func parseFlags() options {
 	o := options{Demo: cluster.DefaultDemo()}
 	flag.IntVar(&o.Nodes, "nodes", o.Nodes, "number of nodes, on 127.0.0.1 to 127.0.0.N (1-254)")
-	flag.IntVar(&o.BasePort, "base-port", o.BasePort, "entry point port on node1; each node's app site listens on base-port+1")
+	flag.IntVar(&o.BasePort, "base-port", o.BasePort, "entry point port on node1; each node's app site listens on base-port+1, its application on base-port+2")
 	flag.IntVar(&o.AdminPort, "admin-port", o.AdminPort, "admin API port of node1 on 127.0.0.1; nodeN uses admin-port+N-1")
 	flag.IntVar(&o.UDPPort, "udp-port", o.UDPPort, "UDP port announcements are received on, at each node's address")
 	flag.StringVar(&o.Key, "key", "", "shared announcement key, at least 16 bytes (default: a random 32-hex key)")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the logs and Caddyfiles after stopping")
 	flag.DurationVar(&o.Interval, "interval", o.Interval, "announcement interval")
 	flag.StringVar(&o.Policy, "policy", o.Policy, "lb_policy of the entry point: backhand (the plugin's own balancing), or one of Caddy's, e.g. round_robin or least_conn")
+	flag.DurationVar(&o.Work, "work", o.Work, "mean time each node's application takes per request (exponentially distributed);\n0: no application, the app sites answer at once with Caddy's respond")
 	flag.StringVar(&o.Mode, "mode", o.Mode, "entry: node1 is an entry point proxying to the live nodes (dynamic backhand, lb_policy from -policy);\npeers: every node's app site runs the backhand directive, so every node is an entry point")
 	flag.Parse()
 	return o
@@ -81,9 +89,14 @@ func run() int {
 		return 1
 	}
 	var nodes []*cluster.Node
+	var apps cluster.Apps
 	keep := o.keepLogs
 	defer func() {
 		if err := cluster.StopAll(nodes, 5*time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster:", err)
+		}
+		// After the nodes, so that no request in flight loses its app.
+		if err := apps.Close(5 * time.Second); err != nil {
 			fmt.Fprintln(os.Stderr, "cluster:", err)
 		}
 		if keep {
@@ -103,10 +116,8 @@ func run() int {
 	for i, cfg := range configs {
 		names[i] = cfg.NodeName()
 	}
-	for _, cfg := range configs {
-		if err := cfg.CheckFree(); err != nil {
-			return fail(fmt.Errorf("%w\n(another cluster running? choose other ports with -base-port, -admin-port and -udp-port)", err))
-		}
+	if err := o.CheckFree(); err != nil {
+		return fail(fmt.Errorf("%w\n(another cluster running? choose other ports with -base-port, -admin-port and -udp-port)", err))
 	}
 	fmt.Printf("building caddy from cmd/caddy into %s ...\n", dir)
 	bin, err := cluster.Build(ctx, dir)
@@ -114,6 +125,9 @@ func run() int {
 		return fail(err)
 	}
 
+	if apps, err = o.StartApps(); err != nil {
+		return fail(err)
+	}
 	for _, cfg := range configs {
 		n, err := cluster.Start(bin, dir, cfg, nil)
 		if err != nil {
@@ -148,6 +162,12 @@ func run() int {
 	fmt.Printf("\nbackhand cluster %q is up: %d nodes, interval %v\n", "local", len(nodes), o.Interval)
 	for i, n := range nodes {
 		fmt.Printf("  %-7s app %s  admin %s  sees %s\n", n.Name(), n.Config.AppURL(), n.Config.AdminURL(), views[i].Summary())
+	}
+	if o.Work > 0 {
+		fmt.Printf("Each node's app takes ~%v per request (exponentially distributed; -work): its app site proxies to\nits application, run by this program at the node's address, port %d (e.g. %s).\n",
+			o.Work, o.AppPort(), nodes[0].Config.AppUpstream)
+	} else {
+		fmt.Printf("Each node's app answers at once (-work 0: Caddy's respond), so nothing is ever in flight.\n")
 	}
 	if o.Mode == "entry" {
 		entry := nodes[0]

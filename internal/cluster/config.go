@@ -18,8 +18,9 @@ import (
 // NodeConfig describes one node. Its Caddyfile has a global options block
 // with the admin address and the `backhand` option, an app site on
 // Host():HTTPPort that counts its requests with backhand_track and responds
-// "served by <name>", and, for an entry point, a site on Host():EntryPort that
-// reverse-proxies to `dynamic backhand`.
+// "served by <name>" (or reverse-proxies to AppUpstream), and, for an entry
+// point, a site on Host():EntryPort that reverse-proxies to `dynamic
+// backhand`.
 type NodeConfig struct {
 	// Name is the backhand node name. Default: "node<Index>".
 	Name string
@@ -66,9 +67,17 @@ type NodeConfig struct {
 	// ExtraBackhand are lines added to the `backhand` block.
 	ExtraBackhand []string
 
-	// AppDirectives are lines added to the app site before its respond,
-	// e.g. a `backhand { ... }` block that makes the node an entry point.
+	// AppDirectives are lines added to the app site before its respond
+	// (or reverse_proxy), e.g. a `backhand { ... }` block that makes the
+	// node an entry point.
 	AppDirectives []string
+
+	// AppUpstream, if set (host:port), is the application behind the app
+	// site: the site ends with `reverse_proxy <AppUpstream>` instead of
+	// responding itself, so that its requests take the application's time.
+	// Something else must listen there (see App); CheckFree does not check
+	// it, as it is running by the time the node starts.
+	AppUpstream string
 
 	// ExtraSites are site blocks appended to the Caddyfile.
 	ExtraSites []string
@@ -146,6 +155,15 @@ func (c NodeConfig) Validate() error {
 	}
 	if c.Entry && (c.EntryPort < 1 || c.EntryPort > 65535) {
 		return fmt.Errorf("cluster: EntryPort %d is not 1-65535", c.EntryPort)
+	}
+	if c.AppUpstream != "" {
+		host, _, err := net.SplitHostPort(c.AppUpstream)
+		if err != nil {
+			return fmt.Errorf("cluster: AppUpstream %q: %v", c.AppUpstream, err)
+		}
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("cluster: AppUpstream %q is not a loopback address", c.AppUpstream)
+		}
 	}
 	if c.Multicast == "" {
 		for _, p := range c.Peers {
@@ -228,7 +246,11 @@ func (c NodeConfig) Caddyfile() string {
 	for _, l := range c.AppDirectives {
 		w(1, "%s", l)
 	}
-	w(1, "respond %q", "served by "+c.NodeName())
+	if c.AppUpstream != "" {
+		w(1, "reverse_proxy %s", c.AppUpstream)
+	} else {
+		w(1, "respond %q", "served by "+c.NodeName())
+	}
 	w(0, "}")
 	if c.Entry {
 		policy := c.LBPolicy
