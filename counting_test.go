@@ -150,3 +150,37 @@ func TestPolicyCountsOnceWithTrack(t *testing.T) {
 		t.Errorf("forwarded %d, want 1", got)
 	}
 }
+
+// backhand_track counts a request as busy here; the backhand directive
+// after it takes the request out of that count while a peer serves it,
+// and puts it back when every peer failed and it serves the request
+// itself: a node that only forwards does not announce itself busy.
+func TestTrackBusyLeavesForwardedRequests(t *testing.T) {
+	n := testNode(heardPeer("a", "127.0.0.2:80", 0))
+	track := &Track{node: n}
+	h := &Handler{node: n}
+	r, cancel := countingRequest()
+	defer cancel()
+	var during, failedOver int64
+	err := track.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		st := stateOf(r)
+		if st.count() {
+			t.Error("the directive claimed a request that backhand_track counts")
+		}
+		st.releaseBusy() // what forward does before proxying
+		during = n.stats.busy.Load()
+		return h.serveLocally(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+			failedOver = n.stats.busy.Load() // every peer failed: served here
+			return nil
+		}))
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if during != 0 || failedOver != 1 {
+		t.Errorf("busy while forwarded %d, while served here after the failure %d: want 0 and 1", during, failedOver)
+	}
+	if got := n.stats.busy.Load(); got != 0 {
+		t.Errorf("busy after the request: %d, want 0", got)
+	}
+}

@@ -168,6 +168,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	r.Header.Set(hopHeader, hopMarker(keys.hop, h.app.Name, client, time.Now()))
 	counting := st.count()
 	st.handlerEnds()
+	st.releaseBusy() // backhand_track's count: a peer serves it, not this node
 	tw := &startedWriter{ResponseWriter: w}
 	err := h.proxy.ServeHTTP(tw, r, next)
 	st.finish(time.Now())
@@ -191,7 +192,10 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 // serveLocally hands the request to the rest of the route, counting it as
 // one this node serves unless backhand_track already does.
 func (h *Handler) serveLocally(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !stateOf(r).count() {
+	if st := stateOf(r); !st.count() {
+		// backhand_track counts it, and ends the count; after a failed
+		// forward its busy count must be taken again.
+		st.holdBusy(&h.node.stats.busy)
 		return next.ServeHTTP(w, r)
 	}
 	busy := &h.node.stats.busy

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -46,6 +47,9 @@ type requestState struct {
 	// this node's figures, so that backhand_track and the backhand
 	// directive on one route do not count it twice.
 	counted bool
+	// busy is the counter of requests served here that this request is
+	// in, if any: the directive takes it out while a peer serves it.
+	busy *atomic.Int64
 	// decided is set once the request's outcome is counted: the backhand
 	// directive counts its own; reverse_proxy's policy counts the first
 	// choice of a request it balances alone.
@@ -74,6 +78,22 @@ func (st *requestState) count() bool {
 	}
 	st.counted = true
 	return true
+}
+
+// holdBusy counts the request as served here in busy until releaseBusy.
+func (st *requestState) holdBusy(busy *atomic.Int64) {
+	if st.busy == nil {
+		busy.Add(1)
+		st.busy = busy
+	}
+}
+
+// releaseBusy takes the request out of the busy count it is in.
+func (st *requestState) releaseBusy() {
+	if st.busy != nil {
+		st.busy.Add(-1)
+		st.busy = nil
+	}
 }
 
 // maxTries bounds the peers remembered as tried; beyond that, retries may

@@ -98,14 +98,20 @@ func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if !rs.count() {
 		return next.ServeHTTP(w, r)
 	}
+	st := &t.node.stats
 	if rs != nil {
 		rs.handlerEnds()
+		rs.holdBusy(&st.busy) // a backhand directive after this releases it while a peer serves
+	} else {
+		st.busy.Add(1)
 	}
-	st := &t.node.stats
-	st.busy.Add(1)
 	start := time.Now()
 	defer func() {
-		st.busy.Add(-1)
+		if rs != nil {
+			rs.releaseBusy()
+		} else {
+			st.busy.Add(-1)
+		}
 		now := time.Now()
 		if rs != nil {
 			rs.finish(now)
