@@ -24,11 +24,12 @@ func (c *Candidates) busy(x *Candidate) float64 {
 		}
 		return float64(max(c.stats.busy.Load()-c.selfCounted, own, 0))
 	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
-		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
+		served := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
+		tau := served
 		if tau == 0 {
 			tau = defaultTau
 		}
-		return x.slot.local.decayed(x.Peer.Age(c.now), tau)
+		return x.slot.local.decayed(x.Peer.Age(c.now), tau, served)
 	}
 	return float64(x.Peer.Figures.Busy) + c.predicted(x)
 }
@@ -109,11 +110,27 @@ func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 		return fb, fb
 	}
 	typical, current = x.slot.local.times.estimate(c.now, fb)
-	if x.Peer.Self || x.Peer.Figures.LatencyMicros == 0 {
-		return typical, current
+	if !x.Peer.Self && x.Peer.Figures.LatencyMicros > 0 {
+		typical, current = fb, fb*current/typical
 	}
-	return fb, fb * current / typical
+	return alike(typical, current, c.table.referenceMicros())
 }
+
+// alike ranks a candidate whose typical time lies within sameBand of the
+// cluster's reference as taking the reference: between nodes, differences
+// that small are mostly noise and queueing of the moment, and ranking by
+// them costs more than it gains (BENCHMARKS.md: equal nodes, a node's
+// death). The current time keeps its ratio to the typical.
+func alike(typical, current, reference float64) (float64, float64) {
+	if reference > 0 && typical < reference*sameBand && typical*sameBand > reference {
+		return reference, current * reference / typical
+	}
+	return typical, current
+}
+
+// sameBand is the ratio within which candidates' typical times count as
+// equal.
+const sameBand = 1.25
 
 // power is how much work x's peer can take on now, as byPower sees it:
 // its announced power, with the application's weight lowered to the

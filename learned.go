@@ -13,8 +13,12 @@ import (
 // the requests it served. Each candidate keeps two averages of them: a
 // typical one (time constant typicalTau) and a recent one (the last
 // sixteen or so responses). A ranking takes the typical time, or the
-// recent one when the two differ by more than their noise (a peer turning
-// slow, or recovering, is followed within a few responses either way).
+// recent one when it exceeds the typical by more than their noise: a peer
+// turning slow is shunned within a few responses; one that recovers is
+// followed by its typical time (a recent time below the typical one is
+// mostly queueing that has just drained, and chasing it, like chasing
+// the differences between equal nodes, made the balancing oscillate in
+// BENCHMARKS.md's checks).
 // Without fresh evidence the estimate returns, with forgetTau, to the
 // candidate's fallback: the response time the peer announces for the
 // requests it serves, else the cluster's reference (the median of what
@@ -34,7 +38,7 @@ type responseTimes struct {
 
 const (
 	recentWeight = 1.0 / 16
-	typicalTau   = 2 * time.Second
+	typicalTau   = 5 * time.Second
 	// typicalMaxWeight is the most one response weighs in the typical time
 	// (once past the first few), so that one response after a silence
 	// cannot redefine it.
@@ -81,7 +85,7 @@ func (r *responseTimes) observe(d time.Duration, now time.Time) {
 func ewma(avg, sample, w float64) float64 { return avg + w*(sample-avg) }
 
 // estimate returns the candidate's typical response time and its current
-// one (the recent time when it differs from the typical beyond noise), in
+// one (the recent time when it exceeds the typical beyond noise), in
 // µs and at least latencyFloor, each blended towards fallback as the last
 // response ages; both are fallback without enough evidence.
 func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, current float64) {
@@ -91,8 +95,8 @@ func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, curr
 	typical = loadFloat(&r.typical)
 	current = typical
 	// changeMin first: it settles most calls without threshold's root.
-	if recent := loadFloat(&r.recent); typical > 0 && (recent > typical*changeMin || recent*changeMin < typical) {
-		if t := r.threshold(typical); recent > typical*t || recent*t < typical {
+	if recent := loadFloat(&r.recent); typical > 0 && recent > typical*changeMin {
+		if t := r.threshold(typical); recent > typical*t {
 			current = recent
 		}
 	}
@@ -113,6 +117,15 @@ func (r *responseTimes) learned(now time.Time) (float64, bool) {
 	}
 	t, _ := r.estimate(now, loadFloat(&r.typical))
 	return t, true
+}
+
+// typicalMicros is the typical response time in µs, 0 without enough
+// evidence.
+func (r *responseTimes) typicalMicros() float64 {
+	if r.n.Load() < minResponses {
+		return 0
+	}
+	return loadFloat(&r.typical)
 }
 
 // threshold is the ratio between the recent and the typical time beyond

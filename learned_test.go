@@ -32,7 +32,7 @@ func TestResponseTimesNeedEvidence(t *testing.T) {
 // A healthy peer whose response times merely vary (lognormal, sigma 1: a
 // heavy tail) almost never has its current time differ from its typical
 // one, while the same peer turning 3x slower does within 16 responses;
-// when it recovers, its estimate follows within a few seconds.
+// when it recovers, its typical time follows within typicalTau.
 func TestResponseTimesIgnoreNoise(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	sample := func() time.Duration { return time.Duration(40e3*math.Exp(rng.NormFloat64()-0.5)) * time.Microsecond }
@@ -63,12 +63,12 @@ func TestResponseTimesIgnoreNoise(t *testing.T) {
 		at = at.Add(10 * time.Millisecond)
 		r.observe(3*sample(), at)
 	}
-	for range 300 { // recovered for 3 s
+	for range 500 { // recovered for 5 s (typicalTau)
 		at = at.Add(10 * time.Millisecond)
 		r.observe(sample(), at)
 	}
 	if _, cur := r.estimate(at, 40e3); cur > 1.5*40e3 {
-		t.Errorf("3 s after recovering: current %.0f, want below 1.5 x 40000", cur)
+		t.Errorf("5 s after recovering: current %.0f, want below 1.5 x 40000", cur)
 	}
 }
 
@@ -171,7 +171,7 @@ func simulate(n *node, s *Selection, spec simSpec) map[string]int {
 		keep := pending[:0]
 		for _, d := range pending {
 			if !d.at.After(at) {
-				d.slot.local.end(d.took, d.at)
+				d.slot.local.end(d.took, d.at, true)
 			} else {
 				keep = append(keep, d)
 			}
@@ -217,4 +217,25 @@ func simulate(n *node, s *Selection, spec simSpec) map[string]int {
 		pending = append(pending, done{slot: slot, at: end, took: end.Sub(at)})
 	}
 	return counts
+}
+
+// Typical times within sameBand of the cluster's reference count as the
+// reference, so noise between equal nodes does not steer load; times
+// further apart keep their ratio.
+func TestAlikeTimes(t *testing.T) {
+	for _, tt := range []struct {
+		typical, current, ref, wantTyp, wantCur float64
+	}{
+		{46e3, 46e3, 40e3, 40e3, 40e3}, // 15% apart: alike
+		{46e3, 92e3, 40e3, 40e3, 80e3}, // alike, now twice as slow: the ratio stays
+		{80e3, 80e3, 40e3, 80e3, 80e3}, // twice the reference: as it is
+		{20e3, 20e3, 40e3, 20e3, 20e3}, // half: as it is
+		{46e3, 46e3, 0, 46e3, 46e3},    // no reference yet
+		{1000, 1000, 1100, 1100, 1100}, // at the floor
+	} {
+		typ, cur := alike(tt.typical, tt.current, tt.ref)
+		if math.Abs(typ-tt.wantTyp) > 1e-6 || math.Abs(cur-tt.wantCur) > 1e-6 {
+			t.Errorf("alike(%v, %v, ref %v) = %v, %v; want %v, %v", tt.typical, tt.current, tt.ref, typ, cur, tt.wantTyp, tt.wantCur)
+		}
+	}
 }

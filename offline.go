@@ -76,7 +76,7 @@ func (b *Board) Begin(peer string) {
 // End records that a request to peer finished after d, at now.
 func (b *Board) End(peer string, d time.Duration, now time.Time) {
 	if s := b.n.table.lookupSlot(peer); s != nil {
-		s.local.end(d, now)
+		s.local.end(d, now, true)
 	}
 }
 

@@ -59,14 +59,28 @@ func (l *peerLocal) announced(f *Figures) {
 const othersMeanWeight = 0.005
 
 // decayed estimates the peer's requests in flight age after its last
-// announcement: this node's own, exactly, plus the others' share decaying
-// from what the announcement showed towards its mean, with time constant
-// tau.
-func (l *peerLocal) decayed(age, tau time.Duration) float64 {
+// announcement: this node's own (ownAtPeer), plus the others' share
+// decaying from what the announcement showed towards its mean, with time
+// constant tau.
+func (l *peerLocal) decayed(age, tau, served time.Duration) float64 {
 	at := math.Float64frombits(l.othersAt.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
 	w := math.Exp(-float64(max(age, 0)) / float64(max(tau, time.Microsecond)))
-	return float64(max(l.inflight.Load(), 0)) + mean + (at-mean)*w
+	return l.ownAtPeer(served) + mean + (at-mean)*w
+}
+
+// ownAtPeer is how many of this node's requests in flight to the peer
+// the peer is serving: this node counts each from its choice to the end
+// of the response, the peer only while it serves it (for served, as it
+// announces; 0 if it does not; the round trip that this node sees is
+// longer by the hop), so that they compare with this node's own requests
+// served here and with what the peer announces (Little's law).
+func (l *peerLocal) ownAtPeer(served time.Duration) float64 {
+	own := float64(max(l.inflight.Load(), 0))
+	if rt := l.times.typicalMicros(); rt > 0 && served > 0 {
+		own *= min(float64(served.Microseconds())/rt, 1)
+	}
+	return own
 }
 
 // sentSinceAnnounce is how many more requests this node has in flight to
@@ -91,10 +105,14 @@ func (l *peerLocal) begin() {
 	l.sent.Add(1)
 }
 
-func (l *peerLocal) end(d time.Duration, now time.Time) {
+// end records that a request to the peer ended after d; sample says
+// whether its time counts towards what this node learns of the peer.
+func (l *peerLocal) end(d time.Duration, now time.Time, sample bool) {
 	l.inflight.Add(-1)
-	l.latency.observe(d, now)
-	l.times.observe(d, now)
+	if sample {
+		l.latency.observe(d, now)
+		l.times.observe(d, now)
+	}
 }
 
 // peakEWMA is Finagle's and Linkerd's latency estimate: an exponentially

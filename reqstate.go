@@ -214,14 +214,17 @@ func (st *requestState) choose(ctx context.Context, s *peerSlot, now time.Time, 
 }
 
 // finish ends the request: the chosen peer's in-flight count drops and its
-// response times take the sample. Later calls do nothing.
+// response times take the sample (not for this node itself, reached
+// through its own site: it learns its speed from the requests it serves,
+// without the hop). Later calls do nothing.
 func (st *requestState) finish(now time.Time) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.inFlight {
-		st.chosen.local.end(now.Sub(st.chosenAt), now)
+		self := st.chosen.cur.Load().Self
+		st.chosen.local.end(now.Sub(st.chosenAt), now, !self)
 		st.inFlight = false
-		if st.ending == endByContext && !st.chosen.cur.Load().Self {
+		if st.ending == endByContext && !self {
 			st.stats.forwarded.Add(1)
 		}
 	}

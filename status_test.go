@@ -100,8 +100,8 @@ func scripted(t *testing.T) (*App, time.Time) {
 	for range 3 {
 		s.local.begin()
 	}
-	s.local.end(20*time.Millisecond, at.Add(-200*time.Millisecond))
-	s.local.end(40*time.Millisecond, at.Add(-100*time.Millisecond))
+	s.local.end(20*time.Millisecond, at.Add(-200*time.Millisecond), true)
+	s.local.end(40*time.Millisecond, at.Add(-100*time.Millisecond), true)
 
 	for _, o := range []outcome{outcomeLocal, outcomeLocal, outcomeForwarded, outcomeForwarded, outcomeForwarded, outcomeFallback} {
 		n.decisions.record(o)

@@ -48,7 +48,7 @@ type latencyEWMA struct {
 	micros            float64
 }
 
-const latencyTau = 2 * time.Second
+const latencyTau = 5 * time.Second
 
 func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
 	done, sum := st.done.Load(), st.latencyMicros.Load()
