@@ -33,9 +33,13 @@ type peerLocal struct {
 // announced records that a new announcement has arrived: from now on, what
 // the peer announced already includes the requests in flight at this moment.
 func (l *peerLocal) announced(f *Figures) {
-	own := l.inflight.Load()
-	l.atAnnounce.Store(own)
-	others := max(float64(f.Busy)-float64(own), 0)
+	l.atAnnounce.Store(l.inflight.Load())
+	// Not clipped at 0 here: a peer that serves only this node's requests
+	// announces a little more or less than this node counts at that
+	// moment, and a mean of clipped values would credit it with others'
+	// requests that do not exist (which made every peer look busier than
+	// this node itself). The estimate is clipped instead.
+	others := float64(f.Busy) - l.ownAtPeer(time.Duration(f.LatencyMicros)*time.Microsecond)
 	mean := math.Float64frombits(l.othersMean.Load())
 	n := l.othersN.Add(1)
 	mean += max(othersMeanWeight, 1/float64(n)) * (others - mean)
@@ -66,7 +70,7 @@ func (l *peerLocal) decayed(age, tau, served time.Duration) float64 {
 	at := math.Float64frombits(l.othersAt.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
 	w := math.Exp(-float64(max(age, 0)) / float64(max(tau, time.Microsecond)))
-	return l.ownAtPeer(served) + mean + (at-mean)*w
+	return l.ownAtPeer(served) + max(mean+(at-mean)*w, 0)
 }
 
 // ownAtPeer is how many of this node's requests in flight to the peer
