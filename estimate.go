@@ -25,12 +25,11 @@ func (c *Candidates) busy(x *Candidate) float64 {
 		}
 		return float64(max(busy-c.selfCounted, 0))
 	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
-		served := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
-		tau := served
+		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
 		if tau == 0 {
 			tau = defaultTau
 		}
-		return x.slot.local.decayed(x.Peer.Age(c.now), tau, served)
+		return x.slot.local.decayed(x.Peer.Age(c.now), tau)
 	}
 	return float64(x.Peer.Figures.Busy) + c.predicted(x)
 }

@@ -119,15 +119,6 @@ func (r *responseTimes) learned(now time.Time) (float64, bool) {
 	return t, true
 }
 
-// typicalMicros is the typical response time in µs, 0 without enough
-// evidence.
-func (r *responseTimes) typicalMicros() float64 {
-	if r.n.Load() < minResponses {
-		return 0
-	}
-	return loadFloat(&r.typical)
-}
-
 // threshold is the ratio between the recent and the typical time beyond
 // which they differ by more than noise.
 func (r *responseTimes) threshold(typical float64) float64 {

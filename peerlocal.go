@@ -39,7 +39,7 @@ func (l *peerLocal) announced(f *Figures) {
 	// moment, and a mean of clipped values would credit it with others'
 	// requests that do not exist (which made every peer look busier than
 	// this node itself). The estimate is clipped instead.
-	others := float64(f.Busy) - l.ownAtPeer(time.Duration(f.LatencyMicros)*time.Microsecond)
+	others := float64(f.Busy) - float64(l.inflight.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
 	n := l.othersN.Add(1)
 	mean += max(othersMeanWeight, 1/float64(n)) * (others - mean)
@@ -63,28 +63,14 @@ func (l *peerLocal) announced(f *Figures) {
 const othersMeanWeight = 0.005
 
 // decayed estimates the peer's requests in flight age after its last
-// announcement: this node's own (ownAtPeer), plus the others' share
+// announcement: this node's own, exactly, plus the others' share
 // decaying from what the announcement showed towards its mean, with time
 // constant tau.
-func (l *peerLocal) decayed(age, tau, served time.Duration) float64 {
+func (l *peerLocal) decayed(age, tau time.Duration) float64 {
 	at := math.Float64frombits(l.othersAt.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
 	w := math.Exp(-float64(max(age, 0)) / float64(max(tau, time.Microsecond)))
-	return l.ownAtPeer(served) + max(mean+(at-mean)*w, 0)
-}
-
-// ownAtPeer is how many of this node's requests in flight to the peer
-// the peer is serving: this node counts each from its choice to the end
-// of the response, the peer only while it serves it (for served, as it
-// announces; 0 if it does not; the round trip that this node sees is
-// longer by the hop), so that they compare with this node's own requests
-// served here and with what the peer announces (Little's law).
-func (l *peerLocal) ownAtPeer(served time.Duration) float64 {
-	own := float64(max(l.inflight.Load(), 0))
-	if rt := l.times.typicalMicros(); rt > 0 && served > 0 {
-		own *= min(float64(served.Microseconds())/rt, 1)
-	}
-	return own
+	return float64(max(l.inflight.Load(), 0)) + max(mean+(at-mean)*w, 0)
 }
 
 // sentSinceAnnounce is how many more requests this node has in flight to
