@@ -16,14 +16,14 @@ import (
 func (c *Candidates) busy(x *Candidate) float64 {
 	switch {
 	case x.Peer.Self && c.stats != nil:
-		// The requests served here, counted as peers count theirs; on a
-		// node that counts none (no backhand_track or directive), those
-		// that a reverse_proxy here sent to its own site and waits for.
-		busy := c.stats.busy.Load()
-		if busy == 0 && c.stats.done.Load() == 0 && x.slot != nil {
-			return float64(max(x.slot.local.inflight.Load(), 0))
+		// The requests served here, or, if more, those that a
+		// reverse_proxy here sent to this node's own site and waits for,
+		// counted over the round trip as for every peer.
+		own := int64(0)
+		if x.slot != nil {
+			own = x.slot.local.inflight.Load()
 		}
-		return float64(max(busy-c.selfCounted, 0))
+		return float64(max(c.stats.busy.Load()-c.selfCounted, own, 0))
 	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
 		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
 		if tau == 0 {
