@@ -29,7 +29,7 @@ const (
 	// entry node balances over itself and its two peers within the first
 	// seconds of traffic, while the response times it has learned still
 	// differ by noise, and shares such as 39/28/33% and, once, 23/51/26%
-	// came out (commit b5c3f1e and before); the +-10% miss is logged.
+	// came out (commits a35b395-33041cd); the +-10% miss is logged.
 	demoEntryTolerance = 0.75
 	// demoLoadTime bounds the requests of one mode.
 	demoLoadTime = time.Minute
