@@ -102,7 +102,7 @@ func (c *Candidates) serviceTime(x *Candidate, quick bool) float64 {
 // the same measure as this node's own (the requests it serves), without
 // the hop to it, which would otherwise make every peer look slower than
 // this node; this node's observations of the peer then say only how much
-// slower or faster than typical it answers now. A peer that announces no
+// slower than typical it answers now. A peer that announces no
 // latency (it counts no requests) is ranked by what this node observes.
 func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 	fb := fallbackTime(x.Peer, c.table.referenceMicros())

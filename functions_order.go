@@ -324,17 +324,17 @@ func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
 // ByWait orders by expected wait, shortest first: (requests in flight + 1)
 // times the time the peer takes per request, divided by its capacity. In
 // flight is estimated as for byBusyChildren. The time per request is
-// learned from evidence: the response times this node sees from the peer
-// (for itself, those of the requests it serves), typically over the last
-// few seconds, or over its last few responses when they differ from that
-// beyond noise, so a peer that turns slow is shunned within a few
-// responses, and followed as quickly when it recovers. Without such
-// evidence, the response time the peer announces counts, else the
-// cluster's median (scaled by a configured `speed`). The application's
-// weight, when reported, stretches it by 1/weight. Times below 1 ms count
-// as 1 ms. On a tie this node wins, since forwarding costs a hop for
-// nothing; `byWait <bias>` favours it by that many requests more. Part of
-// the recommended default chain.
+// learned from evidence: what the peer announces for the requests it
+// serves (for this node: those it serves), raised to its last few
+// responses to this node when they are slower beyond noise, so a peer
+// that turns slow is shunned within a few responses; a peer that
+// announces nothing is ranked by the response times this node sees.
+// Times within 1.25x of the cluster's median count as the median, times
+// below 1 ms as 1 ms. Without evidence, the cluster's median counts
+// (scaled by a configured `speed`). The application's weight, when
+// reported, stretches it by 1/weight. On a tie this node wins, since
+// forwarding costs a hop for nothing; `byWait <bias>` favours it by that
+// many requests more. Part of the recommended default chain.
 type ByWait struct {
 	// Bias is how many requests in flight this node's own count is
 	// lowered by before comparing, to offset the cost of forwarding.
@@ -342,8 +342,7 @@ type ByWait struct {
 	Bias float64 `json:"bias,omitempty"`
 
 	// IgnorePace ranks by each peer's typical response time only,
-	// leaving out that its last few responses were slower or faster than
-	// that: for comparison, or where response times vary for reasons
+	// leaving out that its last few responses were slower than that: for comparison, or where response times vary for reasons
 	// other than the peers' speed. Default: false.
 	IgnorePace bool `json:"ignore_pace,omitempty"`
 }
