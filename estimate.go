@@ -105,7 +105,8 @@ func (c *Candidates) serviceTime(x *Candidate, quick bool) float64 {
 // slower than typical it answers now. A peer that announces no
 // latency (it counts no requests) is ranked by what this node observes.
 func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
-	fb := fallbackTime(x.Peer, c.table.referenceMicros())
+	ref := c.table.referenceMicros()
+	fb := fallbackTime(x.Peer, ref)
 	if x.slot == nil {
 		return fb, fb
 	}
@@ -113,7 +114,7 @@ func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 	if !x.Peer.Self && x.Peer.Figures.LatencyMicros > 0 {
 		typical, current = fb, fb*current/typical
 	}
-	return alike(typical, current, c.table.referenceMicros())
+	return alike(typical, current, ref)
 }
 
 // alike ranks a candidate whose typical time lies within sameBand of the

@@ -342,8 +342,9 @@ type ByWait struct {
 	Bias float64 `json:"bias,omitempty"`
 
 	// IgnorePace ranks by each peer's typical response time only,
-	// leaving out that its last few responses were slower than that: for comparison, or where response times vary for reasons
-	// other than the peers' speed. Default: false.
+	// leaving out that its last few responses were slower than that: for
+	// comparison, or where response times vary for reasons other than the
+	// peers' speed. Default: false.
 	IgnorePace bool `json:"ignore_pace,omitempty"`
 }
 

@@ -109,14 +109,14 @@ func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, curr
 	return typical, current
 }
 
-// learned returns the typical response time in µs, without fallback,
-// and whether there is enough evidence for one.
-func (r *responseTimes) learned(now time.Time) (float64, bool) {
+// learned returns the typical response time in µs (at least
+// latencyFloor), without fallback, and whether there is enough evidence
+// for one.
+func (r *responseTimes) learned() (float64, bool) {
 	if r.n.Load() < minResponses {
 		return 0, false
 	}
-	t, _ := r.estimate(now, loadFloat(&r.typical))
-	return t, true
+	return max(loadFloat(&r.typical), floorMicros), true
 }
 
 // threshold is the ratio between the recent and the typical time beyond
@@ -156,7 +156,7 @@ func referenceTime(view peerView, now time.Time, maxAge time.Duration) float64 {
 		}
 		t := float64(p.Figures.LatencyMicros)
 		if p.Self || t == 0 {
-			t, _ = s.local.times.learned(now)
+			t, _ = s.local.times.learned()
 		}
 		if t > 0 {
 			times = append(times, t)

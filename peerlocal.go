@@ -33,13 +33,14 @@ type peerLocal struct {
 // announced records that a new announcement has arrived: from now on, what
 // the peer announced already includes the requests in flight at this moment.
 func (l *peerLocal) announced(f *Figures) {
-	l.atAnnounce.Store(l.inflight.Load())
+	own := l.inflight.Load()
+	l.atAnnounce.Store(own)
 	// Not clipped at 0 here: a peer that serves only this node's requests
 	// announces a little more or less than this node counts at that
 	// moment, and a mean of clipped values would credit it with others'
 	// requests that do not exist (which made every peer look busier than
 	// this node itself). The estimate is clipped instead.
-	others := float64(f.Busy) - float64(l.inflight.Load())
+	others := float64(f.Busy) - float64(own)
 	mean := math.Float64frombits(l.othersMean.Load())
 	n := l.othersN.Add(1)
 	mean += max(othersMeanWeight, 1/float64(n)) * (others - mean)

@@ -140,7 +140,7 @@ func slotRow(s *peerSlot, now time.Time, maxAge time.Duration, opts viewOptions)
 		ms := us / 1000
 		pv.ObservedLatencyMS = &ms
 	}
-	if us, ok := s.local.times.learned(now); ok {
+	if us, ok := s.local.times.learned(); ok {
 		ms := us / 1000
 		pv.LearnedLatencyMS = &ms
 	}

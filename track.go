@@ -107,14 +107,12 @@ func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 	}
 	start := time.Now()
 	defer func() {
-		if rs != nil {
-			rs.releaseBusy()
-		} else {
-			st.busy.Add(-1)
-		}
 		now := time.Now()
 		if rs != nil {
+			rs.releaseBusy()
 			rs.finish(now)
+		} else {
+			st.busy.Add(-1)
 		}
 		if forwardedToPeer(r) {
 			// A peer served it: its time is the peer's latency, not ours.

@@ -115,7 +115,7 @@ func (d Demo) Validate() error {
 func (d Demo) AppPort() int { return d.BasePort + 2 }
 
 // host is node i's (1-based) loopback address.
-func (d Demo) host(i int) string { return "127.0.0." + strconv.Itoa(i) }
+func (d Demo) host(i int) string { return NodeConfig{Index: i}.Host() }
 
 // appAddr is node i's (1-based) application address, host:port.
 func (d Demo) appAddr(i int) string {
