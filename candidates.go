@@ -51,18 +51,23 @@ type Candidates struct {
 	list     []Candidate
 
 	exclude *requestState // peers this request already tried are not candidates again
+	predict predictMode   // how estimates account for the age of announcements
 
-	costBase float64     // byCost's n
-	predict  predictMode // how estimates account for the age of announcements
-	redirect redirector  // set by HTTPRedirectTo*: answer with a redirect to the winner
-	cookie   string      // set by byCookie: the cookie that names the winner
-	off      bool        // off (backhand_off): serve locally, whatever follows
+	decision decision // what the chain decided beyond the list's order
+}
+
+// decision is what a chain decides besides the order of its list: how the
+// winner is reached, and whether the request stays here after all.
+type decision struct {
+	redirect redirector // HTTPRedirectTo*: answer with a redirect to the winner
+	cookie   string     // byCookie: the cookie that names the winner
+	off      bool       // off (backhand_off): serve locally, whatever follows
 }
 
 // peerFilter is a filter that looks at one peer at a time, so the list can
 // apply it lazily.
 type peerFilter interface {
-	keep(c *Candidates, p *Peer) bool
+	admits(c *Candidates, p *Peer) bool
 }
 
 var candidatesPool = sync.Pool{New: func() any { return new(Candidates) }}
@@ -75,7 +80,7 @@ func newCandidates(r *http.Request, now time.Time, n *node, s *Selection) *Candi
 	c.view, c.table = n.table.peers(), n.table
 	c.self = n.table.selfSlot(c.view)
 	c.stats = &n.stats
-	if st := stateOf(r); st != nil && st.counted {
+	if stateOf(r).countedHere() {
 		c.selfCounted = 1 // backhand_track already counts this request as busy here
 	}
 	c.rnd = rand.IntN
@@ -105,7 +110,7 @@ func (c *Candidates) Intn(n int) int { return c.rnd(n) }
 // filter adds a lazily applied filter.
 func (c *Candidates) filter(f peerFilter) {
 	if c.done {
-		c.list = slices.DeleteFunc(c.list, func(x Candidate) bool { return !f.keep(c, x.Peer) })
+		c.list = slices.DeleteFunc(c.list, func(x Candidate) bool { return !f.admits(c, x.Peer) })
 		return
 	}
 	c.pending = append(c.pending, f)
@@ -118,21 +123,21 @@ func (c *Candidates) passes(s *peerSlot, p *Peer) bool {
 		return false
 	}
 	for _, f := range c.pending {
-		if !f.keep(c, p) {
+		if !f.admits(c, p) {
 			return false
 		}
 	}
 	return true
 }
 
-// live is the starting rule: heard within the policy's max_age (self is
-// always fresh) and not draining. (passes also drops a peer this node
-// failed to reach since its last announcement.)
+// live is the starting rule: usable under the policy's max_age. (passes
+// also drops a peer this node failed to reach since its last
+// announcement.)
 func (c *Candidates) live(p *Peer) bool {
-	if p.Figures.Draining || p.Advertise == "" {
-		return false
+	if c.policy == nil {
+		return p.takesRequests()
 	}
-	return p.Self || c.policy == nil || p.Age(c.now) <= c.policy.maxAge
+	return p.usable(c.now, c.policy.maxAge)
 }
 
 // shuffle puts the list in uniformly random order.
@@ -156,16 +161,21 @@ func (c *Candidates) shuffleByPower() {
 		return
 	}
 	for i := range c.list {
-		// Efraimidis-Spirakis: the smallest -ln(U)/w comes first.
-		c.list[i].key = -math.Log(c.uniform()) / c.power(&c.list[i])
+		c.list[i].key = c.weightedKey(c.power(&c.list[i]))
 	}
 	c.sortByKey()
 }
 
-// uniform is a random float64 in (0, 1].
+// uniform is a random float64 in (0, 1], the one uniform draw that random
+// choices with a probability use.
 func (c *Candidates) uniform() float64 {
 	return (float64(c.rnd(1<<30)) + 1) / (1 << 30)
 }
+
+// weightedKey is a random sort key for a weighted shuffle
+// (Efraimidis-Spirakis): ordered by it, smallest first, a candidate of
+// weight w comes next with probability in proportion to w.
+func (c *Candidates) weightedKey(w float64) float64 { return -math.Log(c.uniform()) / w }
 
 // truncate keeps at most the first n candidates.
 func (c *Candidates) truncate(n int) {
@@ -310,7 +320,7 @@ func (c *Candidates) first() *Candidate {
 // after off). A list still lazy is evaluated only that far: after a bare
 // byRandom, k random draws instead of a shuffle of every peer.
 func (c *Candidates) head(k int) []Candidate {
-	if c.off {
+	if c.decision.off {
 		return nil
 	}
 	c.materialize(k)

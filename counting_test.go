@@ -164,8 +164,8 @@ func TestTrackBusyLeavesForwardedRequests(t *testing.T) {
 	var during, failedOver int64
 	err := track.ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		st := stateOf(r)
-		if st.count() {
-			t.Error("the directive claimed a request that backhand_track counts")
+		if got := st.claimCounting(roleDirective); got != roleTrack {
+			t.Errorf("counting claimed by %d, want backhand_track's", got)
 		}
 		st.releaseBusy() // what forward does before proxying
 		during = n.stats.busy.Load()

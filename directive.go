@@ -133,32 +133,47 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Debug("ignoring an invalid hop marker", zap.String("remote", r.RemoteAddr))
 	}
 
-	c := newCandidates(r, now, h.node, h.policy)
-	h.policy.run(c)
-	winner := c.first()
-	h.node.decisions.timeChain(time.Since(now))
-	if winner == nil || winner.Peer.Self {
-		h.setCookie(w, r, c, winner)
-		c.release()
-		h.node.decisions.record(outcomeLocal)
-		return h.serveLocally(w, r, next)
-	}
-	h.setCookie(w, r, c, winner)
-	if c.redirect != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-		target := c.redirect.redirectHost(c, winner)
-		c.release()
+	st := ensureState(r)
+	route, target := h.decide(w, r, st, now)
+	switch route {
+	case routeRedirect:
 		h.node.decisions.record(outcomeRedirected)
 		return redirect(w, r, target)
+	case routePeer:
+		st.claimRecording(roleDirective) // the policy leaves the outcome to the directive
+		return h.forward(w, r, next, st, keys)
 	}
-	st := ensureState(r)
-	if st == nil {
-		c.release()
-		return h.serveLocally(w, r, next) // not a request from Caddy's server
+	h.node.decisions.record(outcomeLocal)
+	return h.serveLocally(w, r, next)
+}
+
+// route is where the directive sends a request.
+type route uint8
+
+const (
+	routeHere     route = iota // the rest of this node's route serves it
+	routePeer                  // reverse_proxy forwards it to the planned peers
+	routeRedirect              // the client is redirected to the winner
+)
+
+// decide runs the chain and returns where the request goes: for a peer,
+// the chain's best candidates are planned in st for the source; for a
+// redirect, the target host. byCookie's cookie is set here.
+func (h *Handler) decide(w http.ResponseWriter, r *http.Request, st *requestState, now time.Time) (route, string) {
+	c := h.policy.evaluate(h.node, chainRun{req: r, now: now})
+	defer c.release()
+	winner := c.first()
+	h.setCookie(w, r, c.decision.cookie, winner)
+	switch {
+	case winner == nil || winner.Peer.Self:
+		return routeHere, ""
+	case c.decision.redirect != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		return routeRedirect, c.decision.redirect.redirectHost(c, winner)
+	case st == nil:
+		return routeHere, "" // not a request from Caddy's server: nowhere to plan
 	}
 	st.plan(c.head(h.policy.keep))
-	st.decided = true // the directive counts its own outcome
-	c.release()
-	return h.forward(w, r, next, st, keys)
+	return routePeer, ""
 }
 
 // forward proxies the request to the planned peers, and serves it here if
@@ -166,7 +181,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, keys *derivedKeys) error {
 	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	r.Header.Set(hopHeader, hopMarker(keys.hop, h.app.Name, client, time.Now()))
-	counting := st.count()
+	counter := st.claimCounting(roleDirective)
 	st.handlerEnds()
 	st.releaseBusy() // backhand_track's count: a peer serves it, not this node
 	tw := &startedWriter{ResponseWriter: w}
@@ -176,13 +191,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	if err != nil && !tw.started && r.Context().Err() == nil {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
 		st.servedHere()
-		st.counted = !counting
 		h.node.decisions.record(outcomeFailedOver)
 		return h.serveLocally(w, r, next)
 	}
 	if fwd, _ := st.forwarded(); fwd {
 		h.node.decisions.record(outcomeForwarded)
-		if counting {
+		if counter == roleDirective {
 			h.node.stats.forwarded.Add(1)
 		}
 	}
@@ -190,9 +204,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 }
 
 // serveLocally hands the request to the rest of the route, counting it as
-// one this node serves unless backhand_track already does.
+// one this node serves unless backhand_track does.
 func (h *Handler) serveLocally(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if st := stateOf(r); !st.count() {
+	if st := stateOf(r); st.claimCounting(roleDirective) != roleDirective {
 		// backhand_track counts it, and ends the count; after a failed
 		// forward its busy count must be taken again.
 		st.holdBusy(&h.node.stats.busy)
@@ -209,16 +223,17 @@ func (h *Handler) serveLocally(w http.ResponseWriter, r *http.Request, next cadd
 	return next.ServeHTTP(w, r)
 }
 
-// setCookie sets byCookie's cookie when the winner differs from it.
-func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, c *Candidates, winner *Candidate) {
-	if c.cookie == "" || winner == nil {
+// setCookie sets byCookie's cookie (named name) when the winner differs
+// from it.
+func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, name string, winner *Candidate) {
+	if name == "" || winner == nil {
 		return
 	}
 	value := h.node.cookieValueFor(winner.Peer.Name)
-	if ck, err := r.Cookie(c.cookie); err == nil && ck.Value == value {
+	if ck, err := r.Cookie(name); err == nil && ck.Value == value {
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: c.cookie, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil})
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil})
 }
 
 // redirect answers 302 Found to the same URI on host.

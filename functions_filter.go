@@ -78,8 +78,8 @@ func (f *ByAge) Candidates(c *Candidates) {
 	}
 }
 
-func (f *ByAge) keep(c *Candidates, p *Peer) bool {
-	return p.Self || p.Age(c.now) <= time.Duration(f.MaxAge)
+func (f *ByAge) admits(c *Candidates, p *Peer) bool {
+	return p.fresh(c.now, time.Duration(f.MaxAge))
 }
 
 // UnmarshalCaddyfile reads `byAge [duration | seconds]`.
@@ -139,7 +139,7 @@ func (f *ByHostname) Provision(caddy.Context) error {
 // Candidates applies the function.
 func (f *ByHostname) Candidates(c *Candidates) { c.filter(f) }
 
-func (f *ByHostname) keep(_ *Candidates, p *Peer) bool { return f.re.MatchString(p.Name) }
+func (f *ByHostname) admits(_ *Candidates, p *Peer) bool { return f.re.MatchString(p.Name) }
 
 // UnmarshalCaddyfile reads `byHostname <regexp>`.
 func (f *ByHostname) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -169,7 +169,7 @@ func (f *ByTag) Validate() error {
 // Candidates applies the function.
 func (f *ByTag) Candidates(c *Candidates) { c.filter(f) }
 
-func (f *ByTag) keep(_ *Candidates, p *Peer) bool { return p.HasTags(f.Tags) }
+func (f *ByTag) admits(_ *Candidates, p *Peer) bool { return p.HasTags(f.Tags) }
 
 // UnmarshalCaddyfile reads `byTag <tag...>`.
 func (f *ByTag) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -189,7 +189,7 @@ func (RemoveSelf) CaddyModule() caddy.ModuleInfo {
 // Candidates applies the function.
 func (f *RemoveSelf) Candidates(c *Candidates) { c.filter(f) }
 
-func (f *RemoveSelf) keep(_ *Candidates, p *Peer) bool { return !p.Self }
+func (f *RemoveSelf) admits(_ *Candidates, p *Peer) bool { return !p.Self }
 
 // AddSelf puts this node at the end of the list if an earlier function
 // dropped it (a window, a filter), so that when every other candidate is
@@ -228,7 +228,7 @@ func (Off) CaddyModule() caddy.ModuleInfo {
 }
 
 // Candidates applies the function.
-func (Off) Candidates(c *Candidates) { c.off = true }
+func (Off) Candidates(c *Candidates) { c.decision.off = true }
 
 // SlowStart ramps up new peers: a peer first heard (in its current
 // incarnation, so a restart counts) less than Window ago stays a candidate
@@ -273,12 +273,12 @@ func (f *SlowStart) Provision(caddy.Context) error {
 // Candidates applies the function.
 func (f *SlowStart) Candidates(c *Candidates) { c.filter(f) }
 
-func (f *SlowStart) keep(c *Candidates, p *Peer) bool {
+func (f *SlowStart) admits(c *Candidates, p *Peer) bool {
 	if p.Self {
 		return true
 	}
 	w := f.rampWeight(c.now.Sub(p.FirstSeen))
-	return w >= 1 || float64(c.rnd(1<<20))/(1<<20) < w
+	return w >= 1 || c.uniform() <= w
 }
 
 // rampWeight is the share of its traffic a peer gets after age.

@@ -238,12 +238,14 @@ func (ByCost) CaddyModule() caddy.ModuleInfo {
 // Candidates applies the function.
 func (f *ByCost) Candidates(c *Candidates) {
 	c.materialize(-1)
-	c.costBase = max(float64(len(c.list)), 2)
-	c.orderBy(f)
+	c.orderBy(costRanking{n: max(float64(len(c.list)), 2)})
 }
 
-func (f *ByCost) rank(c *Candidates, x *Candidate) float64 {
-	n := c.costBase
+// costRanking ranks by byCost's cost with n candidates.
+type costRanking struct{ n float64 }
+
+func (f costRanking) rank(c *Candidates, x *Candidate) float64 {
+	n := f.n
 	load := c.load(x)
 	hwm := loadHWM(max(load, float64(x.slot.local.loadHWM.Load())/1000, cpus(x.Peer)))
 	uCPU := load / hwm
@@ -314,11 +316,10 @@ func (f *ByWeight) Candidates(c *Candidates) {
 	c.orderBy(f)
 }
 
-func (f *ByWeight) keep(_ *Candidates, p *Peer) bool { return weight(p) > 0 }
+func (f *ByWeight) admits(_ *Candidates, p *Peer) bool { return weight(p) > 0 }
 
 func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
-	u := (float64(c.rnd(1<<30)) + 1) / (1<<30 + 1)
-	return -math.Log(u) / weight(x.Peer)
+	return c.weightedKey(weight(x.Peer))
 }
 
 // ByWait orders by expected wait, shortest first: (requests in flight + 1)

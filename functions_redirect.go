@@ -32,7 +32,7 @@ func (HTTPRedirectToIP) CaddyModule() caddy.ModuleInfo {
 }
 
 // Candidates applies the function.
-func (f *HTTPRedirectToIP) Candidates(c *Candidates) { c.redirect = f }
+func (f *HTTPRedirectToIP) Candidates(c *Candidates) { c.decision.redirect = f }
 
 // redirectHost is the host[:port] to redirect to when x wins.
 func (f *HTTPRedirectToIP) redirectHost(_ *Candidates, x *Candidate) string {
@@ -80,7 +80,7 @@ func (f *HTTPRedirectToName) format() string {
 }
 
 // Candidates applies the function.
-func (f *HTTPRedirectToName) Candidates(c *Candidates) { c.redirect = f }
+func (f *HTTPRedirectToName) Candidates(c *Candidates) { c.decision.redirect = f }
 
 func (f *HTTPRedirectToName) redirectHost(c *Candidates, x *Candidate) string {
 	reqHost := ""

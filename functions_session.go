@@ -142,11 +142,11 @@ func (f *ByCookie) name() string {
 
 // Candidates applies the function.
 func (f *ByCookie) Candidates(c *Candidates) {
-	c.cookie = f.name()
+	c.decision.cookie = f.name()
 	if c.req == nil || c.policy == nil {
 		return
 	}
-	ck, err := c.req.Cookie(c.cookie)
+	ck, err := c.req.Cookie(c.decision.cookie)
 	if err != nil {
 		return
 	}

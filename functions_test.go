@@ -65,11 +65,8 @@ func policy(n *node, fns ...CandidacyFunction) *Selection {
 // chainNames runs the chain and returns the names left, in order; nil
 // for "serve locally" (empty or off).
 func chainNames(s *Selection, r *http.Request, seed uint64) []string {
-	c := newCandidates(r, now, s.node, s)
+	c := s.evaluate(s.node, chainRun{req: r, now: now, rnd: rand.New(rand.NewPCG(seed, seed)).IntN})
 	defer c.release()
-	rng := rand.New(rand.NewPCG(seed, seed))
-	c.rnd = rng.IntN
-	s.run(c)
 	return c.Names()
 }
 
@@ -486,10 +483,8 @@ func TestByWaitFollowsResponseTimes(t *testing.T) {
 
 // chainNamesAt is chainNames with the chain's clock set to at.
 func chainNamesAt(s *Selection, at time.Time, seed uint64) []string {
-	c := newCandidates(nil, at, s.node, s)
+	c := s.evaluate(s.node, chainRun{now: at, rnd: rand.New(rand.NewPCG(seed, 1)).IntN})
 	defer c.release()
-	c.rnd = rand.New(rand.NewPCG(seed, 1)).IntN
-	s.run(c)
 	return c.Names()
 }
 
@@ -513,9 +508,7 @@ func TestHerd(t *testing.T) {
 		s.predict = predict
 		toMin := 0
 		for i := range decisions {
-			c := newCandidates(nil, now, n, s)
-			c.rnd = rand.New(rand.NewPCG(uint64(i), 7)).IntN
-			s.run(c)
+			c := s.evaluate(n, chainRun{now: now, rnd: rand.New(rand.NewPCG(uint64(i), 7)).IntN})
 			x := c.first()
 			x.slot.local.begin()
 			if x.Peer.Name == "p3" {

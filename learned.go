@@ -38,7 +38,7 @@ type responseTimes struct {
 
 const (
 	recentWeight = 1.0 / 16
-	typicalTau   = 5 * time.Second
+	typicalTau   = decay(5 * time.Second)
 	// typicalMaxWeight is the most one response weighs in the typical time
 	// (once past the first few), so that one response after a silence
 	// cannot redefine it.
@@ -46,7 +46,7 @@ const (
 	// minResponses is how many responses the averages need before they
 	// count as evidence.
 	minResponses = 8
-	forgetTau    = 10 * time.Second
+	forgetTau    = decay(10 * time.Second)
 	// The recent time replaces the typical one only when they differ by
 	// changeZ standard errors of the recent average (from the spread of
 	// the responses), and at least by the factor changeMin: a fixed band
@@ -75,14 +75,10 @@ func (r *responseTimes) observe(d time.Duration, now time.Time) {
 	prev := r.last.Swap(now.UnixNano())
 	first := 1 / float64(n) // until there are enough, a plain mean
 	storeFloat(&r.recent, ewma(loadFloat(&r.recent), sample, max(recentWeight, first)))
-	dt := max(now.UnixNano()-prev, 0)
-	alpha := max(min(1-math.Exp(-float64(dt)/float64(typicalTau)), typicalMaxWeight), first)
+	alpha := max(min(typicalTau.alpha(time.Duration(now.UnixNano()-prev)), typicalMaxWeight), first)
 	storeFloat(&r.typical, ewma(loadFloat(&r.typical), sample, alpha))
 	storeFloat(&r.typicalSq, ewma(loadFloat(&r.typicalSq), sample*sample, alpha))
 }
-
-// ewma moves avg towards sample by weight w.
-func ewma(avg, sample, w float64) float64 { return avg + w*(sample-avg) }
 
 // estimate returns the candidate's typical response time and its current
 // one (the recent time when it exceeds the typical beyond noise), in
@@ -101,8 +97,8 @@ func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, curr
 		}
 	}
 	typical, current = max(typical, floorMicros), max(current, floorMicros)
-	if age := now.UnixNano() - r.last.Load(); age > int64(forgetTau/16) {
-		w := math.Exp(-float64(age) / float64(forgetTau))
+	if age := time.Duration(now.UnixNano() - r.last.Load()); age > time.Duration(forgetTau/16) {
+		w := forgetTau.remaining(age)
 		typical = ewma(fallback, typical, w)
 		current = ewma(fallback, current, w)
 	}

@@ -83,7 +83,7 @@ func TestResponseTimesForget(t *testing.T) {
 	if typ, _ := r.estimate(last, 40e3); typ < 190e3 {
 		t.Errorf("right after: typical %.0f, want about 200000", typ)
 	}
-	if typ, _ := r.estimate(last.Add(forgetTau), 40e3); typ > 110e3 || typ < 80e3 {
+	if typ, _ := r.estimate(last.Add(time.Duration(forgetTau)), 40e3); typ > 110e3 || typ < 80e3 {
 		t.Errorf("forgetTau after: typical %.0f, want about 40000 + 160000/e", typ)
 	}
 	if typ, cur := r.estimate(last.Add(time.Minute), 40e3); typ > 41e3 || cur > 41e3 {
@@ -186,9 +186,7 @@ func simulate(n *node, s *Selection, spec simSpec) map[string]int {
 		if i%200 == 0 {
 			n.table.updateReference(at)
 		}
-		c := newCandidates(nil, at, n, s)
-		c.rnd = rng.IntN
-		s.run(c)
+		c := s.evaluate(n, chainRun{now: at, rnd: rng.IntN})
 		x := c.first()
 		slot, name := x.slot, x.Peer.Name
 		c.release()

@@ -33,21 +33,12 @@ func NewBoard(self string) *Board {
 func (b *Board) Announce(p Peer) error {
 	t := b.n.table
 	if p.Self || p.Name == t.limits.Load().selfName {
-		p.Self = true
 		t.updateSelf(&p)
 		return nil
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if slot := t.slots[p.Name]; slot != nil {
-		if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
-			p.FirstSeen = cur.FirstSeen
-		}
-		slot.cur.Store(&p)
-		slot.local.announced(&p.Figures)
-		return nil
-	}
-	t.insertLocked(&p)
+	t.storeLocked(&p)
 	return nil
 }
 
@@ -150,12 +141,8 @@ func (s *Selection) provisionOffline() error {
 // rnd (uniform in [0, n)), and returns the winner's name; "" means the
 // request would be served by the decider itself (empty list or off).
 func (c *Chain) Choose(b *Board, r *http.Request, now time.Time, rnd func(n int) int) string {
-	cs := newCandidates(r, now, b.n, c.s)
+	cs := c.s.evaluate(b.n, chainRun{req: r, now: now, rnd: rnd})
 	defer cs.release()
-	if rnd != nil {
-		cs.rnd = rnd
-	}
-	c.s.run(cs)
 	if w := cs.first(); w != nil {
 		return w.Peer.Name
 	}

@@ -70,7 +70,7 @@ const othersMeanWeight = 0.005
 func (l *peerLocal) decayed(age, tau time.Duration) float64 {
 	at := math.Float64frombits(l.othersAt.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
-	w := math.Exp(-float64(max(age, 0)) / float64(max(tau, time.Microsecond)))
+	w := decay(tau).remaining(age)
 	return float64(max(l.inflight.Load(), 0)) + max(mean+(at-mean)*w, 0)
 }
 
@@ -119,7 +119,7 @@ type ewmaState struct {
 	at     time.Time
 }
 
-const peakEWMATau = 10 * time.Second
+const peakEWMATau = decay(10 * time.Second)
 
 func (e *peakEWMA) observe(d time.Duration, now time.Time) {
 	sample := float64(d.Microseconds())
@@ -127,8 +127,7 @@ func (e *peakEWMA) observe(d time.Duration, now time.Time) {
 		old := e.state.Load()
 		next := &ewmaState{micros: sample, at: now}
 		if old != nil && sample < old.micros {
-			w := math.Exp(-float64(now.Sub(old.at)) / float64(peakEWMATau))
-			next.micros = old.micros*w + sample*(1-w)
+			next.micros = ewma(sample, old.micros, peakEWMATau.remaining(now.Sub(old.at)))
 		}
 		if e.state.CompareAndSwap(old, next) {
 			return

@@ -192,7 +192,7 @@ func peerState(p *Peer, now time.Time, maxAge time.Duration) string {
 	switch {
 	case p.Self:
 		return "self"
-	case p.Age(now) > maxAge:
+	case !p.fresh(now, maxAge):
 		return "stale"
 	case p.Figures.Draining:
 		return "draining"

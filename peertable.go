@@ -30,6 +30,25 @@ type Peer struct {
 // Age is how long ago the peer was last heard from.
 func (p *Peer) Age(now time.Time) time.Duration { return now.Sub(p.ReceivedAt) }
 
+// fresh reports whether the peer was heard from within maxAge at now; this
+// node itself always is.
+func (p *Peer) fresh(now time.Time, maxAge time.Duration) bool {
+	return p.Self || p.Age(now) <= maxAge
+}
+
+// takesRequests reports whether the peer may be sent new requests: it
+// advertises an address and is not draining.
+func (p *Peer) takesRequests() bool {
+	return p.Advertise != "" && !p.Figures.Draining
+}
+
+// usable is the one rule for a peer that may serve a new request: fresh
+// and taking requests. Candidate lists, the upstream source and the
+// status page all apply it.
+func (p *Peer) usable(now time.Time, maxAge time.Duration) bool {
+	return p.takesRequests() && p.fresh(now, maxAge)
+}
+
 // HasTags reports whether the peer carries every one of tags.
 func (p *Peer) HasTags(tags []string) bool {
 	for _, t := range tags {
@@ -223,28 +242,20 @@ func (t *peerTable) accept(a *announcement, src netip.AddrPort, now time.Time) (
 	defer t.mu.Unlock()
 	if slot := t.slots[a.Node]; slot != nil {
 		cur := slot.cur.Load()
-		if cur.Incarnation == a.Incarnation {
-			if a.Seq <= cur.Seq {
-				return false, reject(t.countReject(rejectReplay))
-			}
-			p.FirstSeen = cur.FirstSeen
-		} else if a.SentAt <= cur.SentAt {
+		if cur.Incarnation == a.Incarnation && a.Seq <= cur.Seq {
+			return false, reject(t.countReject(rejectReplay))
+		}
+		if cur.Incarnation != a.Incarnation && a.SentAt <= cur.SentAt {
 			// A restart brings a new incarnation, always with a later
 			// send time; an older one is a replay of the previous life.
 			return false, reject(t.countReject(rejectReplay))
 		}
-		t.raiseBoundLocked(p)
-		slot.cur.Store(p)
-		slot.local.announced(&p.Figures)
-		t.accepts.Add(1)
-		return false, nil
-	}
-	if len(t.slots) >= l.maxPeers && !t.evictOldestLocked(now, l.maxAge) {
+	} else if len(t.slots) >= l.maxPeers && !t.evictOldestLocked(now, l.maxAge) {
 		return false, reject(t.countReject(rejectTableFull))
 	}
-	t.insertLocked(p)
 	t.accepts.Add(1)
-	return true, nil
+	_, joined = t.storeLocked(p)
+	return joined, nil
 }
 
 // updateSelf publishes this node's own record.
@@ -252,18 +263,28 @@ func (t *peerTable) updateSelf(p *Peer) {
 	p.Self = true
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if slot := t.slots[p.Name]; slot != nil {
-		if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
-			p.FirstSeen = cur.FirstSeen
-		}
-		t.raiseBoundLocked(p)
-		slot.cur.Store(p)
-		slot.local.announced(&p.Figures)
-		t.self.Store(slot)
-		return
+	slot, _ := t.storeLocked(p)
+	t.self.Store(slot)
+}
+
+// storeLocked publishes p as the latest record of its node, in the node's
+// slot, and returns that slot and whether it is new (the node joined). It
+// is the last step of every way into the table (announcements,
+// this node's own record, the offline Board): it keeps FirstSeen within an
+// incarnation, raises byPower's bound and tells the slot's local
+// estimates that an announcement arrived.
+func (t *peerTable) storeLocked(p *Peer) (slot *peerSlot, joined bool) {
+	if slot = t.slots[p.Name]; slot == nil {
+		t.insertLocked(p)
+		return t.slots[p.Name], true
 	}
-	t.insertLocked(p)
-	t.self.Store(t.slots[p.Name])
+	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
+		p.FirstSeen = cur.FirstSeen
+	}
+	t.raiseBoundLocked(p)
+	slot.cur.Store(p)
+	slot.local.announced(&p.Figures)
+	return slot, false
 }
 
 func (t *peerTable) insertLocked(p *Peer) {

@@ -11,28 +11,35 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
-// requestState follows one request through the backhand modules: which
-// candidates `dynamic backhand` offered on this attempt, which peers were
-// tried, and which one is serving it now. It lives in the request's
-// variables, so the source, the policy and the handlers share it.
+// requestState is the hand-over between the backhand modules that one
+// request passes through. It lives in the request's variables. Its steps,
+// in the order a request takes them:
 //
-// A chosen peer counts the request in flight from the moment it is chosen
-// until finish, exactly once whoever is on the route: backhand_track and
-// the backhand directive say they will finish it (handlerEnds) before the
-// proxy runs; without them, the policy has the end of the request's
-// context finish it.
+//   - plan (the backhand directive): the chain's best candidates, which
+//     the source offers on the first attempt instead of running the chain
+//     again;
+//   - offer (`dynamic backhand`, on every attempt): the upstreams handed to
+//     reverse_proxy, each with the peer behind it, so the policy knows the
+//     pool for its own by identity;
+//   - choose (`lb_policy backhand`): the peer that serves this attempt,
+//     counted in flight there from now on; a later choice means that the
+//     previous one failed;
+//   - finish (whoever ends the request): the count drops and the response
+//     time is learnt, exactly once.
+//
+// Two jobs are claimed once per request, by the first module that gets
+// there: counting the request into this node's own figures (backhand_track
+// or the directive), and recording its outcome (the directive, or the
+// policy when it balances alone).
 type requestState struct {
-	offered  [maxKeep]*peerSlot
+	planned  [maxKeep]Candidate
+	nPlanned int
+
+	offered  [maxKeep]offering
 	nOffered int
-	dial0    string // Dial of the first offered upstream, to recognise the pool
 
 	tried  [maxTries]*peerSlot
 	nTried int
-
-	// planned is the ordered candidates that the backhand directive's
-	// chain left, for `dynamic backhand` to offer on the first attempt.
-	planned  [maxKeep]Candidate
-	nPlanned int
 
 	// mu guards the fields below it that finish writes: when the
 	// context ends the request, finish runs on another goroutine.
@@ -43,18 +50,26 @@ type requestState struct {
 	ending   ending      // who finishes the request
 	stats    *localStats // counts a forward that the context finishes
 
-	// counted is set by the first handler that counts the request into
-	// this node's figures, so that backhand_track and the backhand
-	// directive on one route do not count it twice.
-	counted bool
-	// busy is the counter of requests served here that this request is
-	// in, if any: the directive takes it out while a peer serves it.
-	busy *atomic.Int64
-	// decided is set once the request's outcome is counted: the backhand
-	// directive counts its own; reverse_proxy's policy counts the first
-	// choice of a request it balances alone.
-	decided bool
+	counter  role          // who counts the request into this node's figures
+	busy     *atomic.Int64 // the served-here count the request is in, if any
+	recorder role          // who records the request's outcome
 }
+
+// offering is one upstream offered to reverse_proxy and the peer behind it.
+type offering struct {
+	up   *reverseproxy.Upstream
+	slot *peerSlot
+}
+
+// role names a backhand module that takes on a job for a request.
+type role uint8
+
+const (
+	roleNone role = iota
+	roleTrack
+	roleDirective
+	rolePolicy
+)
 
 // ending says who finishes a request's count in flight.
 type ending uint8
@@ -66,36 +81,6 @@ const (
 	endDone             // finished: a later choice is not counted
 )
 
-// count claims the counting of the request for the caller: true if no
-// handler has counted it yet. A nil state (a request from outside Caddy's
-// server) is always counted.
-func (st *requestState) count() bool {
-	if st == nil {
-		return true
-	}
-	if st.counted {
-		return false
-	}
-	st.counted = true
-	return true
-}
-
-// holdBusy counts the request as served here in busy until releaseBusy.
-func (st *requestState) holdBusy(busy *atomic.Int64) {
-	if st.busy == nil {
-		busy.Add(1)
-		st.busy = busy
-	}
-}
-
-// releaseBusy takes the request out of the busy count it is in.
-func (st *requestState) releaseBusy() {
-	if st.busy != nil {
-		st.busy.Add(-1)
-		st.busy = nil
-	}
-}
-
 // maxTries bounds the peers remembered as tried; beyond that, retries may
 // pick a peer again.
 const maxTries = 8
@@ -104,7 +89,7 @@ const stateVar = "backhand.state"
 
 // stateOf returns the request's state, or nil when the request carries no
 // variables (unit tests, or a request that did not come through Caddy's
-// HTTP server).
+// HTTP server). Every method is safe on a nil state.
 func stateOf(r *http.Request) *requestState {
 	if r == nil {
 		return nil
@@ -130,19 +115,52 @@ func ensureState(r *http.Request) *requestState {
 	return st
 }
 
-// offer records the candidates handed to reverse_proxy on this attempt.
-func (st *requestState) offer(c []Candidate, ups []*reverseproxy.Upstream) {
-	st.nOffered = 0
-	for i := range c {
-		if i == maxKeep {
-			break
-		}
-		st.offered[i] = c[i].slot
-		st.nOffered++
+// claimCounting gives the job of counting the request into this node's
+// figures to r, unless another module has it, and returns who has it. A
+// nil state (no variables to share) leaves every module to count alone.
+func (st *requestState) claimCounting(r role) role {
+	if st == nil {
+		return r
 	}
-	st.dial0 = ""
-	if len(ups) > 0 {
-		st.dial0 = ups[0].Dial
+	if st.counter == roleNone {
+		st.counter = r
+	}
+	return st.counter
+}
+
+// countedHere reports whether a module already counts the request as
+// served by this node (so the chain must not weigh it against this node).
+func (st *requestState) countedHere() bool {
+	return st != nil && st.counter != roleNone
+}
+
+// claimRecording gives the job of recording the request's outcome to r if
+// nobody has it yet, and reports whether it did: an outcome is recorded
+// once per request, not once per attempt.
+func (st *requestState) claimRecording(r role) bool {
+	if st == nil {
+		return true
+	}
+	if st.recorder != roleNone {
+		return false
+	}
+	st.recorder = r
+	return true
+}
+
+// holdBusy counts the request as served here in busy until releaseBusy.
+func (st *requestState) holdBusy(busy *atomic.Int64) {
+	if st.busy == nil {
+		busy.Add(1)
+		st.busy = busy
+	}
+}
+
+// releaseBusy takes the request out of the busy count it is in.
+func (st *requestState) releaseBusy() {
+	if st.busy != nil {
+		st.busy.Add(-1)
+		st.busy = nil
 	}
 }
 
@@ -151,21 +169,58 @@ func (st *requestState) plan(c []Candidate) {
 	st.nPlanned = copy(st.planned[:], c)
 }
 
-// takePlan returns the plan once; later attempts run the chain again.
+// takePlan returns the plan once (nil if there is none); later attempts
+// run the chain again.
 func (st *requestState) takePlan() []Candidate {
+	if st == nil || st.nPlanned == 0 {
+		return nil
+	}
 	p := st.planned[:st.nPlanned]
 	st.nPlanned = 0
 	return p
 }
 
-// offeredFor reports whether pool is what this state offered on this
-// attempt (the policy may also see pools from other sources).
-func (st *requestState) offeredFor(pool reverseproxy.UpstreamPool) bool {
-	return st.nOffered > 0 && len(pool) == st.nOffered && pool[0].Dial == st.dial0
+// offer records the upstreams handed to reverse_proxy on this attempt and
+// the candidates behind them.
+func (st *requestState) offer(c []Candidate, ups []*reverseproxy.Upstream) {
+	if st == nil {
+		return
+	}
+	st.nOffered = min(len(ups), len(c), maxKeep)
+	for i := range st.nOffered {
+		st.offered[i] = offering{up: ups[i], slot: c[i].slot}
+	}
+}
+
+// offeredPeer returns the peer behind up if pool is the pool offered on
+// this attempt (the same upstream values, not only the same addresses:
+// the policy may also see pools from other sources).
+func (st *requestState) offeredPeer(pool reverseproxy.UpstreamPool, up *reverseproxy.Upstream) *peerSlot {
+	if st == nil || len(pool) != st.nOffered {
+		return nil
+	}
+	var slot *peerSlot
+	for i, o := range st.offered[:st.nOffered] {
+		if pool[i] != o.up {
+			return nil
+		}
+		if o.up == up {
+			slot = o.slot
+		}
+	}
+	return slot
+}
+
+// isOffered reports whether pool is the pool offered on this attempt.
+func (st *requestState) isOffered(pool reverseproxy.UpstreamPool) bool {
+	return len(pool) > 0 && st.offeredPeer(pool, pool[0]) != nil
 }
 
 // wasTried reports whether s was already tried by this request.
 func (st *requestState) wasTried(s *peerSlot) bool {
+	if st == nil {
+		return false
+	}
 	for _, t := range st.tried[:st.nTried] {
 		if t == s {
 			return true
@@ -218,6 +273,9 @@ func (st *requestState) choose(ctx context.Context, s *peerSlot, now time.Time, 
 // through its own site: it learns its speed from the requests it serves,
 // without the hop). Later calls do nothing.
 func (st *requestState) finish(now time.Time) {
+	if st == nil {
+		return
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.inFlight {
@@ -242,6 +300,9 @@ func (st *requestState) servedHere() {
 // forwarded reports whether a peer other than this node serves the
 // request, and ok when a backhand policy chose at all.
 func (st *requestState) forwarded() (fwd, ok bool) {
+	if st == nil {
+		return false, false
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.chosen == nil {

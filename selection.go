@@ -214,46 +214,59 @@ func DefaultChain() []CandidacyFunction {
 	return []CandidacyFunction{&ByAge{}, &ByRandom{}, &ByWindow{N: 3}, &ByWait{}}
 }
 
-// run runs the chain over c.
-func (s *Selection) run(c *Candidates) {
+// chainRun is what one run of the chain works with besides the table.
+type chainRun struct {
+	req   *http.Request
+	now   time.Time
+	tried *requestState   // peers this request already tried are no candidates
+	scope peerFilter      // the upstream source's filters, if any
+	rnd   func(n int) int // random numbers; nil: math/rand/v2
+}
+
+// evaluate runs the chain over n's table: the one place every caller (the
+// policy, the source, the directive and the offline Board) runs it. The
+// caller releases the list.
+func (s *Selection) evaluate(n *node, run chainRun) *Candidates {
+	c := newCandidates(run.req, run.now, n, s)
+	c.exclude = run.tried
+	if run.rnd != nil {
+		c.rnd = run.rnd
+	}
+	if run.scope != nil {
+		c.filter(run.scope)
+	}
 	for _, f := range s.chain {
 		f.Candidates(c)
-		if c.off {
-			return
+		if c.decision.off {
+			break
 		}
 	}
+	n.decisions.timeChain(time.Since(run.now))
+	return c
 }
 
 // Select chooses an upstream from pool. When `dynamic backhand` already ran
 // the chain for this attempt, the pool is the chain's best candidates in
-// order and the first available one wins; otherwise the chain runs here.
+// order and the first available one wins; otherwise the chain runs here
+// and its candidates are matched to the pool by advertised address.
 func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
 	st := stateOf(r)
-	if st != nil && st.offeredFor(pool) {
-		for i, up := range pool {
+	if st.isOffered(pool) {
+		for _, up := range pool {
 			if up.Available() {
-				s.chose(r, st, st.offered[i], time.Now())
+				s.chose(r, st, st.offeredPeer(pool, up), time.Now())
 				return up
 			}
 		}
 		return s.fallbackSelect(pool, r, w)
 	}
-	start := time.Now()
-	c := newCandidates(r, start, s.node, s)
+	c := s.evaluate(s.node, chainRun{req: r, now: time.Now(), tried: st})
 	defer c.release()
-	if st != nil {
-		c.exclude = st
-	}
-	s.run(c)
-	all := c.head(len(c.view))
-	s.node.decisions.timeChain(time.Since(start))
-	if len(all) > 0 {
-		for _, x := range all {
-			for _, up := range pool {
-				if up.Dial == x.Peer.Advertise && up.Available() {
-					s.chose(r, st, x.slot, c.now)
-					return up
-				}
+	for _, x := range c.head(len(c.view)) {
+		for _, up := range pool {
+			if up.Dial == x.Peer.Advertise && up.Available() {
+				s.chose(r, st, x.slot, c.now)
+				return up
 			}
 		}
 	}
@@ -270,23 +283,21 @@ func (s *Selection) chose(r *http.Request, st *requestState, slot *peerSlot, now
 	if st != nil {
 		st.choose(r.Context(), slot, now, &s.node.stats)
 	}
-	s.decide(st, o)
+	s.record(st, o)
 }
 
-// decide counts the outcome once per request.
-func (s *Selection) decide(st *requestState, o outcome) {
-	if st != nil {
-		if st.decided {
-			return
-		}
-		st.decided = true
+// record counts the outcome of a request the policy balances alone, once
+// (the first choice; retries are not new decisions). The backhand
+// directive records its own.
+func (s *Selection) record(st *requestState, o outcome) {
+	if st.claimRecording(rolePolicy) {
+		s.node.decisions.record(o)
 	}
-	s.node.decisions.record(o)
 }
 
 // fallbackSelect lets the fallback policy choose, and counts it.
 func (s *Selection) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	s.decide(stateOf(r), outcomeFallback)
+	s.record(stateOf(r), outcomeFallback)
 	return s.fallback.Select(pool, r, w)
 }
 

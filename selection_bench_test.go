@@ -43,8 +43,7 @@ func benchChain(n *node) *Selection {
 func benchPick(b *testing.B, n *node, s *Selection) {
 	b.ReportAllocs()
 	for b.Loop() {
-		c := newCandidates(nil, time.Now(), n, s)
-		s.run(c)
+		c := s.evaluate(n, chainRun{now: time.Now()})
 		if c.first() == nil {
 			b.Fatal("no winner")
 		}

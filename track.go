@@ -48,7 +48,7 @@ type latencyEWMA struct {
 	micros            float64
 }
 
-const latencyTau = 5 * time.Second
+const latencyTau = decay(5 * time.Second)
 
 func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
 	done, sum := st.done.Load(), st.latencyMicros.Load()
@@ -57,8 +57,7 @@ func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
 		if e.micros == 0 {
 			e.micros = mean
 		} else {
-			alpha := 1 - math.Exp(-float64(now.Sub(e.at))/float64(latencyTau))
-			e.micros += alpha * (mean - e.micros)
+			e.micros = ewma(e.micros, mean, latencyTau.alpha(now.Sub(e.at)))
 		}
 	}
 	e.prevDone, e.prevSum, e.at = done, sum, now
@@ -95,7 +94,7 @@ func (t *Track) Provision(ctx caddy.Context) error {
 // ServeHTTP counts the request while the rest of the route serves it.
 func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	rs := ensureState(r)
-	if !rs.count() {
+	if rs.claimCounting(roleTrack) != roleTrack {
 		return next.ServeHTTP(w, r)
 	}
 	st := &t.node.stats

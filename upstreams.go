@@ -1,6 +1,7 @@
 package backhand
 
 import (
+	"encoding/json"
 	"net/http"
 	"regexp"
 	"time"
@@ -59,7 +60,9 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		return err
 	}
 	u.node, u.table = app.node, app.node.table
-	u.policy = siblingPolicy(ctx)
+	if err := u.linkPolicy(parentProxy(ctx)); err != nil {
+		return err
+	}
 	u.maxAge = time.Duration(u.MaxAge)
 	if u.maxAge == 0 {
 		u.maxAge = time.Duration(app.MaxAge)
@@ -77,16 +80,33 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// siblingPolicy returns the backhand policy of the reverse_proxy handler
-// this source is provisioned in, if that is its policy. The handler loads
-// its selection policy before its upstream source.
-func siblingPolicy(ctx caddy.Context) *Selection {
-	h := parentProxy(ctx)
-	if h == nil || h.LoadBalancing == nil {
+// linkPolicy links the source to the `lb_policy backhand` of the
+// reverse_proxy handler h it belongs to, if that is its policy: the source
+// then runs the policy's chain and offers only its best candidates.
+// reverse_proxy provisions its selection policy before its upstream
+// source; should that ever change, this fails with an error that says so
+// instead of balancing without the chain.
+func (u *Upstreams) linkPolicy(h *reverseproxy.Handler) error {
+	if h == nil || h.LoadBalancing == nil || !namesModule(h.LoadBalancing.SelectionPolicyRaw, "policy", "backhand") {
 		return nil
 	}
-	s, _ := h.LoadBalancing.SelectionPolicy.(*Selection)
-	return s
+	s, ok := h.LoadBalancing.SelectionPolicy.(*Selection)
+	if !ok {
+		return errOption("dynamic backhand", "the reverse_proxy's lb_policy backhand is not provisioned before its upstream source (%T); this Caddy version is not supported", h.LoadBalancing.SelectionPolicy)
+	}
+	u.policy = s
+	return nil
+}
+
+// namesModule reports whether raw, a module's JSON object, names module in
+// its inline key.
+func namesModule(raw json.RawMessage, key, module string) bool {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return false
+	}
+	var name string
+	return json.Unmarshal(m[key], &name) == nil && name == module
 }
 
 // parentProxy returns the reverse_proxy handler that the module being
@@ -114,22 +134,18 @@ func (u *Upstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, err
 	return u.all(r), nil
 }
 
-// candidates runs the policy's chain (or takes the plan that the backhand
-// directive made with it) and offers its best candidates. It returns nil
-// when the chain leaves none, so that the fallback gets every live peer.
+// candidates offers the policy's best candidates: the plan that the
+// backhand directive made with the chain on the first attempt, else what
+// the chain leaves now. It returns nil when the chain leaves none, so
+// that the fallback gets every live peer.
 func (u *Upstreams) candidates(r *http.Request) []*reverseproxy.Upstream {
 	st := ensureState(r)
-	if st != nil && st.nPlanned > 0 {
-		return u.offer(st, st.takePlan())
+	if plan := st.takePlan(); plan != nil {
+		return u.offer(st, plan)
 	}
-	start := time.Now()
-	c := newCandidates(r, start, u.node, u.policy)
+	c := u.policy.evaluate(u.node, chainRun{req: r, now: time.Now(), tried: st, scope: u})
 	defer c.release()
-	c.exclude = st
-	c.filter(u)
-	u.policy.run(c)
 	best := c.head(u.policy.keep)
-	u.node.decisions.timeChain(time.Since(start))
 	if len(best) == 0 {
 		return nil
 	}
@@ -145,9 +161,7 @@ func (u *Upstreams) offer(st *requestState, c []Candidate) []*reverseproxy.Upstr
 		ups[i].Dial = c[i].Peer.Advertise
 		out[i] = &ups[i]
 	}
-	if st != nil {
-		st.offer(c[:k], out)
-	}
+	st.offer(c[:k], out)
 	return out
 }
 
@@ -174,10 +188,10 @@ func (u *Upstreams) all(r *http.Request) []*reverseproxy.Upstream {
 	return out
 }
 
-// keep is the source's filters as a candidacy filter.
+// admits is the source's filters as a candidacy filter.
 // Unless the source sets its own max_age, the age limit is then the
 // policy's (its starting list), which may differ from the app's.
-func (u *Upstreams) keep(c *Candidates, p *Peer) bool {
+func (u *Upstreams) admits(c *Candidates, p *Peer) bool {
 	if u.MaxAge == 0 {
 		return u.passes(p)
 	}
@@ -186,14 +200,12 @@ func (u *Upstreams) keep(c *Candidates, p *Peer) bool {
 
 // keepAt reports whether p is a live candidate under this source's filters.
 func (u *Upstreams) keepAt(p *Peer, now time.Time) bool {
-	return p.Age(now) <= u.maxAge && u.passes(p)
+	return p.usable(now, u.maxAge) && u.passes(p)
 }
 
-// passes applies the source's filters other than age.
+// passes applies the source's own filters.
 func (u *Upstreams) passes(p *Peer) bool {
 	switch {
-	case p.Figures.Draining, p.Advertise == "":
-		return false
 	case p.Self && u.ExcludeSelf:
 		return false
 	case len(u.Tags) > 0 && !p.HasTags(u.Tags):
