@@ -15,10 +15,10 @@ func init() {
 	caddy.RegisterModule(AdminAPI{})
 }
 
-// running is the most recently started backhand app, which the admin API
+// latestApp is the most recently started backhand app, which the admin API
 // and the metrics report on. During a reload the new app starts before the
 // old one stops.
-var running atomic.Pointer[App]
+var latestApp atomic.Pointer[App]
 
 // AdminAPI is a module that serves this node's view of its cluster on
 // Caddy's admin endpoint, and drains or undrains this node:
@@ -110,7 +110,7 @@ func handleDrain(drain bool) func(http.ResponseWriter, *http.Request) error {
 
 // runningApp returns the running app, or a 404 for the admin API.
 func runningApp() (*App, error) {
-	app := running.Load()
+	app := latestApp.Load()
 	if app == nil {
 		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("the backhand app is not running")}
 	}

@@ -17,8 +17,8 @@ import (
 // withRunning makes app the running app for the test.
 func withRunning(t *testing.T, app *App) {
 	t.Helper()
-	prev := running.Swap(app)
-	t.Cleanup(func() { running.Store(prev) })
+	prev := latestApp.Swap(app)
+	t.Cleanup(func() { latestApp.Store(prev) })
 }
 
 // adminDo calls the admin route of pattern as Caddy's admin server would,

@@ -32,7 +32,11 @@ func startTestApp(t *testing.T, app *App) *App {
 	if testing.Verbose() {
 		app.logger = zap.NewExample()
 	}
+	app.setDefaults()
 	if err := app.compile(); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	app.node = newNode()
@@ -134,7 +138,11 @@ func TestListenRefusesAddressInUse(t *testing.T) {
 	defer other.Close()
 	app := &App{Name: "a", Cluster: "t", Advertise: "127.0.0.1:1", InsecureNoKey: true,
 		Listen: []string{"udp/" + other.LocalAddr().String()}, logger: zap.NewNop()}
+	app.setDefaults()
 	if err := app.compile(); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	app.node = newNode()

@@ -12,34 +12,71 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// compile fills the defaults and checks every option, turning the JSON
-// config into what the announcer uses. Each error names the option and the
-// value that is wrong.
-func (a *App) compile() error {
-	if err := a.compileIdentity(); err != nil {
-		return err
-	}
-	if err := a.compileTiming(); err != nil {
-		return err
-	}
-	if err := a.compileKey(); err != nil {
-		return err
-	}
-	if err := a.compileNetwork(); err != nil {
-		return err
-	}
-	return a.compileFigures()
-}
-
-func (a *App) compileIdentity() error {
+// setDefaults fills every option left empty with its default (module.go
+// names them all).
+func (a *App) setDefaults() {
 	if a.Name == "" {
 		a.Name = defaultName()
 	}
-	if len(a.Name) > maxNameLen || !printable(a.Name) {
-		return errOption("name", "%q must be 1-%d printable bytes without spaces", a.Name, maxNameLen)
-	}
 	if a.Cluster == "" {
 		a.Cluster = defaultCluster
+	}
+	if a.Interval == 0 {
+		a.Interval = caddy.Duration(defaultInterval)
+	}
+	if a.MaxAge == 0 {
+		a.MaxAge = defaultMaxAgeIntervals * a.Interval
+	}
+	if a.EvictAfter == 0 {
+		a.EvictAfter = max(defaultEvictAfterIntervals*a.Interval, caddy.Duration(minDefaultEvictAfter))
+	}
+	if a.ResolveInterval == 0 {
+		a.ResolveInterval = caddy.Duration(defaultResolveInterval)
+	}
+	if a.ReplayWindow == 0 {
+		a.ReplayWindow = caddy.Duration(defaultReplayWindow)
+	}
+	if len(a.Listen) == 0 {
+		a.Listen = []string{defaultListen}
+	}
+	if a.MaxPeers == 0 {
+		a.MaxPeers = defaultMaxPeers
+	}
+	if a.Capacity == 0 {
+		a.Capacity = defaultCapacity
+	}
+}
+
+// compile turns the options into what the announcer uses (addresses,
+// keys), with the defaults in place. Each error names the option and the
+// value that is wrong.
+func (a *App) compile() error {
+	adv, err := parseAdvertise(a.Advertise)
+	if err != nil {
+		return errOption("advertise", "%v", err)
+	}
+	a.advertise = adv
+	if err := a.compileKey(); err != nil {
+		return err
+	}
+	return a.compileNetwork()
+}
+
+// Validate checks the options that compile does not parse. Each error
+// names the option and the value that is wrong.
+func (a *App) Validate() error {
+	if err := a.validateIdentity(); err != nil {
+		return err
+	}
+	if err := a.validateTiming(); err != nil {
+		return err
+	}
+	return a.validateFigures()
+}
+
+func (a *App) validateIdentity() error {
+	if len(a.Name) > maxNameLen || !printable(a.Name) {
+		return errOption("name", "%q must be 1-%d printable bytes without spaces", a.Name, maxNameLen)
 	}
 	if len(a.Cluster) > maxNameLen || !printable(a.Cluster) {
 		return errOption("cluster", "%q must be 1-%d printable bytes without spaces", a.Cluster, maxNameLen)
@@ -52,11 +89,6 @@ func (a *App) compileIdentity() error {
 			return errOption("tags", "%q must be 1-%d printable bytes without spaces", t, maxTagLen)
 		}
 	}
-	adv, err := parseAdvertise(a.Advertise)
-	if err != nil {
-		return errOption("advertise", "%v", err)
-	}
-	a.advertise = adv
 	return nil
 }
 
@@ -93,33 +125,18 @@ func parseAdvertise(s string) (string, error) {
 	return hostport, nil
 }
 
-func (a *App) compileTiming() error {
-	if a.Interval == 0 {
-		a.Interval = caddy.Duration(defaultInterval)
-	}
-	if a.Interval < caddy.Duration(10*time.Millisecond) {
-		return errOption("interval", "must be at least 10ms, got %v", time.Duration(a.Interval))
-	}
-	if a.MaxAge == 0 {
-		a.MaxAge = 3 * a.Interval
+func (a *App) validateTiming() error {
+	if a.Interval < caddy.Duration(minInterval) {
+		return errOption("interval", "must be at least %v, got %v", minInterval, time.Duration(a.Interval))
 	}
 	if a.MaxAge < a.Interval {
 		return errOption("max_age", "must be at least the interval (%v), got %v", time.Duration(a.Interval), time.Duration(a.MaxAge))
 	}
-	if a.EvictAfter == 0 {
-		a.EvictAfter = max(60*a.Interval, caddy.Duration(time.Minute))
-	}
 	if a.EvictAfter < a.MaxAge {
 		return errOption("evict_after", "must be at least max_age (%v), got %v", time.Duration(a.MaxAge), time.Duration(a.EvictAfter))
 	}
-	if a.ResolveInterval == 0 {
-		a.ResolveInterval = caddy.Duration(defaultResolveInterval)
-	}
-	if a.ResolveInterval < caddy.Duration(time.Second) {
-		return errOption("resolve_interval", "must be at least 1s, got %v", time.Duration(a.ResolveInterval))
-	}
-	if a.ReplayWindow == 0 {
-		a.ReplayWindow = caddy.Duration(10 * time.Second)
+	if a.ResolveInterval < caddy.Duration(minResolveInterval) {
+		return errOption("resolve_interval", "must be at least %v, got %v", minResolveInterval, time.Duration(a.ResolveInterval))
 	}
 	if a.ReplayWindow < 2*a.Interval {
 		return errOption("replay_window", "must be at least two intervals (%v), got %v", time.Duration(2*a.Interval), time.Duration(a.ReplayWindow))
@@ -147,9 +164,6 @@ func (a *App) compileKey() error {
 }
 
 func (a *App) compileNetwork() error {
-	if len(a.Listen) == 0 {
-		a.Listen = []string{defaultListen}
-	}
 	a.listen = a.listen[:0]
 	for _, l := range a.Listen {
 		na, err := caddy.ParseNetworkAddressWithDefaults(l, "udp", 4445)
@@ -193,12 +207,6 @@ func (a *App) compileNetwork() error {
 		}
 		a.accept = append(a.accept, p)
 	}
-	if a.MaxPeers == 0 {
-		a.MaxPeers = defaultMaxPeers
-	}
-	if a.MaxPeers < 1 || a.MaxPeers > 1<<16 {
-		return errOption("max_peers", "must be 1-65536, got %d", a.MaxPeers)
-	}
 	return nil
 }
 
@@ -209,7 +217,7 @@ func (a *App) compileGroup(g MulticastGroup) (multicastDest, error) {
 	}
 	d := multicastDest{group: ap, ttl: g.TTL}
 	if d.ttl == 0 {
-		d.ttl = 1
+		d.ttl = defaultMulticastTTL
 	}
 	if d.ttl < 1 || d.ttl > 255 {
 		return multicastDest{}, errOption("multicast", "%s: ttl must be 1-255, got %d", g.Address, g.TTL)
@@ -250,9 +258,9 @@ func (a *App) receivesOn(port uint16) bool {
 	return false
 }
 
-func (a *App) compileFigures() error {
-	if a.Capacity == 0 {
-		a.Capacity = defaultCapacity
+func (a *App) validateFigures() error {
+	if a.MaxPeers < 1 || a.MaxPeers > maxMaxPeers {
+		return errOption("max_peers", "must be 1-%d, got %d", maxMaxPeers, a.MaxPeers)
 	}
 	if a.Capacity < 1 || a.Capacity > 1<<30 {
 		return errOption("capacity", "must be 1-%d, got %d", 1<<30, a.Capacity)

@@ -44,7 +44,7 @@ type collector struct {
 
 // theCollector is built once per process: a registry rejects a second
 // collector with the same descriptors, but accepts the same one again.
-var theCollector = newCollector(running.Load, time.Now)
+var theCollector = newCollector(latestApp.Load, time.Now)
 
 // registerMetrics registers the collector with this config's registry.
 func registerMetrics(ctx caddy.Context) {
@@ -85,9 +85,9 @@ func newCollector(app func() *App, now func() time.Time) *collector {
 			gauge("capacity", "Announced capacity (requests at once).", func(p *PeerView) float64 { return float64(p.Capacity) }),
 			gauge("mem_available_bytes", "Announced available memory.", func(p *PeerView) float64 { return float64(p.MemAvail) }),
 			gauge("mem_total_bytes", "Announced total memory.", func(p *PeerView) float64 { return float64(p.MemTotal) }),
-			gauge("latency_seconds", "Announced response-time EWMA of the peer's own requests.", func(p *PeerView) float64 { return ms(p.LatencyMS) }),
+			gauge("latency_seconds", "Announced response-time EWMA of the peer's own requests.", func(p *PeerView) float64 { return msToSeconds(p.LatencyMS) }),
 			gauge("speed", "Announced speed rating (1000 = reference core).", func(p *PeerView) float64 { return float64(p.Speed) }),
-			gauge("age_seconds", "Time since the peer's last announcement arrived.", func(p *PeerView) float64 { return ms(float64(p.AgeMS)) }),
+			gauge("age_seconds", "Time since the peer's last announcement arrived.", func(p *PeerView) float64 { return msToSeconds(float64(p.AgeMS)) }),
 			gauge("in_flight", "Requests this node has in flight to the peer.", func(p *PeerView) float64 { return float64(p.InFlightFromThisNode) }),
 		},
 	}
@@ -135,7 +135,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(g.desc, g.get(p), p.Name)
 		}
 		if p.ObservedLatencyMS != nil {
-			gauge(c.observed, ms(*p.ObservedLatencyMS), p.Name)
+			gauge(c.observed, msToSeconds(*p.ObservedLatencyMS), p.Name)
 		}
 	}
 	ch <- chainHistogram(c.chain, &n.decisions)
@@ -171,7 +171,7 @@ func chainHistogram(desc *prometheus.Desc, d *decisions) prometheus.Metric {
 }
 
 // ms converts milliseconds to seconds.
-func ms(v float64) float64 { return v / 1000 }
+func msToSeconds(v float64) float64 { return v / 1000 }
 
 func boolFloat(b bool) float64 {
 	if b {

@@ -27,16 +27,24 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// Defaults for the app's options.
+// Defaults for the app's options, and their bounds.
 const (
-	defaultCluster         = "default"
-	defaultInterval        = time.Second
-	defaultListen          = "udp/:4445"
-	defaultMaxPeers        = 1024
-	defaultCapacity        = 256
-	defaultResolveInterval = 30 * time.Second
-	defaultAdvertisePort   = "80"
-	minKeyLen              = 16
+	defaultCluster             = "default"
+	defaultInterval            = time.Second
+	minInterval                = 10 * time.Millisecond
+	defaultMaxAgeIntervals     = 3           // max_age, in intervals
+	defaultEvictAfterIntervals = 60          // evict_after, in intervals,
+	minDefaultEvictAfter       = time.Minute // but at least this
+	defaultReplayWindow        = 10 * time.Second
+	defaultListen              = "udp/:4445"
+	defaultMulticastTTL        = 1
+	defaultMaxPeers            = 1024
+	maxMaxPeers                = 1 << 16
+	defaultCapacity            = 256
+	defaultResolveInterval     = 30 * time.Second
+	minResolveInterval         = time.Second
+	defaultAdvertisePort       = "80"
+	minKeyLen                  = 16
 )
 
 // App is the backhand app: it gathers this node's resources, announces them
@@ -136,9 +144,9 @@ type App struct {
 	// Speed is this node's speed relative to a reference core (1000),
 	// mod_backhand's arriba: what peers rank it by until they have seen it
 	// serve (then the response times they observe decide), and what byLoad
-	// and byPower divide by. Default: none (0), counted as 1000; nothing is
-	// measured, since a start-up CPU benchmark rated identical nodes on a
-	// busy machine up to 7x apart.
+	// and byPower divide by. Default: none (0), counted as 1000. Nothing is
+	// measured at start-up: a CPU benchmark is noise on a busy machine
+	// (BENCHMARKS.md, rating-noise), evidence is not.
 	Speed int `json:"speed,omitempty"`
 
 	// Drain announces this node as draining: peers send it no new requests.
@@ -159,7 +167,7 @@ type App struct {
 	peers     []hostPort
 	groups    []multicastDest
 	broadcast []netip.AddrPort
-	running   *announcer
+	announcer *announcer
 }
 
 // MulticastGroup is one multicast destination, e.g. mod_backhand's
@@ -190,6 +198,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.setDefaults()
 	if err := a.compile(); err != nil {
 		return err
 	}
@@ -202,10 +211,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate has nothing left to check: compile did it with the defaults in
-// place, so that messages can name the option and its value.
-func (a *App) Validate() error { return nil }
-
 // Start binds the UDP sockets and starts announcing.
 func (a *App) Start() error {
 	a.node.table.setLimits(a.tableLimits())
@@ -215,8 +220,8 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
-	a.running = an
-	running.Store(a)
+	a.announcer = an
+	latestApp.Store(a)
 	a.logger.Info("announcing",
 		zap.String("node", a.Name),
 		zap.String("cluster", a.Cluster),
@@ -237,12 +242,12 @@ func (a *App) Start() error {
 // Stop stops announcing and closes the sockets. The peer table stays for
 // the next config.
 func (a *App) Stop() error {
-	if a.running == nil {
+	if a.announcer == nil {
 		return nil
 	}
-	err := a.running.stop()
-	a.running = nil
-	running.CompareAndSwap(a, nil)
+	err := a.announcer.stop()
+	a.announcer = nil
+	latestApp.CompareAndSwap(a, nil)
 	return err
 }
 
@@ -371,6 +376,18 @@ func defaultAdvertiseHost() string {
 	return "127.0.0.1"
 }
 
+// backhandApp returns the configured backhand app, or an error that tells
+// the user of module what is missing.
+func backhandApp(ctx caddy.Context, module string) (*App, error) {
+	v, err := ctx.AppIfConfigured("backhand")
+	if err != nil {
+		return nil, errOption(module, "needs the backhand app: add the `backhand` global option (apps.backhand in JSON): %v", err)
+	}
+	return v.(*App), nil
+}
+
+// errOption is the error for a bad value of option (or a module's
+// directive name): "backhand: <option>: <message>".
 func errOption(option string, format string, args ...any) error {
 	return fmt.Errorf("backhand: %s: "+format, append([]any{option}, args...)...)
 }

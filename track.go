@@ -1,9 +1,7 @@
 package backhand
 
 import (
-	"math"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,52 +14,6 @@ func init() {
 	caddy.RegisterModule(Track{})
 	httpcaddyfile.RegisterHandlerDirective("backhand_track", parseTrack)
 	httpcaddyfile.RegisterDirectiveOrder("backhand_track", httpcaddyfile.Before, "tracing")
-}
-
-// localStats counts this node's own requests; the announcer turns them into
-// the Busy, LatencyMicros and Forwarded figures.
-type localStats struct {
-	busy          atomic.Int64  // requests in flight now
-	done          atomic.Uint64 // requests completed
-	latencyMicros atomic.Uint64 // their response times summed
-	forwarded     atomic.Uint64 // requests proxied to a peer other than self
-	sent          atomic.Uint64 // announcements sent
-}
-
-// served counts a request that this node served itself, which took d:
-// into the latency it announces, and into what it knows of its own speed
-// (its slot's response times, as it learns each peer's).
-func (n *node) served(d time.Duration, now time.Time) {
-	n.stats.latencyMicros.Add(uint64(max(d, 0).Microseconds()))
-	n.stats.done.Add(1)
-	if s := n.table.self.Load(); s != nil {
-		s.local.times.observe(d, now)
-	}
-}
-
-// latencyEWMA smooths the mean response time of each interval with a time
-// constant of latencyTau, so that one slow interval moves the figure but
-// does not define it. An interval without requests leaves it unchanged.
-type latencyEWMA struct {
-	prevDone, prevSum uint64
-	at                time.Time
-	micros            float64
-}
-
-const latencyTau = decay(5 * time.Second)
-
-func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
-	done, sum := st.done.Load(), st.latencyMicros.Load()
-	if !e.at.IsZero() && done > e.prevDone {
-		mean := float64(sum-e.prevSum) / float64(done-e.prevDone)
-		if e.micros == 0 {
-			e.micros = mean
-		} else {
-			e.micros = ewma(e.micros, mean, latencyTau.alpha(now.Sub(e.at)))
-		}
-	}
-	e.prevDone, e.prevSum, e.at = done, sum, now
-	return uint32(min(e.micros, math.MaxUint32))
 }
 
 // Track counts the requests this node serves, for the Busy (in flight) and
@@ -142,16 +94,6 @@ func (t *Track) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("backhand_track takes no options, got %q", d.Val())
 	}
 	return nil
-}
-
-// backhandApp returns the configured backhand app, or an error that tells
-// the user of module what is missing.
-func backhandApp(ctx caddy.Context, module string) (*App, error) {
-	v, err := ctx.AppIfConfigured("backhand")
-	if err != nil {
-		return nil, errOption(module, "needs the backhand app: add the `backhand` global option (apps.backhand in JSON): %v", err)
-	}
-	return v.(*App), nil
 }
 
 // Interface guards
