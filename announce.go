@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddy-backhand/backhand/internal/gather"
 	"go.uber.org/zap"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -35,7 +36,7 @@ type announcer struct {
 	resolved map[string][]netip.AddrPort // last good addresses per peer host:port
 	claimed  []string                    // listen addresses counted in held
 
-	system   *systemGatherer
+	system   *gather.Gatherer
 	reporter *appReporter
 	latency  latencyEWMA
 
@@ -53,7 +54,7 @@ func startAnnouncer(app *App) (*announcer, error) {
 		logger:    app.logger,
 		sign:      newSigner(app.key),
 		resolved:  map[string][]netip.AddrPort{},
-		system:    newSystemGatherer(""),
+		system:    gather.New(""),
 		rejectLog: rate.NewLimiter(rate.Every(time.Second), 10),
 		sendLog:   rate.NewLimiter(rate.Every(10*time.Second), 3),
 	}
@@ -309,9 +310,16 @@ func (an *announcer) setMulticast(g multicastDest) {
 // gather collects this node's figures for one announcement.
 func (an *announcer) gather(ctx context.Context, now time.Time) Figures {
 	app := an.app
-	var f Figures
-	if err := an.system.sample(now, &f); err != nil && an.sendLog.Allow() {
+	var sys gather.Sample
+	if err := an.system.Sample(now, &sys); err != nil && an.sendLog.Allow() {
 		an.logger.Warn("gathering system figures", zap.Error(err))
+	}
+	f := Figures{
+		Load1000:    sys.Load1000,
+		CPUMilli:    sys.CPUMilli,
+		CPUIdle1000: sys.CPUIdle1000,
+		MemTotal:    sys.MemTotal,
+		MemAvail:    sys.MemAvail,
 	}
 	st := &an.node.stats
 	f.Busy = uint32(max(st.busy.Load(), 0))

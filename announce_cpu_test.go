@@ -34,7 +34,11 @@ func TestAnnouncementCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := cluster.NodeConfig{Index: 61, HTTPPort: 24001, UDPPort: 24020, AdminPort: 24031, Cluster: "measure", Key: key,
+	base, err := cluster.FreeBlock(32, "127.0.0.1", "127.0.0.61")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cluster.NodeConfig{Index: 61, HTTPPort: base + 1, UDPPort: base + 20, AdminPort: base + 31, Cluster: "measure", Key: key,
 		ExtraBackhand: []string{"max_peers 2048"}}
 	node, err := cluster.Start(bin, dir, cfg, nil)
 	if err != nil {

@@ -325,3 +325,25 @@ func readAppReportBody(r io.Reader, from string) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// milli32 returns x*1000 rounded, clamped to the range of uint32; NaN and
+// negative values give 0.
+func milli32(x float64) uint32 {
+	m := math.Round(x * 1000)
+	switch {
+	case !(m > 0):
+		return 0
+	case m >= math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(m)
+}
+
+// clipForLog shortens s to at most n bytes for error messages, so that a huge
+// bad input does not flood the logs.
+func clipForLog(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -127,10 +126,7 @@ func demoStart(t *testing.T, mode string) []*cluster.Node {
 	d := cluster.DefaultDemo()
 	d.Mode = mode
 	d.Key = itKey
-	cfgs, err := demoPorts(&d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfgs := demoPorts(t, &d)
 	if err := d.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,22 +149,14 @@ func demoStart(t *testing.T, mode string) []*cluster.Node {
 	return nodes
 }
 
-// demoPorts picks a port base at random between the other integration
-// tests' (21100-22899) and the ephemeral ports (32768 on), so that two
-// runs at once (or a demo on its default ports) do not meet, and lays the
-// ports out as itCluster does: entry base, app sites base+1 (and the
-// demo's applications base+2), admin base+10 on, UDP base+20. It returns
-// d's configurations once every one of their addresses is free.
-func demoPorts(d *cluster.Demo) ([]cluster.NodeConfig, error) {
-	var last error
-	for range 20 {
-		base := 23000 + 50*rand.IntN(190) // up to 32450, so base+20 < 32768
-		d.BasePort, d.AdminPort, d.UDPPort = base, base+10, base+20
-		if last = d.CheckFree(); last == nil {
-			return d.Configs(), nil
-		}
-	}
-	return nil, fmt.Errorf("no free port base in 20 tries; last: %w", last)
+// demoPorts lays d's ports out from a free base (itBase) as itCluster
+// does: entry base, app sites base+1 (and the demo's applications base+2),
+// admin base+10 on, UDP base+20. It returns d's configurations.
+func demoPorts(t *testing.T, d *cluster.Demo) []cluster.NodeConfig {
+	t.Helper()
+	base := itBase(t, d.Nodes)
+	d.BasePort, d.AdminPort, d.UDPPort = base, base+10, base+20
+	return d.Configs()
 }
 
 // demoLoadN makes requests requests to url through client's node at

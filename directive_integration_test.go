@@ -75,7 +75,7 @@ func TestIntegrationDirectiveFollowsAppLoad(t *testing.T) {
 	write(1, "0.9")
 	write(2, "0.1")
 	write(3, "0.5")
-	nodes := directiveCluster(t, 22100, 3, "byLoad; predict off", func(c *cluster.NodeConfig) {
+	nodes := directiveCluster(t, itBase(t, 3), 3, "byLoad; predict off", func(c *cluster.NodeConfig) {
 		c.ExtraBackhand = []string{"app_report file " + report(c.Index)}
 	})
 	url := nodes[0].Config.AppURL()
@@ -113,11 +113,7 @@ func waitServedBy(t *testing.T, client *cluster.Node, url, want string) {
 func TestIntegrationDirectiveServesLocally(t *testing.T) {
 	for _, chain := range []string{"byLoad 1000", "off"} {
 		t.Run(chain, func(t *testing.T) {
-			base := 22200
-			if chain == "off" {
-				base = 22250
-			}
-			nodes := directiveCluster(t, base, 3, chain, nil)
+			nodes := directiveCluster(t, itBase(t, 3), 3, chain, nil)
 			for _, n := range nodes {
 				if seen := servedBy(t, n, n.Config.AppURL(), 10); seen[n.Name()] != 10 {
 					t.Errorf("chain %q: requests to %s should all be served there: %v", chain, n.Name(), seen)
@@ -132,7 +128,7 @@ func TestIntegrationDirectiveServesLocally(t *testing.T) {
 // marker a client forged is stripped and ignored (the request is balanced
 // as usual); a valid one makes the node serve the request itself.
 func TestIntegrationDirectiveLoopPrevention(t *testing.T) {
-	nodes := directiveCluster(t, 22300, 3, "removeSelf; byRandom", nil)
+	nodes := directiveCluster(t, itBase(t, 3), 3, "removeSelf; byRandom", nil)
 	node1 := nodes[0]
 	url := node1.Config.AppURL()
 	seen := servedBy(t, node1, url, 30)
@@ -200,7 +196,7 @@ func readAll(resp *http.Response) string {
 // HTTPRedirectToIP answers GET with a redirect to the winner's address
 // instead of proxying; other methods are proxied.
 func TestIntegrationDirectiveRedirect(t *testing.T) {
-	nodes := directiveCluster(t, 22400, 3, "removeSelf; byRandom; HTTPRedirectToIP", nil)
+	nodes := directiveCluster(t, itBase(t, 3), 3, "removeSelf; byRandom; HTTPRedirectToIP", nil)
 	node1 := nodes[0]
 	noFollow := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	targets := map[string]bool{}
@@ -236,7 +232,7 @@ func TestIntegrationDirectiveRedirect(t *testing.T) {
 // bySession keeps a session with the server whose IPv4 address starts its
 // id; byCookie keeps a client with the node the directive chose first.
 func TestIntegrationDirectiveSessionAffinity(t *testing.T) {
-	nodes := directiveCluster(t, 22500, 3, "bySession; byCookie; byRandom", nil)
+	nodes := directiveCluster(t, itBase(t, 3), 3, "bySession; byCookie; byRandom", nil)
 	node1 := nodes[0]
 	url := node1.Config.AppURL()
 	for range 10 {
@@ -325,7 +321,7 @@ func (l *loadLoop) halt() map[string]int {
 
 // A peer killed under load loses no request: the next candidate is tried.
 func TestIntegrationDirectivePeerKilledUnderLoad(t *testing.T) {
-	nodes := directiveCluster(t, 22600, 3, "removeSelf; byRandom", func(c *cluster.NodeConfig) { c.MaxAge = 3 * itInterval })
+	nodes := directiveCluster(t, itBase(t, 3), 3, "removeSelf; byRandom", func(c *cluster.NodeConfig) { c.MaxAge = 3 * itInterval })
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
 	defer cancel()
 	load := startLoad(ctx, nodes[0], nodes[0].Config.AppURL(), 4, 3000)
@@ -357,7 +353,7 @@ func waitRequests(t *testing.T, l *loadLoop, n int64) {
 // Changing the chain through the admin API (POST /load) takes effect for
 // the next requests without failing any in flight.
 func TestIntegrationDirectiveChainChangedLive(t *testing.T) {
-	nodes := directiveCluster(t, 22700, 3, "byHostname ^node2$", nil)
+	nodes := directiveCluster(t, itBase(t, 3), 3, "byHostname ^node2$", nil)
 	node1 := nodes[0]
 	url := node1.Config.AppURL()
 	if seen := servedBy(t, node1, url, 10); seen["node2"] != 10 {
@@ -407,7 +403,7 @@ func TestIntegrationPolicySkipsUnavailable(t *testing.T) {
 	go hold.Serve(ln)
 	defer hold.Close()
 
-	nodes, _ := itCluster{base: 22800, n: 3, modify: func(c *cluster.NodeConfig) {
+	nodes, _ := itCluster{base: itBase(t, 3), n: 3, modify: func(c *cluster.NodeConfig) {
 		c.LBPolicy = "backhand {\n\t\t\tbyHostname ^node[23]$\n\t\t}"
 		c.ProxyOptions = []string{"unhealthy_request_count 1"}
 		if c.Index == 2 {

@@ -77,9 +77,28 @@ func caddyBin(t *testing.T) string {
 	return caddyPath
 }
 
+// itBlock is the number of ports from an itCluster's base: base to base+20.
+const itBlock = 21
+
+// itBase returns a base port for an itCluster of n nodes whose whole block
+// (itBlock ports) is free on the nodes' addresses, so that two runs of the
+// tests on one machine do not meet.
+func itBase(t *testing.T, n int) int {
+	t.Helper()
+	hosts := make([]string, n)
+	for i := range hosts {
+		hosts[i] = cluster.NodeConfig{Index: i + 1}.Host()
+	}
+	base, err := cluster.FreeBlock(itBlock, hosts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
 // itCluster describes the nodes of one test. Each test has its own base
-// port, so tests can never share a socket: entry base, app sites base+1 (on
-// 127.0.0.i), admin 127.0.0.1:base+10+i, UDP base+20.
+// port (itBase), so tests can never share a socket: entry base, app sites
+// base+1 (on 127.0.0.i), admin 127.0.0.1:base+10+i, UDP base+20.
 type itCluster struct {
 	base   int
 	n      int
@@ -210,7 +229,7 @@ func spread(t *testing.T, entry *cluster.Node, count int) map[string]int {
 }
 
 func TestIntegrationPeersSeeEachOther(t *testing.T) {
-	nodes, ready := itCluster{base: 21100, n: 3}.start(t)
+	nodes, ready := itCluster{base: itBase(t, 3), n: 3}.start(t)
 
 	// The nodes started one after another; the earliest's first
 	// announcements may have gone to nodes not yet listening, but every
@@ -262,7 +281,7 @@ func TestIntegrationPeersSeeEachOther(t *testing.T) {
 }
 
 func TestIntegrationRequestsReachEveryPeer(t *testing.T) {
-	nodes, _ := itCluster{base: 21200, n: 3}.start(t)
+	nodes, _ := itCluster{base: itBase(t, 3), n: 3}.start(t)
 	waitAllSeeAll(t, nodes, 2*itInterval+itStartup)
 
 	seen := spread(t, nodes[0], 30)
@@ -276,7 +295,7 @@ func TestIntegrationRequestsReachEveryPeer(t *testing.T) {
 
 func TestIntegrationKilledNodeLeavesUpstreams(t *testing.T) {
 	const maxAge = 3 * itInterval
-	nodes, _ := itCluster{base: 21300, n: 3, modify: func(c *cluster.NodeConfig) { c.MaxAge = maxAge }}.start(t)
+	nodes, _ := itCluster{base: itBase(t, 3), n: 3, modify: func(c *cluster.NodeConfig) { c.MaxAge = maxAge }}.start(t)
 	waitAllSeeAll(t, nodes, 2*itInterval+itStartup)
 	entry, victim, alive := nodes[0], nodes[2], nodes[:2]
 
@@ -394,7 +413,7 @@ func (l *reloadLoad) sort(status int, body string, err error) {
 func (l *reloadLoad) count() int64 { return l.total.Load() }
 
 func TestIntegrationReloadKeepsPeerTable(t *testing.T) {
-	nodes, _ := itCluster{base: 21400, n: 3, modify: func(c *cluster.NodeConfig) {
+	nodes, _ := itCluster{base: itBase(t, 3), n: 3, modify: func(c *cluster.NodeConfig) {
 		c.Tags = []string{"before"}
 		c.EntryDirectives = []string{entryErrors}
 		// Retries cover a keep-alive connection to the reloading node's
@@ -558,7 +577,7 @@ func TestIntegrationMulticast(t *testing.T) {
 	})
 
 	const group, port = "239.255.44.45:4446", 4446
-	nodes, ready := itCluster{base: 21500, n: 3, netns: ns, modify: func(c *cluster.NodeConfig) {
+	nodes, ready := itCluster{base: itBase(t, 3), n: 3, netns: ns, modify: func(c *cluster.NodeConfig) {
 		c.Peers = nil
 		c.Multicast = group
 		c.UDPPort = port

@@ -102,7 +102,7 @@ func waitState(t *testing.T, observer *cluster.Node, peer, state string, timeout
 }
 
 func TestIntegrationDrainRoundTrip(t *testing.T) {
-	nodes, _ := itCluster{base: 22200, n: 2}.start(t)
+	nodes, _ := itCluster{base: itBase(t, 2), n: 2}.start(t)
 	waitAllSeeAll(t, nodes, 5*time.Second)
 	a, b := nodes[0], nodes[1]
 	// Drained within an interval, seen by the peer on its next receipt.
@@ -181,7 +181,7 @@ func getJSON(ctx context.Context, url string, v any, header ...string) error {
 // TestIntegrationStatusJSON checks that the status page's JSON, by query
 // and by Accept header, has the admin API's schema and content.
 func TestIntegrationStatusJSON(t *testing.T) {
-	const base = 22300
+	base := itBase(t, 3)
 	nodes, _ := itCluster{base: base, n: 3, modify: func(c *cluster.NodeConfig) { statusSite(c, base+2) }}.start(t)
 	waitAllSeeAll(t, nodes, 5*time.Second)
 	var admin, byQuery, byAccept map[string]any
@@ -209,7 +209,7 @@ func TestIntegrationStatusJSON(t *testing.T) {
 // requests through a backhand entry point, and again after a config reload
 // (which gives Caddy a fresh metrics registry).
 func TestIntegrationStatusMetrics(t *testing.T) {
-	nodes, _ := itCluster{base: 22400, n: 3, modify: func(c *cluster.NodeConfig) {
+	nodes, _ := itCluster{base: itBase(t, 3), n: 3, modify: func(c *cluster.NodeConfig) {
 		c.LBPolicy = "backhand"
 		c.EntryDirectives = append(c.EntryDirectives, "backhand_track") // counts what it sends each peer
 	}}.start(t)
@@ -417,7 +417,7 @@ func artifactDir(t *testing.T) string {
 // the second as a test artifact.
 func TestIntegrationStatusPageInChromium(t *testing.T) {
 	bin := chromium(t)
-	const base = 22100
+	base := itBase(t, 3)
 	nodes, _ := itCluster{base: base, n: 3, modify: func(c *cluster.NodeConfig) {
 		c.MaxAge = time.Second // stale soon after the kill
 		c.LBPolicy = "backhand"

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-backhand/backhand/internal/cluster"
 )
 
 // TestQuick runs the quick mode end to end (real Caddy processes, HAProxy
@@ -35,6 +37,11 @@ func TestQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ports, err := cluster.FreeBlock(portBlock, runHosts(1, scenarios[0].Nodes(), maxEntries)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("address block 1, ports %d-%d", ports, ports+portBlock-1)
 	o := Options{
 		Scenarios:  scenarios,
 		Contenders: QuickContenders(),
@@ -43,6 +50,7 @@ func TestQuick(t *testing.T) {
 		Measure:    3 * time.Second,
 		WorkDir:    t.TempDir(),
 		Block:      1,
+		Ports:      ports,
 		Log:        testLog{t},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)

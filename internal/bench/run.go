@@ -52,6 +52,12 @@ type Options struct {
 	// with a benchmark running at the same time.
 	Block int
 
+	// Ports, when not 0, is the first of 35 consecutive ports (portBlock)
+	// the run listens on in place of the fixed ones (12000+100b+...,
+	// 14445, 18000-18090). The test takes a free block (cluster.FreeBlock
+	// on runHosts), so that two runs of it at once do not meet.
+	Ports int
+
 	Caddy   string // Caddy binary; empty = build cmd/caddy
 	WorkDir string // for configs and logs; empty = a temporary directory, removed after
 	Log     io.Writer
@@ -114,7 +120,10 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			return nil, err
 		}
 	}
-	hostBase, adminBase = 10+100*o.Block, 12000+100*o.Block
+	if o.Ports != 0 && (o.Ports < 1 || o.Ports+portBlock-1 > 65535) {
+		return nil, fmt.Errorf("port block %d: want 1-%d", o.Ports, 65535-portBlock+1)
+	}
+	placePorts(o.Block, o.Ports)
 	res := &Results{
 		Started: time.Now(), Scenarios: o.Scenarios, Contenders: o.Contenders, Loads: o.Loads, Rounds: o.Rounds,
 		Warmup: o.Warmup, Measure: o.Measure, MeasureMid: o.MeasureMid,

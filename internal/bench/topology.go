@@ -13,7 +13,10 @@ import (
 // same addresses (one contender runs at a time), so the load generator does
 // not change, except for the peers contender, which has no entry points:
 // its clients go to the node sites 1..Entries instead.
-const (
+//
+// These are the ports by default; Run moves them, and the admin APIs', into
+// the block at Options.Ports when that is set.
+var (
 	appPort   = 18000
 	agentPort = 18001
 	sitePort  = 18080
@@ -23,12 +26,44 @@ const (
 
 // hostBase and adminBase place a run's addresses: nodes on
 // 127.0.0.(hostBase+i), entries on 127.0.0.(hostBase+10+j), admin APIs on
-// 127.0.0.1:(adminBase+...). Run sets them from Options.Block, so that the
-// test and a benchmark can run at once.
+// 127.0.0.1:(adminBase+...). Run sets them from Options.Block (and
+// adminBase from Options.Ports), so that the test and a benchmark can run
+// at once.
 var (
 	hostBase  = 10
 	adminBase = 12000
 )
+
+// portBlock is the number of consecutive ports from Options.Ports a run
+// uses: admin APIs from the block's first port (nodes +1.., entries
+// +21..), then the app, agent, site, entry and UDP ports at +30 to +34.
+const portBlock = 35
+
+// placePorts sets the addresses of a run in block (Options.Block) and, if
+// ports is not 0, the ports in the block of portBlock ports from ports;
+// otherwise the default ports.
+func placePorts(block, ports int) {
+	hostBase, adminBase = 10+100*block, 12000+100*block
+	appPort, agentPort, sitePort, entryPort, udpPort = 18000, 18001, 18080, 18090, 14445
+	if ports != 0 {
+		adminBase = ports
+		appPort, agentPort, sitePort, entryPort, udpPort = ports+30, ports+31, ports+32, ports+33, ports+34
+	}
+}
+
+// runHosts returns the loopback addresses a run in block (Options.Block) with
+// at most nodes nodes and entries entry points listens on, admin APIs'
+// 127.0.0.1 first: what a free Options.Ports block must be free on.
+func runHosts(block, nodes, entries int) []string {
+	hosts := []string{"127.0.0.1"}
+	for i := 1; i <= nodes; i++ {
+		hosts = append(hosts, "127.0.0."+strconv.Itoa(10+100*block+i))
+	}
+	for j := 1; j <= entries; j++ {
+		hosts = append(hosts, "127.0.0."+strconv.Itoa(10+100*block+10+j))
+	}
+	return hosts
+}
 
 func nodeHost(i int) string  { return "127.0.0." + strconv.Itoa(hostBase+i) }
 func entryHost(j int) string { return "127.0.0." + strconv.Itoa(hostBase+10+j) }

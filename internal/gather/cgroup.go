@@ -1,4 +1,4 @@
-package backhand
+package gather
 
 import (
 	"bytes"

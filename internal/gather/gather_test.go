@@ -1,4 +1,4 @@
-package backhand
+package gather
 
 import (
 	"errors"
@@ -26,9 +26,9 @@ func (h *fakeHost) source() hostSource {
 	}
 }
 
-func fakeGatherer(t *testing.T, cgroupRoot string) (*systemGatherer, *fakeHost) {
+func fakeGatherer(t *testing.T, cgroupRoot string) (*Gatherer, *fakeHost) {
 	t.Helper()
-	g := newSystemGatherer(cgroupRoot)
+	g := New(cgroupRoot)
 	h := &fakeHost{times: cpuTimes{idle: 300, total: 1000}}
 	g.host = h.source()
 	return g, h
@@ -38,23 +38,23 @@ func TestGatherHost(t *testing.T) {
 	for _, root := range []string{"testdata/cgroup/unlimited", "testdata/cgroup/root", "testdata/cgroup/none"} {
 		g, h := fakeGatherer(t, root)
 		now := time.Unix(1000, 0)
-		var f Figures
-		if err := g.sample(now, &f); err != nil {
+		var f Sample
+		if err := g.Sample(now, &f); err != nil {
 			t.Fatalf("%s: sample: %v", root, err)
 		}
-		want := Figures{Load1000: 1500, CPUMilli: 4000, CPUIdle1000: 300, MemTotal: 8 << 30, MemAvail: 6 << 30}
+		want := Sample{Load1000: 1500, CPUMilli: 4000, CPUIdle1000: 300, MemTotal: 8 << 30, MemAvail: 6 << 30}
 		if f != want {
 			t.Errorf("%s: first sample = %+v, want %+v (idle since boot)", root, f, want)
 		}
 		h.times = cpuTimes{idle: 300 + 90, total: 1000 + 100}
-		if err := g.sample(now.Add(time.Second), &f); err != nil {
+		if err := g.Sample(now.Add(time.Second), &f); err != nil {
 			t.Fatal(err)
 		}
 		if f.CPUIdle1000 != 900 {
 			t.Errorf("%s: idle over the interval = %d, want 900", root, f.CPUIdle1000)
 		}
 		// No tick between calls: the previous share stays.
-		if err := g.sample(now.Add(time.Second), &f); err != nil || f.CPUIdle1000 != 900 {
+		if err := g.Sample(now.Add(time.Second), &f); err != nil || f.CPUIdle1000 != 900 {
 			t.Errorf("%s: idle without ticks = %d, %v; want 900", root, f.CPUIdle1000, err)
 		}
 	}
@@ -62,11 +62,11 @@ func TestGatherHost(t *testing.T) {
 
 func TestGatherCgroupLimited(t *testing.T) {
 	g, _ := fakeGatherer(t, "testdata/cgroup/limited")
-	var f Figures
-	if err := g.sample(time.Unix(1000, 0), &f); err != nil {
+	var f Sample
+	if err := g.Sample(time.Unix(1000, 0), &f); err != nil {
 		t.Fatal(err)
 	}
-	want := Figures{
+	want := Sample{
 		Load1000:    0,    // no history yet
 		CPUMilli:    2000, // 200000/100000
 		CPUIdle1000: 1000, // no history yet
@@ -80,8 +80,8 @@ func TestGatherCgroupLimited(t *testing.T) {
 
 func TestGatherCgroupCPUOnly(t *testing.T) {
 	g, _ := fakeGatherer(t, "testdata/cgroup/cpuonly")
-	var f Figures
-	if err := g.sample(time.Unix(1000, 0), &f); err != nil {
+	var f Sample
+	if err := g.Sample(time.Unix(1000, 0), &f); err != nil {
 		t.Fatal(err)
 	}
 	if f.CPUMilli != 1500 || f.MemTotal != 8<<30 || f.MemAvail != 6<<30 {
@@ -97,7 +97,7 @@ func TestGatherCgroupIdleAndLoad(t *testing.T) {
 	}
 	g.cg = cgroupFS{fsys: cg}
 	t0 := time.Unix(1000, 0)
-	var f Figures
+	var f Sample
 
 	setUsage(1e6)
 	mustSample(t, g, t0, &f)
@@ -141,9 +141,9 @@ func TestGatherCgroupIdleAndLoad(t *testing.T) {
 	}
 }
 
-func mustSample(t *testing.T, g *systemGatherer, now time.Time, f *Figures) {
+func mustSample(t *testing.T, g *Gatherer, now time.Time, f *Sample) {
 	t.Helper()
-	if err := g.sample(now, f); err != nil {
+	if err := g.Sample(now, f); err != nil {
 		t.Fatalf("sample: %v", err)
 	}
 }
@@ -157,7 +157,7 @@ func TestGatherCgroupCappedByHost(t *testing.T) {
 		"memory.current": {Data: []byte("1073741824\n")},
 		"memory.stat":    {Data: []byte("inactive_file 0\n")},
 	}}
-	var f Figures
+	var f Sample
 	mustSample(t, g, time.Unix(1000, 0), &f)
 	if f.CPUMilli != 4000 || f.MemTotal != 8<<30 || f.MemAvail != 6<<30 {
 		t.Errorf("sample = %+v, want the host's 4 CPUs, 8 GiB, 6 GiB available", f)
@@ -166,13 +166,13 @@ func TestGatherCgroupCappedByHost(t *testing.T) {
 
 func TestGatherCgroupMalformed(t *testing.T) {
 	g, _ := fakeGatherer(t, "testdata/cgroup/malformed")
-	var f Figures
-	err := g.sample(time.Unix(1000, 0), &f)
+	var f Sample
+	err := g.Sample(time.Unix(1000, 0), &f)
 	if err == nil {
 		t.Fatal("sample succeeded on malformed cgroup files")
 	}
 	// cpu.max and memory.max cannot be parsed: host figures, and the errors.
-	want := Figures{Load1000: 1500, CPUMilli: 4000, CPUIdle1000: 300, MemTotal: 8 << 30, MemAvail: 6 << 30}
+	want := Sample{Load1000: 1500, CPUMilli: 4000, CPUIdle1000: 300, MemTotal: 8 << 30, MemAvail: 6 << 30}
 	if f != want {
 		t.Errorf("sample = %+v, want host figures %+v", f, want)
 	}
@@ -181,12 +181,12 @@ func TestGatherCgroupMalformed(t *testing.T) {
 
 func TestGatherCgroupBadStat(t *testing.T) {
 	g, _ := fakeGatherer(t, "testdata/cgroup/badstat")
-	f := Figures{Load1000: 7, CPUIdle1000: 8, MemAvail: 9}
-	if err := g.sample(time.Unix(1000, 0), &f); err == nil {
+	f := Sample{Load1000: 7, CPUIdle1000: 8, MemAvail: 9}
+	if err := g.Sample(time.Unix(1000, 0), &f); err == nil {
 		t.Fatal("sample succeeded without usage_usec and inactive_file")
 	}
 	// The limits are known; what depends on the bad files is left alone.
-	want := Figures{Load1000: 7, CPUMilli: 500, CPUIdle1000: 8, MemTotal: 1 << 20, MemAvail: 9}
+	want := Sample{Load1000: 7, CPUMilli: 500, CPUIdle1000: 8, MemTotal: 1 << 20, MemAvail: 9}
 	if f != want {
 		t.Errorf("sample = %+v, want %+v", f, want)
 	}
@@ -195,9 +195,9 @@ func TestGatherCgroupBadStat(t *testing.T) {
 func TestGatherHostErrors(t *testing.T) {
 	g, h := fakeGatherer(t, "testdata/cgroup/root")
 	h.err = errors.New("no /proc")
-	f := Figures{Load1000: 1, CPUMilli: 2, CPUIdle1000: 3, MemTotal: 4, MemAvail: 5}
+	f := Sample{Load1000: 1, CPUMilli: 2, CPUIdle1000: 3, MemTotal: 4, MemAvail: 5}
 	before := f
-	err := g.sample(time.Unix(1000, 0), &f)
+	err := g.Sample(time.Unix(1000, 0), &f)
 	if err == nil {
 		t.Fatal("sample succeeded with a failing host")
 	}
@@ -212,21 +212,21 @@ func TestGatherHostErrors(t *testing.T) {
 func TestGatherRecoversPanic(t *testing.T) {
 	g, _ := fakeGatherer(t, "testdata/cgroup/root")
 	g.host.loadAvg1 = func() (float64, error) { panic("boom") }
-	var f Figures
-	if err := g.sample(time.Unix(1000, 0), &f); err == nil {
+	var f Sample
+	if err := g.Sample(time.Unix(1000, 0), &f); err == nil {
 		t.Fatal("sample returned no error after a panic")
 	}
 	// The lock was released: the next call does not deadlock.
 	g.host.loadAvg1 = func() (float64, error) { return 0, nil }
-	if err := g.sample(time.Unix(1001, 0), &f); err != nil {
+	if err := g.Sample(time.Unix(1001, 0), &f); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestGatherRealHost(t *testing.T) {
-	g := newSystemGatherer("")
-	var f Figures
-	err := g.sample(time.Now(), &f)
+	g := New("")
+	var f Sample
+	err := g.Sample(time.Now(), &f)
 	if runtime.GOOS != "linux" {
 		t.Skipf("figures on %s: %+v, error %v", runtime.GOOS, f, err)
 	}
@@ -237,7 +237,7 @@ func TestGatherRealHost(t *testing.T) {
 		t.Errorf("implausible figures %+v", f)
 	}
 	time.Sleep(20 * time.Millisecond)
-	if err := g.sample(time.Now(), &f); err != nil {
+	if err := g.Sample(time.Now(), &f); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("figures: %+v", f)

@@ -1,4 +1,9 @@
-package backhand
+// Package gather samples a node's operating system figures for its
+// announcements: load, CPUs, CPU idle share and memory, from the host or,
+// inside a cgroup v2 that limits them, from the cgroup. It is the only part
+// of the plugin that reads the operating system's figures, so that the rest
+// does not depend on gopsutil.
+package gather
 
 import (
 	"errors"
@@ -13,8 +18,32 @@ import (
 	"github.com/shirou/gopsutil/v4/mem"
 )
 
-// systemGatherer samples this machine's (or its cgroup's) figures once per
-// interval.
+// Sample is one sample of the operating system's figures. The fields have
+// the meaning, and the x1000 fixed-point convention, of the announced
+// figures' fields of the same names, which the announcer copies them into.
+type Sample struct {
+	// Load1000 is the one-minute load average x1000, or inside a cgroup
+	// with a CPU quota a one-minute EWMA of the CPUs the cgroup used.
+	Load1000 uint32
+
+	// CPUMilli is the number of CPUs x1000: the host's logical CPUs, or the
+	// cgroup's CPU quota capped at them.
+	CPUMilli uint32
+
+	// CPUIdle1000 is the share of CPU time that was idle since the previous
+	// sample, x1000 (1000 = idle).
+	CPUIdle1000 uint16
+
+	// MemTotal and MemAvail are total and available memory in bytes, or the
+	// cgroup's memory limit and what is left of it.
+	MemTotal uint64
+	MemAvail uint64
+}
+
+// Gatherer samples this machine's (or its cgroup's) figures, once per
+// announcement interval. It keeps what the next sample needs (the previous
+// CPU times), so one Gatherer serves one node. It is safe for concurrent
+// use.
 //
 // CPU and memory are each taken from the cgroup v2 when it sets a limit for
 // them (cpu.max, memory.max), and from the host otherwise, because inside a
@@ -28,8 +57,8 @@ import (
 // cgroup's usage counter says nothing about the rate until it has been read
 // twice.
 //
-// Sources that fail leave their fields of Figures as they were.
-type systemGatherer struct {
+// Sources that fail leave their fields of the Sample as they were.
+type Gatherer struct {
 	cg   cgroupFS
 	host hostSource
 
@@ -63,14 +92,15 @@ type hostSource struct {
 	memory      func() (total, avail uint64, err error)
 }
 
-// newSystemGatherer returns a gatherer reading the cgroup v2 directory
-// cgroupRoot, or this process's own cgroup when cgroupRoot is "" (see
-// detectCgroupDir).
-func newSystemGatherer(cgroupRoot string) *systemGatherer {
+// New returns a Gatherer reading the cgroup v2 directory cgroupRoot, or
+// this process's own cgroup when cgroupRoot is "" (see detectCgroupDir).
+// A directory without the cgroup's interface files means no limits: the
+// host's figures.
+func New(cgroupRoot string) *Gatherer {
 	if cgroupRoot == "" {
 		cgroupRoot = detectCgroupDir()
 	}
-	return &systemGatherer{
+	return &Gatherer{
 		cg:           cgroupFS{fsys: os.DirFS(cgroupRoot)},
 		host:         gopsutilHost(),
 		hostLastIdle: 1000,
@@ -118,11 +148,10 @@ func hostCPUTimes() (cpuTimes, error) {
 	}, nil
 }
 
-// sample fills f.Load1000, f.CPUMilli, f.CPUIdle1000, f.MemTotal and
-// f.MemAvail at time now. It fills what it can and returns the errors of the
+// Sample fills s with the figures at time now. It fills what it can and returns the errors of the
 // sources that failed, joined. It never panics: a panic in a source library
 // is returned as an error, since a figure is not worth the server.
-func (g *systemGatherer) sample(now time.Time, f *Figures) (err error) {
+func (g *Gatherer) Sample(now time.Time, s *Sample) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = errors.Join(err, fmt.Errorf("gather: panic: %v", r))
@@ -130,12 +159,12 @@ func (g *systemGatherer) sample(now time.Time, f *Figures) (err error) {
 	}()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return errors.Join(g.sampleCPU(now, f), g.sampleMemory(f))
+	return errors.Join(g.sampleCPU(now, s), g.sampleMemory(s))
 }
 
 // sampleCPU fills the CPU figures from the cgroup if it has a CPU quota, else
 // from the host. A cpu.max that cannot be read falls back to the host.
-func (g *systemGatherer) sampleCPU(now time.Time, f *Figures) error {
+func (g *Gatherer) sampleCPU(now time.Time, f *Sample) error {
 	quota, period, limited, err := g.cg.cpuLimit()
 	if err != nil || !limited {
 		return errors.Join(err, g.sampleHostCPU(f))
@@ -144,7 +173,7 @@ func (g *systemGatherer) sampleCPU(now time.Time, f *Figures) error {
 }
 
 // sampleHostCPU fills the CPU figures from the host.
-func (g *systemGatherer) sampleHostCPU(f *Figures) error {
+func (g *Gatherer) sampleHostCPU(f *Sample) error {
 	var errs []error
 	if l, err := g.host.loadAvg1(); err != nil {
 		errs = append(errs, fmt.Errorf("gather: load average: %w", err))
@@ -165,7 +194,7 @@ func (g *systemGatherer) sampleHostCPU(f *Figures) error {
 }
 
 // logicalCPUs is the host's number of logical CPUs, an error if none.
-func (g *systemGatherer) logicalCPUs() (int, error) {
+func (g *Gatherer) logicalCPUs() (int, error) {
 	n, err := g.host.logicalCPUs()
 	if err != nil {
 		return 0, fmt.Errorf("gather: CPU count: %w", err)
@@ -179,7 +208,7 @@ func (g *systemGatherer) logicalCPUs() (int, error) {
 // hostIdle returns the idle share x1000 since the previous call, or since
 // boot on the first call. When no time passed between calls it returns the
 // previous share.
-func (g *systemGatherer) hostIdle() (uint16, error) {
+func (g *Gatherer) hostIdle() (uint16, error) {
 	t, err := g.host.cpuTimes()
 	if err != nil {
 		return 0, fmt.Errorf("gather: CPU times: %w", err)
@@ -198,7 +227,7 @@ func (g *systemGatherer) hostIdle() (uint16, error) {
 
 // sampleCgroupCPU fills the CPU figures from a cgroup with a quota. The
 // quota is capped at the host's CPUs, since a quota above them cannot be used.
-func (g *systemGatherer) sampleCgroupCPU(now time.Time, quota, period uint64, f *Figures) error {
+func (g *Gatherer) sampleCgroupCPU(now time.Time, quota, period uint64, f *Sample) error {
 	cpus := float64(quota) / float64(period)
 	var errs []error
 	if n, err := g.logicalCPUs(); err != nil {
@@ -222,7 +251,7 @@ func (g *systemGatherer) sampleCgroupCPU(now time.Time, quota, period uint64, f 
 // load: a one-minute EWMA of CPUs used, decayed by exp(-dt/60s) as the
 // kernel's load average is. The EWMA starts at the first rate measured, not
 // at 0, so that a restarted node does not look idle for a minute.
-func (g *systemGatherer) updateCgroupCPU(now time.Time, usage uint64, cpus float64) {
+func (g *Gatherer) updateCgroupCPU(now time.Time, usage uint64, cpus float64) {
 	dt := now.Sub(g.cgPrevAt)
 	switch {
 	case g.cgPrevOK && dt == 0:
@@ -248,7 +277,7 @@ func (g *systemGatherer) updateCgroupCPU(now time.Time, usage uint64, cpus float
 // sampleMemory fills the memory figures from the cgroup if it has a memory
 // limit, else from the host. A memory.max that cannot be read falls back to
 // the host.
-func (g *systemGatherer) sampleMemory(f *Figures) error {
+func (g *Gatherer) sampleMemory(f *Sample) error {
 	limit, limited, err := g.cg.memLimit()
 	if err != nil || !limited {
 		return errors.Join(err, g.sampleHostMemory(f))
@@ -257,7 +286,7 @@ func (g *systemGatherer) sampleMemory(f *Figures) error {
 }
 
 // sampleHostMemory fills the memory figures from the host.
-func (g *systemGatherer) sampleHostMemory(f *Figures) error {
+func (g *Gatherer) sampleHostMemory(f *Sample) error {
 	total, avail, err := g.host.memory()
 	if err != nil {
 		return fmt.Errorf("gather: memory: %w", err)
@@ -271,7 +300,7 @@ func (g *systemGatherer) sampleHostMemory(f *Figures) error {
 // has, since a limit above the host's memory, or memory the host's other
 // tenants hold, cannot be used; when the host cannot be read, the cgroup's
 // figures stand alone.
-func (g *systemGatherer) sampleCgroupMemory(limit uint64, f *Figures) error {
+func (g *Gatherer) sampleCgroupMemory(limit uint64, f *Sample) error {
 	hostTotal, hostAvail, hostErr := g.host.memory()
 	if hostErr != nil || hostTotal == 0 {
 		hostTotal, hostAvail = math.MaxUint64, math.MaxUint64
