@@ -20,6 +20,8 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/time/rate"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // announcer is the running side of one App: it owns the sockets, sends this
@@ -30,7 +32,7 @@ type announcer struct {
 	logger *zap.Logger
 	conns  []net.PacketConn
 	send   net.PacketConn
-	sign   *signer                          // used by sendLoop only
+	sign   *wire.Signer                     // used by sendLoop only
 	dests  atomic.Pointer[[]netip.AddrPort] // unicast peers, resolved
 
 	resolved map[string][]netip.AddrPort // last good addresses per peer host:port
@@ -52,7 +54,7 @@ func startAnnouncer(app *App) (*announcer, error) {
 		app:       app,
 		node:      app.node,
 		logger:    app.logger,
-		sign:      newSigner(app.key),
+		sign:      wire.NewSigner(app.key),
 		resolved:  map[string][]netip.AddrPort{},
 		system:    gather.New(""),
 		rejectLog: rate.NewLimiter(rate.Every(time.Second), 10),
@@ -246,7 +248,7 @@ func (an *announcer) sendLoop(ctx context.Context) {
 // sends the datagram to every destination. It returns buf for reuse.
 func (an *announcer) announce(ctx context.Context, now time.Time, buf []byte) []byte {
 	app := an.app
-	a := announcement{
+	a := wire.Announcement{
 		Incarnation: an.node.incarnation,
 		Seq:         an.node.seq.Add(1),
 		SentAt:      now.UnixNano(),
@@ -261,7 +263,7 @@ func (an *announcer) announce(ctx context.Context, now time.Time, buf []byte) []
 		Incarnation: a.Incarnation, Seq: a.Seq, SentAt: a.SentAt,
 		ReceivedAt: now, FirstSeen: now,
 	})
-	buf, err := a.encode(buf, an.sign)
+	buf, err := a.Encode(buf, an.sign)
 	if err != nil {
 		an.logger.Error("encoding announcement", zap.Error(err))
 		return buf
@@ -377,9 +379,9 @@ func (an *announcer) logStateChange(p *Peer, from, to string, now time.Time) {
 
 // readLoop receives datagrams until the socket is closed.
 func (an *announcer) readLoop(pc net.PacketConn) {
-	buf := make([]byte, maxDatagram+1) // one more byte detects oversized datagrams
-	v := newSigner(an.app.key)
-	var a announcement
+	buf := make([]byte, wire.MaxDatagram+1) // one more byte detects oversized datagrams
+	v := wire.NewSigner(an.app.key)
+	var a wire.Announcement
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -404,13 +406,13 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 // receive checks one datagram and takes it into the table.
-func (an *announcer) receive(b []byte, from netip.AddrPort, v *signer, a *announcement, now time.Time) {
+func (an *announcer) receive(b []byte, from netip.AddrPort, v *wire.Signer, a *wire.Announcement, now time.Time) {
 	t := an.node.table
 	if len(an.app.accept) > 0 && !slices.ContainsFunc(an.app.accept, func(p netip.Prefix) bool { return p.Contains(from.Addr()) }) {
 		an.rejected(t.countReject(rejectACL), from, nil)
 		return
 	}
-	if err := a.decode(b, v); err != nil {
+	if err := a.Decode(b, v); err != nil {
 		an.rejected(t.countReject(reasonOf(err)), from, nil)
 		return
 	}
@@ -430,7 +432,7 @@ func (an *announcer) receive(b []byte, from netip.AddrPort, v *signer, a *announ
 
 // rejected logs a rejection at debug level, rate-limited so that a flood
 // cannot flood the log. Counting is the table's job.
-func (an *announcer) rejected(r rejectReason, from netip.AddrPort, a *announcement) {
+func (an *announcer) rejected(r rejectReason, from netip.AddrPort, a *wire.Announcement) {
 	if !an.logger.Core().Enabled(zap.DebugLevel) || !an.rejectLog.Allow() {
 		return
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/caddy-backhand/backhand/internal/cluster"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // TestAnnouncementCPU measures what receiving 1000 announcements a second
@@ -55,7 +57,7 @@ func TestAnnouncementCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s := newSigner(announceKey([]byte(key)))
+	s := wire.NewSigner(wire.AnnounceKey([]byte(key)))
 	sent := 0
 	busy := cpuDuring(t, node.Pid(), seconds*time.Second, func(ctx context.Context) {
 		// Ten datagrams every 10ms: a 1ms ticker cannot keep time on a
@@ -76,7 +78,7 @@ func TestAnnouncementCPU(t *testing.T) {
 				seqs[p]++
 				a := sampleAnnouncement()
 				a.Cluster, a.Node, a.Seq, a.Incarnation, a.SentAt = "measure", fmt.Sprintf("peer-%03d", p), seqs[p], uint64(p), time.Now().UnixNano()
-				buf, _ = a.encode(buf[:0], s)
+				buf, _ = a.Encode(buf[:0], s)
 				if _, err := conn.Write(buf); err == nil {
 					sent++
 				}
@@ -93,9 +95,9 @@ func TestAnnouncementCPU(t *testing.T) {
 		100*idle.Seconds()/seconds, 100*busy.Seconds()/seconds, float64((busy-idle).Microseconds())/float64(max(sent, 1)))
 }
 
-func mustEncode(t *testing.T, s *signer) []byte {
+func mustEncode(t *testing.T, s *wire.Signer) []byte {
 	a := sampleAnnouncement()
-	b, err := a.encode(nil, s)
+	b, err := a.Encode(nil, s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // freeUDPPort returns a UDP port that was free on ip a moment ago.
@@ -121,7 +123,7 @@ func TestAnnounceWrongKeyRejected(t *testing.T) {
 		Listen: []string{fmt.Sprintf("udp/127.0.0.3:%d", pb)}, Peers: peers, Key: "the-WRONG-key-for-this-test"})
 
 	waitFor(t, 2*time.Second, "a counts b's datagrams as bad_mac", func() bool {
-		return a.node.table.rejects[rejectBadMAC].Load() >= 3
+		return a.node.table.rejects[rejectReason(wire.BadMAC)].Load() >= 3
 	})
 	if p := a.node.table.lookup("b"); p != nil {
 		t.Errorf("a took b into its table despite the wrong key: %+v", p)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // setDefaults fills every option left empty with its default (module.go
@@ -75,18 +77,18 @@ func (a *App) Validate() error {
 }
 
 func (a *App) validateIdentity() error {
-	if len(a.Name) > maxNameLen || !printable(a.Name) {
-		return errOption("name", "%q must be 1-%d printable bytes without spaces", a.Name, maxNameLen)
+	if len(a.Name) > wire.MaxNameLen || !printable(a.Name) {
+		return errOption("name", "%q must be 1-%d printable bytes without spaces", a.Name, wire.MaxNameLen)
 	}
-	if len(a.Cluster) > maxNameLen || !printable(a.Cluster) {
-		return errOption("cluster", "%q must be 1-%d printable bytes without spaces", a.Cluster, maxNameLen)
+	if len(a.Cluster) > wire.MaxNameLen || !printable(a.Cluster) {
+		return errOption("cluster", "%q must be 1-%d printable bytes without spaces", a.Cluster, wire.MaxNameLen)
 	}
-	if len(a.Tags) > maxTags {
-		return errOption("tags", "at most %d tags, got %d", maxTags, len(a.Tags))
+	if len(a.Tags) > wire.MaxTags {
+		return errOption("tags", "at most %d tags, got %d", wire.MaxTags, len(a.Tags))
 	}
 	for _, t := range a.Tags {
-		if t == "" || len(t) > maxTagLen || !printable(t) {
-			return errOption("tags", "%q must be 1-%d printable bytes without spaces", t, maxTagLen)
+		if t == "" || len(t) > wire.MaxTagLen || !printable(t) {
+			return errOption("tags", "%q must be 1-%d printable bytes without spaces", t, wire.MaxTagLen)
 		}
 	}
 	return nil
@@ -119,8 +121,8 @@ func parseAdvertise(s string) (string, error) {
 	if _, err := parsePort(port); err != nil {
 		return "", fmt.Errorf("%q: %v", s, err)
 	}
-	if len(hostport) > maxAddrLen {
-		return "", fmt.Errorf("%q is longer than %d bytes", s, maxAddrLen)
+	if len(hostport) > wire.MaxAddrLen {
+		return "", fmt.Errorf("%q is longer than %d bytes", s, wire.MaxAddrLen)
 	}
 	return hostport, nil
 }
@@ -158,7 +160,7 @@ func (a *App) compileKey() error {
 		return errOption("key", "is %d bytes after replacing placeholders; at least %d are required", len(key), minKeyLen)
 	default:
 		a.secret = []byte(key)
-		a.key = announceKey(a.secret)
+		a.key = wire.AnnounceKey(a.secret)
 	}
 	return nil
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 func init() {
@@ -121,9 +123,9 @@ func withBackhandDefaults(raw json.RawMessage) (json.RawMessage, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := time.Now()
 	keys := h.node.keys.Load()
-	if marker := r.Header.Get(hopHeader); marker != "" {
-		r.Header.Del(hopHeader)
-		if _, client, ok := checkHop(keys.hop, marker, now); ok {
+	if marker := r.Header.Get(wire.HopHeader); marker != "" {
+		r.Header.Del(wire.HopHeader)
+		if _, client, ok := wire.CheckHop(keys.hop, marker, now); ok {
 			if client != "" {
 				caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, client)
 			}
@@ -180,14 +182,14 @@ func (h *Handler) decide(w http.ResponseWriter, r *http.Request, st *requestStat
 // every try failed before a response started.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, keys *derivedKeys) error {
 	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	r.Header.Set(hopHeader, hopMarker(keys.hop, h.app.Name, client, time.Now()))
+	r.Header.Set(wire.HopHeader, wire.HopMarker(keys.hop, h.app.Name, client, time.Now()))
 	counter := st.claimCounting(roleDirective)
 	st.handlerEnds()
 	st.releaseBusy() // backhand_track's count: a peer serves it, not this node
 	tw := &startedWriter{ResponseWriter: w}
 	err := h.proxy.ServeHTTP(tw, r, next)
 	st.finish(time.Now())
-	r.Header.Del(hopHeader)
+	r.Header.Del(wire.HopHeader)
 	if err != nil && !tw.started && r.Context().Err() == nil {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
 		st.servedHere()

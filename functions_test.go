@@ -13,6 +13,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // now is the fixed time of the chain tests.
@@ -225,7 +227,7 @@ func TestPrediction(t *testing.T) {
 		t.Errorf("with addPrediction: got %v, want [b a me]: a is at 10+5", got)
 	}
 	// A new announcement from a already includes those requests.
-	mustAccept(t, n.table, &announcement{Node: "a", Incarnation: 1, Seq: 1, SentAt: time.Now().UnixNano(), Figures: Figures{Busy: 15, Capacity: 100}}, time.Now())
+	mustAccept(t, n.table, &wire.Announcement{Node: "a", Incarnation: 1, Seq: 1, SentAt: time.Now().UnixNano(), Figures: Figures{Busy: 15, Capacity: 100}}, time.Now())
 	if got := n.table.lookupSlot("a").local.sentSinceAnnounce(); got != 0 {
 		t.Errorf("after a's announcement, %d requests count as unannounced, want 0", got)
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/time/rate"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // scrape gathers c from a pedantic registry, as Caddy's, and returns the
@@ -150,12 +152,12 @@ func TestMetricsPeerCardinality(t *testing.T) {
 	app, at := scripted(t)
 	an := &announcer{app: app, node: app.node, logger: app.logger, rejectLog: rate.NewLimiter(rate.Inf, 1)}
 	for i := range 100 {
-		a := announcement{Cluster: "demo", Node: fmt.Sprintf("flood-%d", i), Incarnation: 1, Seq: 1, SentAt: at.UnixNano(), Advertise: "127.0.0.9:80"}
-		b, err := a.encode(nil, newSigner(scriptKey))
+		a := wire.Announcement{Cluster: "demo", Node: fmt.Sprintf("flood-%d", i), Incarnation: 1, Seq: 1, SentAt: at.UnixNano(), Advertise: "127.0.0.9:80"}
+		b, err := a.Encode(nil, wire.NewSigner(scriptKey))
 		if err != nil {
 			t.Fatal(err)
 		}
-		an.receive(b, srcAddr, newSigner(scriptKey), new(announcement), at)
+		an.receive(b, srcAddr, wire.NewSigner(scriptKey), new(wire.Announcement), at)
 	}
 	mfs := scrape(t, newCollector(func() *App { return app }, func() time.Time { return at }))
 	maxPeers := app.node.table.limits.Load().maxPeers

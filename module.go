@@ -21,6 +21,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 func init() {
@@ -303,21 +305,15 @@ func newNode() *node {
 // derivedKeys are the keys derived from the cluster's shared secret for
 // what it authenticates besides announcements; nil without a secret.
 type derivedKeys struct {
-	cookie []byte     // byCookie's cookies
-	hop    *hopSigner // the hop marker of forwarded requests
+	cookie []byte          // byCookie's cookies
+	hop    *wire.HopSigner // the hop marker of forwarded requests
 }
-
-// Labels that separate the keys derived from one secret.
-const (
-	cookieLabel = "caddy-backhand cookie v1"
-	hopLabel    = "caddy-backhand hop v1"
-)
 
 func deriveKeys(secret []byte) *derivedKeys {
 	if secret == nil {
 		return &derivedKeys{}
 	}
-	return &derivedKeys{cookie: deriveKey(secret, cookieLabel), hop: newHopSigner(deriveKey(secret, hopLabel))}
+	return &derivedKeys{cookie: wire.CookieKey(secret), hop: wire.NewHopSigner(secret)}
 }
 
 // Destruct implements caddy.Destructor; the node holds no OS resources.
@@ -344,8 +340,8 @@ func defaultName() string {
 	if err != nil || h == "" {
 		return "caddy-" + strconv.Itoa(os.Getpid())
 	}
-	if len(h) > maxNameLen {
-		h = h[:maxNameLen]
+	if len(h) > wire.MaxNameLen {
+		h = h[:wire.MaxNameLen]
 	}
 	return h
 }

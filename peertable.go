@@ -1,6 +1,7 @@
 package backhand
 
 import (
+	"errors"
 	"math"
 	"net/netip"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // Peer is one node of the cluster as this node last heard it. A Peer is
@@ -59,19 +62,14 @@ func (p *Peer) HasTags(tags []string) bool {
 	return true
 }
 
-// rejectReason says why a datagram was not taken into the table.
+// rejectReason says why a datagram was not taken into the table: first
+// wire's reasons, which Decode finds in the datagram itself (truncated,
+// bad_mac ...), with the same values, then the table's own. Their names
+// label metrics and the status page.
 type rejectReason uint8
 
 const (
-	rejectTruncated rejectReason = iota
-	rejectOversized
-	rejectBadMagic
-	rejectBadVersion
-	rejectMalformed
-	rejectUnsigned     // we need a key; the datagram has no MAC
-	rejectAuthMismatch // we run without a key; the datagram is signed
-	rejectBadMAC
-	rejectWrongCluster
+	rejectWrongCluster rejectReason = rejectReason(wire.NumReasons) + iota
 	rejectACL
 	rejectReplay
 	rejectOutOfWindow // send time too far from our clock
@@ -80,17 +78,35 @@ const (
 	numRejectReasons
 )
 
-var rejectNames = [numRejectReasons]string{
-	"truncated", "oversized", "bad_magic", "bad_version", "malformed",
-	"unsigned", "auth_mismatch", "bad_mac", "wrong_cluster", "acl",
-	"replay", "out_of_window", "table_full", "duplicate_id",
+var rejectNames = [numRejectReasons - rejectReason(wire.NumReasons)]string{
+	"wrong_cluster", "acl", "replay", "out_of_window", "table_full", "duplicate_id",
 }
 
 func (r rejectReason) String() string {
-	if r < numRejectReasons {
-		return rejectNames[r]
+	switch {
+	case r < rejectReason(wire.NumReasons):
+		return wire.Reason(r).String()
+	case r < numRejectReasons:
+		return rejectNames[r-rejectReason(wire.NumReasons)]
 	}
 	return "unknown"
+}
+
+// errReject is a datagram rejected for a reason that the peer table counts.
+type errReject struct{ reason rejectReason }
+
+func (e errReject) Error() string { return "announcement rejected: " + e.reason.String() }
+
+func reject(r rejectReason) error { return errReject{r} }
+
+// reasonOf returns the rejection reason carried by err, from the table or
+// from wire's Decode (wire.Malformed for any other error).
+func reasonOf(err error) rejectReason {
+	var e errReject
+	if errors.As(err, &e) {
+		return e.reason
+	}
+	return rejectReason(wire.ReasonOf(err))
 }
 
 // tableLimits are the parts of the config the table enforces. The table
@@ -221,7 +237,7 @@ var errOwn = reject(numRejectReasons)
 // accept takes a verified announcement from src into the table, enforcing
 // the time window, replay order and the size bound. It reports whether a
 // new node joined. Rejections are counted.
-func (t *peerTable) accept(a *announcement, src netip.AddrPort, now time.Time) (joined bool, err error) {
+func (t *peerTable) accept(a *wire.Announcement, src netip.AddrPort, now time.Time) (joined bool, err error) {
 	l := t.limits.Load()
 	if a.Node == l.selfName {
 		if a.Incarnation == l.incarnation {

@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 var (
@@ -23,15 +26,54 @@ func testLimits() tableLimits {
 	}
 }
 
-func annAt(node string, inc, seq uint64, sent time.Time) *announcement {
-	return &announcement{Node: node, Cluster: "demo", Incarnation: inc, Seq: seq, SentAt: sent.UnixNano(), Advertise: "127.0.0.2:80"}
+var testKey = wire.AnnounceKey([]byte("0123456789abcdef-test-secret"))
+
+// sampleAnnouncement is a typical announcement, every field set.
+func sampleAnnouncement() wire.Announcement {
+	return wire.Announcement{
+		Incarnation: 0x1122334455667788,
+		Seq:         42,
+		SentAt:      t0.UnixNano(),
+		Cluster:     "demo",
+		Node:        "web-1.example.net",
+		Advertise:   "10.0.0.4:8080",
+		Tags:        []string{"cgi", "images"},
+		Figures: Figures{
+			Load1000: 1520, CPUMilli: 8000, CPUIdle1000: 713,
+			MemTotal: 32 << 30, MemAvail: 12 << 30,
+			Busy: 17, Capacity: 256, LatencyMicros: 12345, Forwarded: 99,
+			Speed: 1042, Draining: true,
+			AppWeight: 750, HasAppWeight: true, AppLoad1000: 300, HasAppLoad: true,
+		},
+	}
+}
+
+// The reasons' names label the announcements_rejected_total metric and
+// the status page: wire's first, then the table's, unchanged.
+func TestRejectReasonNames(t *testing.T) {
+	var got []string
+	for r := range numRejectReasons + 1 {
+		got = append(got, r.String())
+	}
+	want := []string{
+		"truncated", "oversized", "bad_magic", "bad_version", "malformed",
+		"unsigned", "auth_mismatch", "bad_mac", "wrong_cluster", "acl",
+		"replay", "out_of_window", "table_full", "duplicate_id", "unknown",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q,\nwant %q", got, want)
+	}
+}
+
+func annAt(node string, inc, seq uint64, sent time.Time) *wire.Announcement {
+	return &wire.Announcement{Node: node, Cluster: "demo", Incarnation: inc, Seq: seq, SentAt: sent.UnixNano(), Advertise: "127.0.0.2:80"}
 }
 
 func TestTableAcceptOrder(t *testing.T) {
 	tests := []struct {
 		name  string
-		first *announcement
-		then  *announcement
+		first *wire.Announcement
+		then  *wire.Announcement
 		at    time.Time
 		want  error // nil or the rejection
 	}{
@@ -142,10 +184,10 @@ func TestTableBoundUnderSpoofedIDs(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			an := testAnnouncer(key)
 			an.node.table.setLimits(&tableLimits{maxPeers: 1024, replayWindow: time.Minute, maxAge: time.Hour, evictAfter: time.Hour, selfName: "me"})
-			s := newSigner(key)
-			v := newSigner(key)
+			s := wire.NewSigner(key)
+			v := wire.NewSigner(key)
 			var buf []byte
-			var a announcement
+			var a wire.Announcement
 			now := time.Now()
 			const flood = 100_000
 			var before runtime.MemStats
@@ -154,8 +196,8 @@ func TestTableBoundUnderSpoofedIDs(t *testing.T) {
 					runtime.GC()
 					runtime.ReadMemStats(&before)
 				}
-				spoof := announcement{Cluster: "demo", Node: fmt.Sprintf("spoof-%d", i), Incarnation: uint64(i), Seq: 1, SentAt: now.UnixNano(), Advertise: "127.0.0.66:80"}
-				buf, _ = spoof.encode(buf[:0], s)
+				spoof := wire.Announcement{Cluster: "demo", Node: fmt.Sprintf("spoof-%d", i), Incarnation: uint64(i), Seq: 1, SentAt: now.UnixNano(), Advertise: "127.0.0.66:80"}
+				buf, _ = spoof.Encode(buf[:0], s)
 				an.receive(buf, srcAddr, v, &a, now)
 			}
 			var after runtime.MemStats
@@ -179,12 +221,12 @@ func TestReceiveACLAndCluster(t *testing.T) {
 	an := testAnnouncer(testKey)
 	an.app.accept = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/30")}
 	an.node.table.setLimits(&tableLimits{maxPeers: 16, replayWindow: time.Minute, maxAge: time.Hour, evictAfter: time.Hour, selfName: "me"})
-	s, v := newSigner(testKey), newSigner(testKey)
+	s, v := wire.NewSigner(testKey), wire.NewSigner(testKey)
 	now := time.Now()
 	send := func(cluster, node string, from string) {
-		a := announcement{Cluster: cluster, Node: node, Incarnation: 1, Seq: 1, SentAt: now.UnixNano()}
-		b, _ := a.encode(nil, s)
-		var out announcement
+		a := wire.Announcement{Cluster: cluster, Node: node, Incarnation: 1, Seq: 1, SentAt: now.UnixNano()}
+		b, _ := a.Encode(nil, s)
+		var out wire.Announcement
 		an.receive(b, netip.MustParseAddrPort(from), v, &out, now)
 	}
 	send("demo", "inside", "127.0.0.2:4445")
@@ -208,7 +250,7 @@ func testAnnouncer(key []byte) *announcer {
 	}
 }
 
-func mustAccept(t *testing.T, tab *peerTable, a *announcement, now time.Time) {
+func mustAccept(t *testing.T, tab *peerTable, a *wire.Announcement, now time.Time) {
 	t.Helper()
 	if _, err := tab.accept(a, srcAddr, now); err != nil {
 		t.Fatalf("accept %s seq %d: %v", a.Node, a.Seq, err)
@@ -238,26 +280,26 @@ func BenchmarkReceive(b *testing.B) {
 	an := testAnnouncer(testKey)
 	an.app.accept = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	an.node.table.setLimits(&tableLimits{maxPeers: 1024, replayWindow: time.Hour, maxAge: time.Hour, evictAfter: time.Hour, selfName: "me"})
-	s, v := newSigner(testKey), newSigner(testKey)
+	s, v := wire.NewSigner(testKey), wire.NewSigner(testKey)
 	const peers = 64
 	now := time.Now()
 	dgrams := make([][]byte, 0, peers)
 	seq := make([]uint64, peers)
-	anns := make([]announcement, peers)
+	anns := make([]wire.Announcement, peers)
 	for i := range peers {
 		anns[i] = sampleAnnouncement()
 		anns[i].Cluster, anns[i].Node, anns[i].SentAt = "demo", fmt.Sprintf("peer-%02d", i), now.UnixNano()
-		d, _ := anns[i].encode(nil, s)
+		d, _ := anns[i].Encode(nil, s)
 		dgrams = append(dgrams, d)
 	}
-	var a announcement
+	var a wire.Announcement
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
 		p := i % peers
 		seq[p]++
 		anns[p].Seq = seq[p]
-		dgrams[p], _ = anns[p].encode(dgrams[p][:0], s)
+		dgrams[p], _ = anns[p].Encode(dgrams[p][:0], s)
 		an.receive(dgrams[p], srcAddr, v, &a, now)
 		i++
 	}

@@ -19,10 +19,12 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // scriptKey is the cluster key of the scripted sequence.
-var scriptKey = announceKey([]byte("scripted-sequence-secret-0123"))
+var scriptKey = wire.AnnounceKey([]byte("scripted-sequence-secret-0123"))
 
 // scripted runs a fixed sequence of announcements (through the real
 // receive path: MAC, cluster, replay and table checks) and requests into a
@@ -51,17 +53,17 @@ func scripted(t *testing.T) (*App, time.Time) {
 		selfName: "me", selfAdvertise: "127.0.0.1:8001", incarnation: n.incarnation,
 	})
 
-	send := func(a announcement, key []byte, at time.Time) {
+	send := func(a wire.Announcement, key []byte, at time.Time) {
 		a.SentAt = at.UnixNano()
-		b, err := a.encode(nil, newSigner(key))
+		b, err := a.Encode(nil, wire.NewSigner(key))
 		if err != nil {
 			t.Fatal(err)
 		}
 		from := netip.AddrPortFrom(netip.MustParseAddrPort(a.Advertise).Addr(), 4445)
-		an.receive(b, from, newSigner(scriptKey), new(announcement), at)
+		an.receive(b, from, wire.NewSigner(scriptKey), new(wire.Announcement), at)
 	}
-	peer := func(name string, inc, seq uint64, host string, f Figures) announcement {
-		return announcement{Cluster: "demo", Node: name, Incarnation: inc, Seq: seq, Advertise: host + ":8001", Figures: f}
+	peer := func(name string, inc, seq uint64, host string, f Figures) wire.Announcement {
+		return wire.Announcement{Cluster: "demo", Node: name, Incarnation: inc, Seq: seq, Advertise: host + ":8001", Figures: f}
 	}
 	alpha := Figures{Load1000: 1500, CPUMilli: 4000, CPUIdle1000: 250, MemTotal: 8 << 30, MemAvail: 2 << 30,
 		Busy: 3, Capacity: 100, LatencyMicros: 12500, Forwarded: 7, Speed: 1200}
@@ -83,8 +85,8 @@ func scripted(t *testing.T) (*App, time.Time) {
 	b2 := peer("bravo", 2, 2, "127.0.0.3", bravo)
 	b2.Figures.Draining = true
 	send(b2, scriptKey, t1)
-	send(peer("mallory", 9, 1, "127.0.0.6", Figures{}), announceKey([]byte("not-the-cluster-key-at-all")), t1) // bad_mac
-	an.receive([]byte("BH\x01"), netip.MustParseAddrPort("127.0.0.7:4445"), newSigner(scriptKey), new(announcement), t1)
+	send(peer("mallory", 9, 1, "127.0.0.6", Figures{}), wire.AnnounceKey([]byte("not-the-cluster-key-at-all")), t1) // bad_mac
+	an.receive([]byte("BH\x01"), netip.MustParseAddrPort("127.0.0.7:4445"), wire.NewSigner(scriptKey), new(wire.Announcement), t1)
 	other := peer("eve", 5, 1, "127.0.0.8", Figures{})
 	other.Cluster = "other"
 	send(other, scriptKey, t1) // wrong_cluster

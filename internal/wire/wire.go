@@ -1,10 +1,17 @@
-package backhand
+// Package wire is backhand's wire format: the announcement datagram that
+// every node sends its peers each interval, the hop marker that a node puts
+// on the requests it forwards, and the keys both are authenticated with,
+// derived from the cluster's shared secret.
+//
+// It knows nothing of peer tables, configs or HTTP handlers: it turns
+// announcements into bytes and back, and says why a datagram was refused,
+// so that the format can be read, tested and fuzzed on its own.
+package wire
 
 import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash"
 )
@@ -20,27 +27,43 @@ import (
 //
 // A version-1 decoder rejects any other length: new fields mean a new version.
 const (
-	wireVersion   = 1
-	flagSigned    = 1 << 0
-	headerLen     = 4 + 8 + 8 + 8
-	figuresLen    = 4 + 4 + 2 + 8 + 8 + 4 + 4 + 4 + 8 + 4 + 1 + 2 + 4
-	macLen        = sha256.Size
-	minDatagram   = headerLen + 3 + 1 + figuresLen
-	maxDatagram   = 1200 // fits one packet on any sane path MTU
-	maxNameLen    = 64   // node and cluster names
-	maxAddrLen    = 255
-	maxTags       = 8
-	maxTagLen     = 32
-	figDraining   = 1 << 0
-	figAppWeight  = 1 << 1
-	figAppLoad    = 1 << 2
-	announceLabel = "caddy-backhand announce v1"
+	wireVersion  = 1
+	flagSigned   = 1 << 0
+	headerLen    = 4 + 8 + 8 + 8
+	figuresLen   = 4 + 4 + 2 + 8 + 8 + 4 + 4 + 4 + 8 + 4 + 1 + 2 + 4
+	macLen       = sha256.Size
+	minDatagram  = headerLen + 3 + 1 + figuresLen
+	figDraining  = 1 << 0
+	figAppWeight = 1 << 1
+	figAppLoad   = 1 << 2
+)
+
+// Size limits of an announcement. Encode refuses, and Decode rejects, any
+// field beyond them; the config checks names, tags and the advertised
+// address against them so that a valid config always encodes.
+const (
+	// MaxDatagram is the largest datagram, in bytes: it fits one packet on
+	// any sane path MTU.
+	MaxDatagram = 1200
+
+	// MaxNameLen is the longest node or cluster name, in bytes.
+	MaxNameLen = 64
+
+	// MaxAddrLen is the longest advertised address (host:port), in bytes.
+	MaxAddrLen = 255
+
+	// MaxTags is how many tags a node may carry, and MaxTagLen the longest
+	// tag, in bytes.
+	MaxTags   = 8
+	MaxTagLen = 32
 )
 
 var wireMagic = [2]byte{'B', 'H'}
 
-// announcement is one decoded datagram: who sent it, when, and its figures.
-type announcement struct {
+// Announcement is one datagram: who sent it, when, and its figures. A node
+// encodes its own each interval; a receiver decodes one per datagram, into
+// the same Announcement to avoid allocating.
+type Announcement struct {
 	Incarnation uint64 // random per process start, so restarts reset Seq
 	Seq         uint64
 	SentAt      int64 // Unix nanoseconds, by the sender's clock
@@ -51,43 +74,30 @@ type announcement struct {
 	Figures     Figures
 }
 
-// announceKey derives the key that signs announcements from the shared
-// secret, so the same secret can key other things (the hop marker) without
-// one MAC being valid for the other.
-func announceKey(secret []byte) []byte {
-	if len(secret) == 0 {
-		return nil
-	}
-	return deriveKey(secret, announceLabel)
-}
+// Signer signs announcements (Encode) and verifies them (Decode) with one
+// key, from AnnounceKey. It keeps one hash to avoid allocating per
+// datagram, so each goroutine needs its own. A nil Signer means no key:
+// datagrams go unsigned, and only unsigned ones are accepted.
+type Signer struct{ mac hash.Hash }
 
-// deriveKey is HMAC-SHA256(secret, label): one key per use of the secret.
-func deriveKey(secret []byte, label string) []byte {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(label))
-	return m.Sum(nil)
-}
-
-// signer computes announcement MACs. It keeps one hash to avoid allocating
-// per datagram, so each goroutine needs its own.
-type signer struct{ mac hash.Hash }
-
-// newSigner returns nil for a nil key: datagrams go unsigned.
-func newSigner(key []byte) *signer {
+// NewSigner returns a Signer for key, or nil for a nil key.
+func NewSigner(key []byte) *Signer {
 	if key == nil {
 		return nil
 	}
-	return &signer{mac: hmac.New(sha256.New, key)}
+	return &Signer{mac: hmac.New(sha256.New, key)}
 }
 
-func (s *signer) sum(dst, msg []byte) []byte {
+func (s *Signer) sum(dst, msg []byte) []byte {
 	s.mac.Reset()
 	s.mac.Write(msg)
 	return s.mac.Sum(dst)
 }
 
-// encode appends a's datagram to buf, signed when s is not nil.
-func (a *announcement) encode(buf []byte, s *signer) ([]byte, error) {
+// Encode appends a's datagram to buf, signed when s is not nil. It fails,
+// leaving buf as it was, when a field or the whole datagram exceeds the
+// size limits.
+func (a *Announcement) Encode(buf []byte, s *Signer) ([]byte, error) {
 	if err := a.checkSizes(); err != nil {
 		return buf, err
 	}
@@ -111,26 +121,26 @@ func (a *announcement) encode(buf []byte, s *signer) ([]byte, error) {
 	if s != nil {
 		buf = s.sum(buf, buf[start:])
 	}
-	if len(buf)-start > maxDatagram {
-		return buf[:start], fmt.Errorf("announcement is %d bytes, more than %d", len(buf)-start, maxDatagram)
+	if len(buf)-start > MaxDatagram {
+		return buf[:start], fmt.Errorf("announcement is %d bytes, more than %d", len(buf)-start, MaxDatagram)
 	}
 	return buf, nil
 }
 
-func (a *announcement) checkSizes() error {
+func (a *Announcement) checkSizes() error {
 	switch {
-	case a.Node == "" || len(a.Node) > maxNameLen:
-		return fmt.Errorf("node name must be 1-%d bytes, got %d", maxNameLen, len(a.Node))
-	case len(a.Cluster) > maxNameLen:
-		return fmt.Errorf("cluster name must be at most %d bytes, got %d", maxNameLen, len(a.Cluster))
-	case len(a.Advertise) > maxAddrLen:
-		return fmt.Errorf("advertised address must be at most %d bytes, got %d", maxAddrLen, len(a.Advertise))
-	case len(a.Tags) > maxTags:
-		return fmt.Errorf("at most %d tags, got %d", maxTags, len(a.Tags))
+	case a.Node == "" || len(a.Node) > MaxNameLen:
+		return fmt.Errorf("node name must be 1-%d bytes, got %d", MaxNameLen, len(a.Node))
+	case len(a.Cluster) > MaxNameLen:
+		return fmt.Errorf("cluster name must be at most %d bytes, got %d", MaxNameLen, len(a.Cluster))
+	case len(a.Advertise) > MaxAddrLen:
+		return fmt.Errorf("advertised address must be at most %d bytes, got %d", MaxAddrLen, len(a.Advertise))
+	case len(a.Tags) > MaxTags:
+		return fmt.Errorf("at most %d tags, got %d", MaxTags, len(a.Tags))
 	}
 	for _, t := range a.Tags {
-		if t == "" || len(t) > maxTagLen {
-			return fmt.Errorf("tag %q must be 1-%d bytes", t, maxTagLen)
+		if t == "" || len(t) > MaxTagLen {
+			return fmt.Errorf("tag %q must be 1-%d bytes", t, MaxTagLen)
 		}
 	}
 	return nil
@@ -167,54 +177,39 @@ func appendFigures(buf []byte, f *Figures) []byte {
 	return be.AppendUint32(buf, f.AppLoad1000)
 }
 
-// errReject is a datagram rejected for a reason that the peer table counts.
-type errReject struct{ reason rejectReason }
-
-func (e errReject) Error() string { return "announcement rejected: " + e.reason.String() }
-
-func reject(r rejectReason) error { return errReject{r} }
-
-// reasonOf returns the rejection reason carried by err, or rejectMalformed.
-func reasonOf(err error) rejectReason {
-	var e errReject
-	if errors.As(err, &e) {
-		return e.reason
-	}
-	return rejectMalformed
-}
-
-// decode parses and verifies datagram b into a. With a nil verifier it
+// Decode parses and verifies datagram b into a. With a nil verifier it
 // accepts only unsigned datagrams; with one, only signed datagrams whose MAC
 // matches. The MAC is checked before any field is parsed, so nothing an
-// attacker without the key sends reaches the parser.
-func (a *announcement) decode(b []byte, v *signer) error {
+// attacker without the key sends reaches the parser. ReasonOf tells why an
+// error rejected the datagram.
+func (a *Announcement) Decode(b []byte, v *Signer) error {
 	switch {
-	case len(b) > maxDatagram:
-		return reject(rejectOversized)
+	case len(b) > MaxDatagram:
+		return reject(Oversized)
 	case len(b) < 4:
-		return reject(rejectTruncated)
+		return reject(Truncated)
 	case b[0] != wireMagic[0] || b[1] != wireMagic[1]:
-		return reject(rejectBadMagic)
+		return reject(BadMagic)
 	case b[2] != wireVersion:
-		return reject(rejectBadVersion)
+		return reject(BadVersion)
 	}
 	signed := b[3]&flagSigned != 0
 	switch {
 	case b[3]&^flagSigned != 0:
-		return reject(rejectMalformed)
+		return reject(Malformed)
 	case v != nil && !signed:
-		return reject(rejectUnsigned)
+		return reject(Unsigned)
 	case v == nil && signed:
-		return reject(rejectAuthMismatch)
+		return reject(AuthMismatch)
 	}
 	if signed {
 		if len(b) < minDatagram+macLen {
-			return reject(rejectTruncated)
+			return reject(Truncated)
 		}
 		body, tag := b[:len(b)-macLen], b[len(b)-macLen:]
 		var sum [macLen]byte
 		if !hmac.Equal(v.sum(sum[:0], body), tag) {
-			return reject(rejectBadMAC)
+			return reject(BadMAC)
 		}
 		b = body
 	}
@@ -222,32 +217,32 @@ func (a *announcement) decode(b []byte, v *signer) error {
 }
 
 // parse reads the fields of an unsigned (or already verified) datagram.
-func (a *announcement) parse(b []byte) error {
+func (a *Announcement) parse(b []byte) error {
 	r := wireReader{b: b}
 	r.skip(4)
 	a.Incarnation = r.u64()
 	a.Seq = r.u64()
 	a.SentAt = int64(r.u64())
-	a.Cluster = r.str(maxNameLen)
-	a.Node = r.str(maxNameLen)
-	a.Advertise = r.str(maxAddrLen)
+	a.Cluster = r.str(MaxNameLen)
+	a.Node = r.str(MaxNameLen)
+	a.Advertise = r.str(MaxAddrLen)
 	n := int(r.u8())
-	if n > maxTags {
-		return reject(rejectMalformed)
+	if n > MaxTags {
+		return reject(Malformed)
 	}
 	a.Tags = a.Tags[:0]
 	for range n {
-		a.Tags = append(a.Tags, r.str(maxTagLen))
+		a.Tags = append(a.Tags, r.str(MaxTagLen))
 	}
 	r.figures(&a.Figures)
 	switch {
 	case r.invalid:
-		return reject(rejectMalformed)
+		return reject(Malformed)
 	case r.bad:
-		return reject(rejectTruncated)
+		return reject(Truncated)
 	}
 	if len(r.b) != 0 || a.Node == "" {
-		return reject(rejectMalformed)
+		return reject(Malformed)
 	}
 	return nil
 }

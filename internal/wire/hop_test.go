@@ -1,4 +1,4 @@
-package backhand
+package wire
 
 import (
 	"crypto/sha256"
@@ -9,12 +9,12 @@ import (
 )
 
 func TestHopMarker(t *testing.T) {
-	key := newHopSigner(deriveKey([]byte("cluster-secret-for-the-test"), hopLabel))
-	other := newHopSigner(deriveKey([]byte("another-cluster-secret-xx"), hopLabel))
+	key := NewHopSigner([]byte("cluster-secret-for-the-test"))
+	other := NewHopSigner([]byte("another-cluster-secret-xx"))
 	at := time.Unix(1_800_000_000, 0)
-	m := hopMarker(key, "node1", "203.0.113.7", at)
+	m := HopMarker(key, "node1", "203.0.113.7", at)
 
-	if from, client, ok := checkHop(key, m, at.Add(time.Second)); !ok || from != "node1" || client != "203.0.113.7" {
+	if from, client, ok := CheckHop(key, m, at.Add(time.Second)); !ok || from != "node1" || client != "203.0.113.7" {
 		t.Fatalf("valid marker: from %q client %q ok %v", from, client, ok)
 	}
 	// signed makes a correctly signed marker of any body, so that the
@@ -38,33 +38,33 @@ func TestHopMarker(t *testing.T) {
 		"no MAC":             "v1;node1;203.0.113.7;1800000000000",
 		"garbage":            "hello",
 		"empty":              "",
-		"future version MAC": hopMarker(key, "node1", "x", at)[:0] + "v2;node1;x;1800000000000;00",
+		"future version MAC": HopMarker(key, "node1", "x", at)[:0] + "v2;node1;x;1800000000000;00",
 	}
 	for name, marker := range bad {
 		k := key
 		if name == "wrong key" {
 			k = other
 		}
-		if _, _, ok := checkHop(k, marker, at); ok {
+		if _, _, ok := CheckHop(k, marker, at); ok {
 			t.Errorf("%s: accepted %q", name, marker)
 		}
 	}
-	if _, _, ok := checkHop(key, m, at.Add(hopWindow+time.Second)); ok {
+	if _, _, ok := CheckHop(key, m, at.Add(hopWindow+time.Second)); ok {
 		t.Error("expired marker accepted")
 	}
 	// Without a cluster key, markers are unsigned and accepted as such.
-	if _, _, ok := checkHop(nil, hopMarker(nil, "n", "c", at), at); !ok {
+	if _, _, ok := CheckHop(nil, HopMarker(nil, "n", "c", at), at); !ok {
 		t.Error("unsigned marker rejected by a node without a key")
 	}
 }
 
 func BenchmarkHopMarker(b *testing.B) {
-	s := newHopSigner(deriveKey([]byte("cluster-secret-for-the-test"), hopLabel))
+	s := NewHopSigner([]byte("cluster-secret-for-the-test"))
 	at := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
-		m := hopMarker(s, "node1", "203.0.113.7", at)
-		if _, _, ok := checkHop(s, m, at); !ok {
+		m := HopMarker(s, "node1", "203.0.113.7", at)
+		if _, _, ok := CheckHop(s, m, at); !ok {
 			b.Fatal("rejected")
 		}
 	}
