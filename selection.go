@@ -3,6 +3,7 @@ package backhand
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -241,9 +242,16 @@ func (s *Selection) evaluate(n *node, run chainRun) *Candidates {
 			break
 		}
 	}
-	n.decisions.timeChain(time.Since(run.now))
+	if rand.Uint32()%chainTimingSample == 0 {
+		n.decisions.timeChain(time.Since(run.now))
+	}
 	return c
 }
+
+// chainTimingSample is how many runs of the chain one timed run stands
+// for: reading the clock costs about a sixth of a default chain's run, so
+// the duration histogram takes a sample rather than every run.
+const chainTimingSample = 8
 
 // Select chooses an upstream from pool. When `dynamic backhand` already ran
 // the chain for this attempt, the pool is the chain's best candidates in
