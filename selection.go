@@ -258,7 +258,7 @@ const chainTimingSample = 8
 // order and the first available one wins; otherwise the chain runs here
 // and its candidates are matched to the pool by advertised address.
 func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	st := stateOf(r)
+	st := ensureState(r)
 	if st.isOffered(pool) {
 		for _, up := range pool {
 			if up.Available() {

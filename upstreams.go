@@ -84,17 +84,21 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 // reverse_proxy handler h it belongs to, if that is its policy: the source
 // then runs the policy's chain and offers only its best candidates.
 // reverse_proxy provisions its selection policy before its upstream
-// source; should that ever change, this fails with an error that says so
-// instead of balancing without the chain.
+// source (and drops the policy's JSON once loaded); should that order
+// ever change, this fails with an error that says so instead of
+// balancing without the chain.
 func (u *Upstreams) linkPolicy(h *reverseproxy.Handler) error {
-	if h == nil || h.LoadBalancing == nil || !namesModule(h.LoadBalancing.SelectionPolicyRaw, "policy", "backhand") {
+	if h == nil || h.LoadBalancing == nil {
 		return nil
 	}
-	s, ok := h.LoadBalancing.SelectionPolicy.(*Selection)
-	if !ok {
-		return errOption("dynamic backhand", "the reverse_proxy's lb_policy backhand is not provisioned before its upstream source (%T); this Caddy version is not supported", h.LoadBalancing.SelectionPolicy)
+	switch s := h.LoadBalancing.SelectionPolicy.(type) {
+	case *Selection:
+		u.policy = s
+	case nil:
+		if namesModule(h.LoadBalancing.SelectionPolicyRaw, "policy", "backhand") {
+			return errOption("dynamic backhand", "the reverse_proxy's lb_policy backhand is not provisioned before its upstream source; this Caddy version is not supported")
+		}
 	}
-	u.policy = s
 	return nil
 }
 
