@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -79,6 +80,15 @@ func (u *unitApp) peer(name, addr string, set ...func(*Peer)) *peerSlot {
 	slot, _ := u.n.table.storeLocked(p)
 	u.n.table.mu.Unlock()
 	return slot
+}
+
+// heardWith is heardPeer with figure setters applied.
+func heardWith(name, addr string, age time.Duration, set ...func(*Peer)) *Peer {
+	p := heardPeer(name, addr, age)
+	for _, f := range set {
+		f(p)
+	}
+	return p
 }
 
 func (u *unitApp) slot(name string) *peerSlot { return u.n.table.lookupSlot(name) }
