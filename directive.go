@@ -187,8 +187,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	st.handlerEnds()
 	st.releaseBusy() // backhand_track's count: a peer serves it, not this node
 	tw := &startedWriter{ResponseWriter: w}
-	err := h.proxy.ServeHTTP(tw, r, next)
-	st.finish(time.Now())
+	err := h.proxyOnce(tw, r, next, st)
 	r.Header.Del(wire.HopHeader)
 	if err != nil && !tw.started && r.Context().Err() == nil {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
@@ -202,6 +201,17 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			h.node.stats.forwarded.Add(1)
 		}
 	}
+	return err
+}
+
+// proxyOnce runs reverse_proxy over the planned peers and finishes the
+// request's count at the peer that served it, or failed: also when the
+// proxy panics (http.ErrAbortHandler when a peer breaks off a response).
+func (h *Handler) proxyOnce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState) (err error) {
+	failed := true
+	defer func() { st.finish(time.Now(), failed) }()
+	err = h.proxy.ServeHTTP(w, r, next)
+	failed = err != nil
 	return err
 }
 

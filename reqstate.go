@@ -260,7 +260,7 @@ func (st *requestState) choose(ctx context.Context, s *peerSlot, now time.Time, 
 	}
 	if st.ending == endUnset {
 		st.ending, st.stats = endByContext, stats
-		context.AfterFunc(ctx, func() { st.finish(time.Now()) })
+		context.AfterFunc(ctx, func() { st.finish(time.Now(), false) })
 	}
 	if !st.wasTried(s) && st.nTried < maxTries {
 		st.tried[st.nTried] = s
@@ -268,11 +268,14 @@ func (st *requestState) choose(ctx context.Context, s *peerSlot, now time.Time, 
 	}
 }
 
-// finish ends the request: the chosen peer's in-flight count drops and its
-// response times take the sample (not for this node itself, reached
-// through its own site: it learns its speed from the requests it serves,
-// without the hop). Later calls do nothing.
-func (st *requestState) finish(now time.Time) {
+// finish ends the request: the chosen peer's in-flight count drops and,
+// if it answered, its response times take the sample (not for this node
+// itself, reached through its own site: it learns its speed from the
+// requests it serves, without the hop). A peer that failed (the route
+// ended in an error, or broke off) takes no sample and is no candidate
+// until it announces again, as a failed attempt that Caddy retried. Later
+// calls do nothing.
+func (st *requestState) finish(now time.Time, failed bool) {
 	if st == nil {
 		return
 	}
@@ -280,7 +283,10 @@ func (st *requestState) finish(now time.Time) {
 	defer st.mu.Unlock()
 	if st.inFlight {
 		self := st.chosen.cur.Load().Self
-		st.chosen.local.end(now.Sub(st.chosenAt), now, !self)
+		if failed {
+			st.chosen.local.failed(now)
+		}
+		st.chosen.local.end(now.Sub(st.chosenAt), now, !self && !failed)
 		st.inFlight = false
 		if st.ending == endByContext && !self {
 			st.stats.forwarded.Add(1)
@@ -298,7 +304,8 @@ func (st *requestState) servedHere() {
 }
 
 // forwarded reports whether a peer other than this node serves the
-// request, and ok when a backhand policy chose at all.
+// request, and ok when a backhand policy chose at all (a request served
+// here after every peer failed is not forwarded).
 func (st *requestState) forwarded() (fwd, ok bool) {
 	if st == nil {
 		return false, false
@@ -306,7 +313,7 @@ func (st *requestState) forwarded() (fwd, ok bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.chosen == nil {
-		return false, false
+		return false, st.nTried > 0
 	}
 	return !st.chosen.cur.Load().Self, true
 }

@@ -81,8 +81,8 @@ func TestHandlerEndsCountOnce(t *testing.T) {
 		var st requestState
 		st.handlerEnds()
 		st.choose(ctx, a, time.Now(), &n.stats)
-		st.finish(time.Now())
-		st.finish(time.Now()) // a second end does nothing
+		st.finish(time.Now(), false)
+		st.finish(time.Now(), false) // a second end does nothing
 		cancel()
 		synctest.Wait()
 		if got := a.local.inflight.Load(); got != 0 {
@@ -96,8 +96,8 @@ func TestHandlerEndsCountOnce(t *testing.T) {
 			t.Errorf("forwarded() = %v, %v; want true, true", fwd, ok)
 		}
 		st.servedHere()
-		if fwd, ok := st.forwarded(); fwd || ok {
-			t.Errorf("after servedHere forwarded() = %v, %v; want false, false", fwd, ok)
+		if fwd, ok := st.forwarded(); fwd || !ok {
+			t.Errorf("after servedHere forwarded() = %v, %v; want false, true (a policy chose, and this node serves it)", fwd, ok)
 		}
 	})
 }
@@ -116,7 +116,7 @@ func TestRequestStateBasics(t *testing.T) {
 		t.Error("a nil state has a plan or tried peers")
 	}
 	nilState.offer(nil, nil)
-	nilState.finish(time.Now())
+	nilState.finish(time.Now(), false)
 	if fwd, ok := nilState.forwarded(); fwd || ok {
 		t.Error("a nil state forwarded")
 	}

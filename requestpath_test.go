@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // The request path's unit harness: a backhand app provisioned in memory
@@ -112,34 +113,7 @@ func (u *unitApp) directive(proxy string, chain ...CandidacyFunction) *Handler {
 	}
 	h := mod.(*Handler)
 	h.policy.chain = chain
-	linkSource(h.proxy)
 	return h
-}
-
-// skipBug skips a test that shows a known bug, unless BACKHAND_BUGS=1.
-func skipBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("BACKHAND_BUGS") != "1" {
-		t.Skip("bug: " + bug + " (BACKHAND_BUGS=1 runs it)")
-	}
-}
-
-// linkSource links a reverse_proxy's backhand source to its backhand
-// policy when provisioning did not. BUG: it never does in Caddy 2.11:
-// ctx.LoadModule clears LoadBalancing.SelectionPolicyRaw once the policy
-// is loaded, so Upstreams.linkPolicy, which looks for "backhand" in that
-// raw JSON, finds nothing and links nothing (see
-// TestSourceLinkedWhenProvisioned). The tests link by hand, so that they
-// test the request path as designed (the plan, the offered pool); once
-// the bug is fixed, this does nothing.
-func linkSource(h *reverseproxy.Handler) {
-	src, ok := h.DynamicUpstreams.(*Upstreams)
-	if !ok || src.policy != nil {
-		return
-	}
-	if s, ok := h.LoadBalancing.SelectionPolicy.(*Selection); ok {
-		src.policy = s
-	}
 }
 
 // proxy provisions a reverse_proxy handler from its JSON.
@@ -213,7 +187,7 @@ type site struct {
 func (s *site) record(r *http.Request) {
 	s.mu.Lock()
 	s.hits++
-	s.hops = append(s.hops, r.Header.Get(hopHeader))
+	s.hops = append(s.hops, r.Header.Get(wire.HopHeader))
 	s.mu.Unlock()
 	if s.during != nil {
 		s.during(r)

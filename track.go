@@ -57,11 +57,12 @@ func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 		st.busy.Add(1)
 	}
 	start := time.Now()
+	failed := true // until the route returns without an error (not on a panic)
 	defer func() {
 		now := time.Now()
 		if rs != nil {
 			rs.releaseBusy()
-			rs.finish(now)
+			rs.finish(now, failed)
 		} else {
 			st.busy.Add(-1)
 		}
@@ -72,7 +73,9 @@ func (t *Track) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp
 		}
 		t.node.served(now.Sub(start), now)
 	}()
-	return next.ServeHTTP(w, r)
+	err := next.ServeHTTP(w, r)
+	failed = err != nil
+	return err
 }
 
 // parseTrack sets up the handler from Caddyfile tokens. Syntax:
