@@ -114,15 +114,8 @@ func parseAdvertise(s string) (string, error) {
 			hostport = net.JoinHostPort(u.Hostname(), port)
 		}
 	}
-	host, port, err := net.SplitHostPort(hostport)
-	if err != nil || host == "" {
-		return "", fmt.Errorf("%q is not host:port", s)
-	}
-	if _, err := parsePort(port); err != nil {
-		return "", fmt.Errorf("%q: %v", s, err)
-	}
-	if len(hostport) > wire.MaxAddrLen {
-		return "", fmt.Errorf("%q is longer than %d bytes", s, wire.MaxAddrLen)
+	if err := wire.CheckAdvertise(hostport); err != nil {
+		return "", err
 	}
 	return hostport, nil
 }
@@ -291,7 +284,7 @@ func parseHostPort(s string) (hostPort, error) {
 	if err != nil {
 		return hostPort{}, fmt.Errorf("%q: %v", s, err)
 	}
-	if _, err := netip.ParseAddr(host); err != nil && !validDNSName(host) {
+	if _, err := netip.ParseAddr(host); err != nil && !wire.ValidDNSName(host) {
 		return hostPort{}, fmt.Errorf("%q: %q is neither an IP address nor a DNS name", s, host)
 	}
 	return hostPort{host: host, port: p}, nil
@@ -316,23 +309,6 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(addr, addr.BitLen()), nil
-}
-
-func validDNSName(s string) bool {
-	if len(s) == 0 || len(s) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range label {
-			if !(c == '-' || c == '_' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // printable reports whether s is non-empty visible ASCII without spaces.

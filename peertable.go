@@ -74,12 +74,13 @@ const (
 	rejectReplay
 	rejectOutOfWindow // send time too far from our clock
 	rejectTableFull
-	rejectDuplicateID // another process announces this node's name
+	rejectDuplicateID     // another process announces this node's name
+	rejectAdvertiseDenied // the advertised address is outside advertise_allow
 	numRejectReasons
 )
 
 var rejectNames = [numRejectReasons - rejectReason(wire.NumReasons)]string{
-	"wrong_cluster", "acl", "replay", "out_of_window", "table_full", "duplicate_id",
+	"wrong_cluster", "acl", "replay", "out_of_window", "table_full", "duplicate_id", "advertise_denied",
 }
 
 func (r rejectReason) String() string {

@@ -57,8 +57,8 @@ func TestRejectReasonNames(t *testing.T) {
 	}
 	want := []string{
 		"truncated", "oversized", "bad_magic", "bad_version", "malformed",
-		"unsigned", "auth_mismatch", "bad_mac", "wrong_cluster", "acl",
-		"replay", "out_of_window", "table_full", "duplicate_id", "unknown",
+		"unsigned", "auth_mismatch", "bad_mac", "bad_advertise", "wrong_cluster", "acl",
+		"replay", "out_of_window", "table_full", "duplicate_id", "advertise_denied", "unknown",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("got %q,\nwant %q", got, want)

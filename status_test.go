@@ -126,7 +126,7 @@ const scriptedJSON = `{
 	"announcements_sent": 4,
 	"announcements_accepted": 6,
 	"announcements_rejected": {
-		"acl": 0, "auth_mismatch": 0, "bad_mac": 1, "bad_magic": 0, "bad_version": 0,
+		"acl": 0, "advertise_denied": 0, "auth_mismatch": 0, "bad_advertise": 0, "bad_mac": 1, "bad_magic": 0, "bad_version": 0,
 		"duplicate_id": 0, "malformed": 0, "out_of_window": 0, "oversized": 0, "replay": 1,
 		"table_full": 0, "truncated": 1, "unsigned": 0, "wrong_cluster": 1
 	},

@@ -19,12 +19,13 @@ const (
 	Unsigned                   // the verifier has a key; the datagram has no MAC
 	AuthMismatch               // the verifier has no key; the datagram is signed
 	BadMAC                     // the MAC does not match (wrong key, or tampered)
+	BadAdvertise               // the advertised address is not host:port (see CheckAdvertise)
 	NumReasons                 // how many reasons there are
 )
 
 var reasonNames = [NumReasons]string{
 	"truncated", "oversized", "bad_magic", "bad_version", "malformed",
-	"unsigned", "auth_mismatch", "bad_mac",
+	"unsigned", "auth_mismatch", "bad_mac", "bad_advertise",
 }
 
 // String is the reason's name, such as "bad_mac".

@@ -14,6 +14,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
 )
 
 // The announcement wire format, version 1. Big-endian, no floats:
@@ -133,10 +137,13 @@ func (a *Announcement) checkSizes() error {
 		return fmt.Errorf("node name must be 1-%d bytes, got %d", MaxNameLen, len(a.Node))
 	case len(a.Cluster) > MaxNameLen:
 		return fmt.Errorf("cluster name must be at most %d bytes, got %d", MaxNameLen, len(a.Cluster))
-	case len(a.Advertise) > MaxAddrLen:
-		return fmt.Errorf("advertised address must be at most %d bytes, got %d", MaxAddrLen, len(a.Advertise))
 	case len(a.Tags) > MaxTags:
 		return fmt.Errorf("at most %d tags, got %d", MaxTags, len(a.Tags))
+	}
+	if a.Advertise != "" {
+		if err := CheckAdvertise(a.Advertise); err != nil {
+			return fmt.Errorf("advertised address: %v", err)
+		}
 	}
 	for _, t := range a.Tags {
 		if t == "" || len(t) > MaxTagLen {
@@ -244,6 +251,9 @@ func (a *Announcement) parse(b []byte) error {
 	if len(r.b) != 0 || a.Node == "" {
 		return reject(Malformed)
 	}
+	if a.Advertise != "" && CheckAdvertise(a.Advertise) != nil {
+		return reject(BadAdvertise)
+	}
 	return nil
 }
 
@@ -327,4 +337,52 @@ func (r *wireReader) figures(f *Figures) {
 	if flags&^(figDraining|figAppWeight|figAppLoad) != 0 {
 		r.invalid = true
 	}
+}
+
+// CheckAdvertise checks an advertised address as both its sender (the
+// advertise option) and its receivers (Decode) do: peers dial it, and
+// reverse_proxy would expand placeholders in it and accept other network
+// types (unix/...), so it must be exactly host:port, the host an IP
+// address or a DNS name, the port 1-65535, at most MaxAddrLen bytes.
+func CheckAdvertise(hostport string) error {
+	if len(hostport) > MaxAddrLen {
+		return fmt.Errorf("%q is longer than %d bytes", hostport, MaxAddrLen)
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q is not host:port", hostport)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("%q: port %q must be 1-65535", hostport, port)
+	}
+	if addr, err := netip.ParseAddr(host); err == nil {
+		if addr.Zone() != "" {
+			return fmt.Errorf("%q: an IPv6 zone is meaningful only on this host", hostport)
+		}
+		return nil
+	}
+	if !ValidDNSName(host) {
+		return fmt.Errorf("%q: %q is neither an IP address nor a DNS name", hostport, host)
+	}
+	return nil
+}
+
+// ValidDNSName reports whether s is a DNS name: dot-separated labels of
+// letters, digits, '-' and '_', none empty or longer than 63 bytes, none
+// starting or ending with '-'; 253 bytes at most.
+func ValidDNSName(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c == '-' || c == '_' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
+				return false
+			}
+		}
+	}
+	return true
 }

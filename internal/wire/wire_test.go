@@ -78,7 +78,7 @@ func TestReasonNames(t *testing.T) {
 	for r := range NumReasons + 1 {
 		got = append(got, r.String())
 	}
-	want := []string{"truncated", "oversized", "bad_magic", "bad_version", "malformed", "unsigned", "auth_mismatch", "bad_mac", "unknown"}
+	want := []string{"truncated", "oversized", "bad_magic", "bad_version", "malformed", "unsigned", "auth_mismatch", "bad_mac", "bad_advertise", "unknown"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %q, want %q", got, want)
 	}
