@@ -14,8 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
-
-	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 func init() {
@@ -50,11 +48,12 @@ type Handler struct {
 	// retries: 3, without waiting between tries.
 	ProxyRaw json.RawMessage `json:"proxy,omitempty"`
 
-	proxy  *reverseproxy.Handler
-	policy *Selection
-	node   *node
-	app    *App
-	logger *zap.Logger
+	proxy      *reverseproxy.Handler
+	peerScheme string // how the proxy reaches peers, and where redirects send clients: http, or https with a TLS transport
+	policy     *Selection
+	node       *node
+	app        *App
+	logger     *zap.Logger
 }
 
 const defaultRetries = 3
@@ -84,6 +83,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("backhand: %v", err)
 	}
 	h.proxy = mod.(*reverseproxy.Handler)
+	h.peerScheme = "http"
+	if t, ok := h.proxy.Transport.(*reverseproxy.HTTPTransport); ok && t.TLS != nil {
+		h.peerScheme = "https"
+	}
 	h.policy, _ = h.proxy.LoadBalancing.SelectionPolicy.(*Selection)
 	if h.policy == nil {
 		return errOption("backhand", "the proxy's selection policy must be backhand")
@@ -123,15 +126,11 @@ func withBackhandDefaults(raw json.RawMessage) (json.RawMessage, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	now := time.Now()
 	keys := h.node.keys.Load()
-	if marker := r.Header.Get(wire.HopHeader); marker != "" {
-		r.Header.Del(wire.HopHeader)
-		if _, client, ok := wire.CheckHop(keys.hop, marker, now); ok {
-			if client != "" {
-				caddyhttp.SetVar(r.Context(), caddyhttp.ClientIPVarKey, client)
-			}
-			h.node.decisions.record(outcomeLocal)
-			return h.serveLocally(w, r, next)
-		}
+	if hop, ok, carried := receivedHop(r, h.app.Name, keys, now); ok {
+		restoreClient(r, hop, keys)
+		h.node.decisions.record(outcomeLocal)
+		return h.serveLocally(w, r, next)
+	} else if carried {
 		h.logger.Debug("ignoring an invalid hop marker", zap.String("remote", r.RemoteAddr))
 	}
 
@@ -140,7 +139,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	switch route {
 	case routeRedirect:
 		h.node.decisions.record(outcomeRedirected)
-		return redirect(w, r, target)
+		w.Header().Set("Location", target)
+		w.WriteHeader(http.StatusFound)
+		return nil
 	case routePeer:
 		st.claimRecording(roleDirective) // the policy leaves the outcome to the directive
 		return h.forward(w, r, next, st, keys)
@@ -170,7 +171,11 @@ func (h *Handler) decide(w http.ResponseWriter, r *http.Request, st *requestStat
 	case winner == nil || winner.Peer.Self:
 		return routeHere, ""
 	case c.decision.redirect != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead):
-		return routeRedirect, c.decision.redirect.redirectHost(c, winner)
+		scheme := h.peerScheme
+		if _, byName := c.decision.redirect.(*HTTPRedirectToName); byName {
+			scheme = requestScheme(r) // a name is the site's own; keep the client's scheme
+		}
+		return routeRedirect, redirectLocation(r, scheme, c.decision.redirect.redirectHost(c, winner), winner.Peer.Name, h.app.Name, h.node.keys.Load(), now)
 	case st == nil:
 		return routeHere, "" // not a request from Caddy's server: nowhere to plan
 	}
@@ -181,14 +186,12 @@ func (h *Handler) decide(w http.ResponseWriter, r *http.Request, st *requestStat
 // forward proxies the request to the planned peers, and serves it here if
 // every try failed before a response started.
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, st *requestState, keys *derivedKeys) error {
-	client, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
-	r.Header.Set(wire.HopHeader, wire.HopMarker(keys.hop, h.app.Name, client, time.Now()))
+	st.hop = hopFor(r, h.app.Name) // each attempt marks the request for its peer (markAttempt)
 	counter := st.claimCounting(roleDirective)
 	st.handlerEnds()
 	st.releaseBusy() // backhand_track's count: a peer serves it, not this node
 	tw := &startedWriter{ResponseWriter: w}
 	err := h.proxyOnce(tw, r, next, st)
-	r.Header.Del(wire.HopHeader)
 	if err != nil && !tw.started && r.Context().Err() == nil {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
 		st.servedHere()
@@ -248,15 +251,12 @@ func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, name string,
 	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil})
 }
 
-// redirect answers 302 Found to the same URI on host.
-func redirect(w http.ResponseWriter, r *http.Request, host string) error {
-	scheme := "http"
+// requestScheme is the scheme the client used.
+func requestScheme(r *http.Request) string {
 	if r.TLS != nil {
-		scheme = "https"
+		return "https"
 	}
-	w.Header().Set("Location", scheme+"://"+host+r.URL.RequestURI())
-	w.WriteHeader(http.StatusFound)
-	return nil
+	return "http"
 }
 
 // startedWriter notes whether a response has started, so that a failed

@@ -2,15 +2,11 @@ package backhand_test
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddy-backhand/backhand/internal/cluster"
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // The `backhand` directive on every node's app site: each node is an entry
@@ -136,30 +133,22 @@ func TestIntegrationDirectiveLoopPrevention(t *testing.T) {
 		t.Errorf("with removeSelf everywhere, node1's requests should be served once forwarded, by node2 and node3: %v", seen)
 	}
 
-	forged := fmt.Sprintf("v1;node2;203.0.113.9;%d;%s", time.Now().UnixMilli(), strings.Repeat("ab", 16))
-	for range 10 {
-		who := getWithHop(t, node1, url, forged)
-		if who == "node1" {
-			t.Fatalf("a forged hop marker made node1 serve the request itself")
+	forged := fmt.Sprintf("v2;node2;node1;203.0.113.9;http;%d;%s", time.Now().UnixMilli(), strings.Repeat("ab", 16))
+	signer := wire.NewHopSigner([]byte(itKey))
+	misdirected := signer.Mark(wire.Hop{From: "node2", To: "node3", Client: "203.0.113.9", Scheme: "http", At: time.Now()}, "GET", "/")
+	for _, marker := range []string{forged, misdirected} {
+		for range 10 {
+			if who := getWithHop(t, node1, url, marker); who == "node1" {
+				t.Fatalf("hop marker %q made node1 serve the request itself", marker)
+			}
 		}
 	}
-	valid := validHop(itKey, "node2", "203.0.113.9", time.Now())
+	valid := signer.Mark(wire.Hop{From: "node2", To: "node1", Client: "203.0.113.9", Scheme: "http", At: time.Now()}, "GET", "/")
 	for range 5 {
 		if who := getWithHop(t, node1, url, valid); who != "node1" {
 			t.Fatalf("a valid hop marker: served by %s, want node1 (a forwarded request is never forwarded again)", who)
 		}
 	}
-}
-
-// validHop builds a hop marker as a node of the cluster does, to check
-// the receiving side: HMAC-SHA256 keyed by HMAC-SHA256(secret, label).
-func validHop(secret, node, client string, at time.Time) string {
-	k := hmac.New(sha256.New, []byte(secret))
-	k.Write([]byte("caddy-backhand hop v1"))
-	m := hmac.New(sha256.New, k.Sum(nil))
-	body := "v1;" + node + ";" + client + ";" + strconv.FormatInt(at.UnixMilli(), 10)
-	m.Write([]byte(body))
-	return body + ";" + hex.EncodeToString(m.Sum(nil)[:16])
 }
 
 func getWithHop(t *testing.T, n *cluster.Node, url, marker string) string {
@@ -194,12 +183,16 @@ func readAll(resp *http.Response) string {
 }
 
 // HTTPRedirectToIP answers GET with a redirect to the winner's address
-// instead of proxying; other methods are proxied.
+// instead of proxying, with a marker that makes the winner serve it: a
+// client that follows redirects is served after exactly one, by the node
+// the redirect named, with the original path and query. Other methods
+// are proxied.
 func TestIntegrationDirectiveRedirect(t *testing.T) {
 	nodes := directiveCluster(t, itBase(t, 3), 3, "removeSelf; byRandom; HTTPRedirectToIP", nil)
 	node1 := nodes[0]
 	noFollow := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	targets := map[string]bool{}
+	want := map[string]string{nodes[1].Config.AppURL(): "node2", nodes[2].Config.AppURL(): "node3"}
+	servedBy := map[string]int{}
 	for range 20 {
 		resp, err := noFollow.Get(node1.Config.AppURL() + "some/path?q=1")
 		if err != nil {
@@ -207,16 +200,24 @@ func TestIntegrationDirectiveRedirect(t *testing.T) {
 		}
 		resp.Body.Close()
 		loc := resp.Header.Get("Location")
-		if resp.StatusCode != http.StatusFound || !strings.HasSuffix(loc, "/some/path?q=1") {
-			t.Fatalf("GET: %d Location %q, want 302 to a peer with the same URI", resp.StatusCode, loc)
+		base, rest, _ := strings.Cut(loc, "some/path?q=1&backhand_hop=")
+		if resp.StatusCode != http.StatusFound || want[base] == "" || rest == "" {
+			t.Fatalf("GET: %d Location %q, want 302 to node2 or node3 with the same URI and a marker", resp.StatusCode, loc)
 		}
-		targets[loc] = true
+		// Follow it: the node it names serves it, without another redirect.
+		resp, err = noFollow.Get(loc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(resp)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || body != "served by "+want[base] {
+			t.Fatalf("following %s: %d %q, want served by %s", loc, resp.StatusCode, body, want[base])
+		}
+		servedBy[body]++
 	}
-	want := map[string]bool{nodes[1].Config.AppURL() + "some/path?q=1": true, nodes[2].Config.AppURL() + "some/path?q=1": true}
-	for loc := range targets {
-		if !want[loc] {
-			t.Errorf("redirected to %s, want node2 or node3", loc)
-		}
+	if len(servedBy) != 2 {
+		t.Errorf("served by %v, want both node2 and node3 (byRandom)", servedBy)
 	}
 	resp, err := noFollow.Post(node1.Config.AppURL(), "text/plain", strings.NewReader("x"))
 	if err != nil {

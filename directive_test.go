@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,8 +43,9 @@ func TestDirectiveFailsOverToNextPeer(t *testing.T) {
 	if during["a"] != 0 || during["b"] != 1 || busyDuring != 0 {
 		t.Errorf("while b serves: in flight %v, busy %d; want a 0, b 1, busy 0", during, busyDuring)
 	}
-	if from, client, ok := wire.CheckHop(u.n.keys.Load().hop, b.hop(0), time.Now()); !ok || from != "me" || client != "127.0.0.1" {
-		t.Errorf("b got hop marker %q: from %q client %q valid %v; want from me for 127.0.0.1", b.hop(0), from, client, ok)
+	keys := u.n.keys.Load()
+	if hop, ok := keys.hop.Check(b.hop(0), "b", "GET", "/x?y=1", time.Now(), keys.hopWindow); !ok || hop.From != "me" || hop.Client != "127.0.0.1" || hop.Scheme != "http" {
+		t.Errorf("b got hop marker %q: %+v valid %v; want from me to b for 127.0.0.1 over http", b.hop(0), hop, ok)
 	}
 	if r.Header.Get(wire.HopHeader) != "" {
 		t.Error("the hop marker stays on the request after the forward")
@@ -224,6 +227,11 @@ func TestDirectiveServesLocally(t *testing.T) {
 	}
 }
 
+// hopTo is a marker's content from peer p for node to, made at.
+func hopTo(to string, at time.Time) wire.Hop {
+	return wire.Hop{From: "p", To: to, Client: "203.0.113.9", Scheme: "https", At: at}
+}
+
 // A valid hop marker: served here, never forwarded again, with the client
 // IP of the marker; the marker does not reach the rest of the route. A
 // forged, expired or garbled one: stripped, ignored, the request balanced
@@ -235,12 +243,14 @@ func TestDirectiveHopMarker(t *testing.T) {
 		marker func(u *unitApp) string
 		valid  bool
 	}{
-		{"valid", func(u *unitApp) string { return wire.HopMarker(u.n.keys.Load().hop, "p", "203.0.113.9", time.Now()) }, true},
-		{"forged", func(*unitApp) string { return wire.HopMarker(forger, "p", "203.0.113.9", time.Now()) }, false},
-		{"unsigned", func(*unitApp) string { return wire.HopMarker(nil, "p", "203.0.113.9", time.Now()) }, false},
+		{"valid", func(u *unitApp) string { return u.n.keys.Load().hop.Mark(hopTo("me", time.Now()), "GET", "/") }, true},
+		{"forged", func(*unitApp) string { return forger.Mark(hopTo("me", time.Now()), "GET", "/") }, false},
+		{"unsigned", func(*unitApp) string { return (*wire.HopSigner)(nil).Mark(hopTo("me", time.Now()), "GET", "/") }, false},
 		{"expired", func(u *unitApp) string {
-			return wire.HopMarker(u.n.keys.Load().hop, "p", "203.0.113.9", time.Now().Add(-time.Hour))
+			return u.n.keys.Load().hop.Mark(hopTo("me", time.Now().Add(-time.Hour)), "GET", "/")
 		}, false},
+		{"for another node", func(u *unitApp) string { return u.n.keys.Load().hop.Mark(hopTo("other", time.Now()), "GET", "/") }, false},
+		{"for another request", func(u *unitApp) string { return u.n.keys.Load().hop.Mark(hopTo("me", time.Now()), "GET", "/admin") }, false},
 		{"garbage", func(*unitApp) string { return "hello" }, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -250,7 +260,11 @@ func TestDirectiveHopMarker(t *testing.T) {
 			h := u.directive("", byNames{"a"})
 			local := &site{name: "local"}
 			var clientIP any
-			local.during = func(r *http.Request) { clientIP = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey) }
+			var remote string
+			var overTLS bool
+			local.during = func(r *http.Request) {
+				clientIP, remote, overTLS = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey), r.RemoteAddr, r.TLS != nil
+			}
 			r, w, cancel := caddyRequest("GET", "/")
 			defer cancel()
 			r.Header.Set(wire.HopHeader, tt.marker(u))
@@ -264,8 +278,8 @@ func TestDirectiveHopMarker(t *testing.T) {
 				if local.hop(0) != "" {
 					t.Error("the marker reached the rest of the route")
 				}
-				if clientIP != "203.0.113.9" {
-					t.Errorf("client IP %v, want the marker's 203.0.113.9", clientIP)
+				if clientIP != "203.0.113.9" || remote != "203.0.113.9:0" || !overTLS {
+					t.Errorf("client IP %v, remote %q, over TLS %v; want the marker's client 203.0.113.9 over https", clientIP, remote, overTLS)
 				}
 				if got := outcomes(u.n); !sameOutcomes(got, map[string]uint64{"local": 1}) {
 					t.Errorf("outcomes %v, want local once", got)
@@ -275,8 +289,9 @@ func TestDirectiveHopMarker(t *testing.T) {
 			if local.count() != 0 || a.count() != 1 {
 				t.Fatalf("local %d, peer %d; want the request balanced to the peer", local.count(), a.count())
 			}
-			if from, client, ok := wire.CheckHop(u.n.keys.Load().hop, a.hop(0), time.Now()); !ok || from != "me" || client != "127.0.0.1" {
-				t.Errorf("peer got marker %q (from %q, client %q, valid %v); want this node's for 127.0.0.1", a.hop(0), from, client, ok)
+			keys := u.n.keys.Load()
+			if hop, ok := keys.hop.Check(a.hop(0), "a", "GET", "/", time.Now(), keys.hopWindow); !ok || hop.From != "me" || hop.Client != "127.0.0.1" {
+				t.Errorf("peer got marker %q (%+v, valid %v); want this node's for 127.0.0.1", a.hop(0), hop, ok)
 			}
 			if got := outcomes(u.n); !sameOutcomes(got, map[string]uint64{"forwarded": 1}) {
 				t.Errorf("outcomes %v, want forwarded once", got)
@@ -286,8 +301,10 @@ func TestDirectiveHopMarker(t *testing.T) {
 }
 
 // HTTPRedirectToIP and HTTPRedirectToName answer GET and HEAD with 302 to
-// the winner; other methods are proxied; when this node wins there is no
-// redirect.
+// the winner, over the scheme peers are reached with for an IP (plain
+// HTTP here) and the client's for a name, with the request's parsed path
+// and query and a hop marker valid for the winner only; other methods are
+// proxied; when this node wins there is no redirect.
 func TestDirectiveRedirects(t *testing.T) {
 	u := newUnitApp(t, deadAddr(t))
 	a, aAddr := peerSite(t, "a")
@@ -300,7 +317,8 @@ func TestDirectiveRedirects(t *testing.T) {
 		location           string // "" for no redirect
 	}{
 		{"IP GET", "GET", "www.example.com", false, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, "http://" + aAddr + "/p?q=1"},
-		{"IP HEAD over TLS", "HEAD", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, "https://" + aAddr + "/p?q=1"},
+		{"IP HEAD over TLS", "HEAD", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, "http://" + aAddr + "/p?q=1"},
+		{"name GET over TLS", "GET", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToName{Format: "%S.example.net"}}, "https://a.example.net/p?q=1"},
 		{"name GET", "GET", "www.example.com:8443", false, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToName{Format: "%S.%-2H.%-1H:%P"}}, "http://a.example.com:" + port + "/p?q=1"},
 		{"POST is proxied", "POST", "www.example.com", false, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, ""},
 		{"this node wins", "GET", "www.example.com", false, []CandidacyFunction{byNames{"me", "a"}, &HTTPRedirectToIP{}}, ""},
@@ -328,8 +346,15 @@ func TestDirectiveRedirects(t *testing.T) {
 				}
 				return
 			}
-			if w.Code != http.StatusFound || w.Header().Get("Location") != tt.location {
-				t.Errorf("status %d Location %q, want 302 %q", w.Code, w.Header().Get("Location"), tt.location)
+			loc := w.Header().Get("Location")
+			prefix := tt.location + "&" + wire.HopParam + "="
+			if w.Code != http.StatusFound || !strings.HasPrefix(loc, prefix) {
+				t.Fatalf("status %d Location %q, want 302 %q<marker>", w.Code, loc, prefix)
+			}
+			marker, err := url.QueryUnescape(loc[len(prefix):])
+			keys := u.n.keys.Load()
+			if hop, ok := keys.hop.Check(marker, "a", tt.method, "/p?q=1", time.Now(), keys.hopWindow); err != nil || !ok || hop.From != "me" {
+				t.Errorf("redirect marker %q: %+v valid %v (%v); want from me for a's GET /p?q=1", marker, hop, ok, err)
 			}
 			if a.count() != hitsBefore || local.count() != 0 {
 				t.Error("a redirected request was also served")
@@ -342,6 +367,62 @@ func TestDirectiveRedirects(t *testing.T) {
 	if got := a.count(); got != 1 {
 		t.Errorf("peer served %d requests, want the POST only", got)
 	}
+}
+
+// A client that follows a redirect lands with the marker in its query:
+// the node it names serves the request (with the marker removed from the
+// query) instead of redirecting it again; a marker for another node, or
+// another target, is removed and the request balanced as any other. The
+// raw target a client sent cannot make the Location name another host.
+func TestDirectiveRedirectLands(t *testing.T) {
+	u := newUnitApp(t, deadAddr(t))
+	a, aAddr := peerSite(t, "a")
+	u.peer("a", aAddr)
+	h := u.directive("", byNames{"a"}, &HTTPRedirectToIP{})
+	keys := u.n.keys.Load()
+	for _, tt := range []struct {
+		name, to, signedFor string
+		here                bool
+	}{
+		{"for this node", "me", "/p?q=1", true},
+		{"for another node", "other", "/p?q=1", false},
+		{"for another target", "me", "/admin", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			marker := keys.hop.Mark(wire.Hop{From: "a", To: tt.to, Scheme: "http", At: time.Now()}, "GET", tt.signedFor)
+			local := &site{name: "local"}
+			var query string
+			local.during = func(r *http.Request) { query = r.URL.RawQuery }
+			r, w, cancel := caddyRequest("GET", "/p?q=1&"+wire.HopParam+"="+url.QueryEscape(marker))
+			defer cancel()
+			if err := h.ServeHTTP(w, r, local); err != nil {
+				t.Fatal(err)
+			}
+			if tt.here {
+				if local.count() != 1 || w.Code == http.StatusFound || query != "q=1" {
+					t.Errorf("served here %d times, status %d, query %q; want served here once with query q=1", local.count(), w.Code, query)
+				}
+				return
+			}
+			if local.count() != 0 || w.Code != http.StatusFound || strings.Contains(w.Header().Get("Location"), url.QueryEscape(marker)) {
+				t.Errorf("served here %d times, status %d, Location %q; want a new redirect without the old marker", local.count(), w.Code, w.Header().Get("Location"))
+			}
+		})
+	}
+	// GET x:@evil.example/p: the raw target names another host.
+	r, w, cancel := caddyRequest("GET", "/p")
+	defer cancel()
+	r.RequestURI = "x:@evil.example/p"
+	if r.URL, _ = url.ParseRequestURI(r.RequestURI); r.URL == nil {
+		t.Fatal("unparsable target")
+	}
+	if err := h.ServeHTTP(w, r, &site{name: "local"}); err != nil {
+		t.Fatal(err)
+	}
+	if loc, err := url.Parse(w.Header().Get("Location")); err != nil || loc.Host != aAddr {
+		t.Errorf("Location %q (%v), want host %s", w.Header().Get("Location"), err, aAddr)
+	}
+	_ = a
 }
 
 // byCookie's cookie is set by the directive when the winner differs from

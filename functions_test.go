@@ -235,7 +235,7 @@ func TestPrediction(t *testing.T) {
 
 func TestByCookieSignedAndForged(t *testing.T) {
 	n := testNode(tp("a", 0), tp("b.example", 0), tp("c", 0))
-	n.keys.Store(deriveKeys([]byte("cluster-secret-of-some-length")))
+	n.keys.Store(deriveKeys([]byte("cluster-secret-of-some-length"), defaultReplayWindow))
 	s := policy(n, &ByCookie{})
 	for _, tt := range []struct {
 		cookie string

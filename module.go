@@ -216,7 +216,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 // Start binds the UDP sockets and starts announcing.
 func (a *App) Start() error {
 	a.node.table.setLimits(a.tableLimits())
-	a.node.keys.Store(deriveKeys(a.secret))
+	a.node.keys.Store(deriveKeys(a.secret, time.Duration(a.ReplayWindow)))
 	a.node.table.dropStaleSelf(a.Name)
 	an, err := startAnnouncer(a)
 	if err != nil {
@@ -298,22 +298,23 @@ func newNode() *node {
 		table:       newPeerTable(tableLimits{maxPeers: defaultMaxPeers}),
 		incarnation: binary.BigEndian.Uint64(b[:]),
 	}
-	n.keys.Store(&derivedKeys{})
+	n.keys.Store(&derivedKeys{hopWindow: defaultReplayWindow})
 	return n
 }
 
 // derivedKeys are the keys derived from the cluster's shared secret for
 // what it authenticates besides announcements; nil without a secret.
 type derivedKeys struct {
-	cookie []byte          // byCookie's cookies
-	hop    *wire.HopSigner // the hop marker of forwarded requests
+	cookie    []byte          // byCookie's cookies
+	hop       *wire.HopSigner // the hop marker of forwarded requests
+	hopWindow time.Duration   // how far a marker's time may be from now: the replay window
 }
 
-func deriveKeys(secret []byte) *derivedKeys {
+func deriveKeys(secret []byte, hopWindow time.Duration) *derivedKeys {
 	if secret == nil {
-		return &derivedKeys{}
+		return &derivedKeys{hopWindow: hopWindow}
 	}
-	return &derivedKeys{cookie: wire.CookieKey(secret), hop: wire.NewHopSigner(secret)}
+	return &derivedKeys{cookie: wire.CookieKey(secret), hop: wire.NewHopSigner(secret), hopWindow: hopWindow}
 }
 
 // Destruct implements caddy.Destructor; the node holds no OS resources.

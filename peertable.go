@@ -209,6 +209,17 @@ func (t *peerTable) lookup(name string) *Peer {
 	return nil
 }
 
+// byAdvertise returns the peer that advertises addr, or nil: a scan of
+// the view, for the rare choices made without the chain.
+func (t *peerTable) byAdvertise(addr string) *Peer {
+	for _, s := range t.peers() {
+		if p := s.cur.Load(); p.Advertise == addr {
+			return p
+		}
+	}
+	return nil
+}
+
 // lookupSlot returns the named peer's slot, or nil.
 func (t *peerTable) lookupSlot(name string) *peerSlot { return t.peers().find(name) }
 

@@ -9,6 +9,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // requestState is the hand-over between the backhand modules that one
@@ -40,6 +42,10 @@ type requestState struct {
 
 	tried  [maxTries]*peerSlot
 	nTried int
+
+	// hop is the marker the directive asks every attempt to carry (its
+	// receiver and time are set per attempt), nil without the directive.
+	hop *wire.Hop
 
 	// mu guards the fields below it that finish writes: when the
 	// context ends the request, finish runs on another goroutine.

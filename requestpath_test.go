@@ -65,7 +65,7 @@ func newUnitApp(t *testing.T, selfAddr string) *unitApp {
 		_ = app.Cleanup()
 	})
 	app.node.table.setLimits(app.tableLimits())
-	app.node.keys.Store(deriveKeys(app.secret))
+	app.node.keys.Store(deriveKeys(app.secret, time.Duration(app.ReplayWindow)))
 	me := heardPeer("me", selfAddr, 0)
 	app.node.table.updateSelf(me)
 	return &unitApp{t: t, ctx: ctx, app: app, n: app.node}

@@ -291,6 +291,7 @@ func (s *Selection) chose(r *http.Request, st *requestState, slot *peerSlot, now
 	if st != nil {
 		st.choose(r.Context(), slot, now, &s.node.stats)
 	}
+	markAttempt(r, st, slot.name, s.node.keys.Load(), now)
 	s.record(st, o)
 }
 
@@ -305,8 +306,15 @@ func (s *Selection) record(st *requestState, o outcome) {
 
 // fallbackSelect lets the fallback policy choose, and counts it.
 func (s *Selection) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
-	s.record(stateOf(r), outcomeFallback)
-	return s.fallback.Select(pool, r, w)
+	st := stateOf(r)
+	s.record(st, outcomeFallback)
+	up := s.fallback.Select(pool, r, w)
+	if up != nil && st != nil && st.hop != nil {
+		if p := s.node.table.byAdvertise(up.Dial); p != nil {
+			markAttempt(r, st, p.Name, s.node.keys.Load(), time.Now())
+		}
+	}
+	return up
 }
 
 // Interface guards

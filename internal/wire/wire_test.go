@@ -64,7 +64,7 @@ func TestWireGolden(t *testing.T) {
 		{"unsigned", hex.EncodeToString(unsigned), fmt.Sprintf(body, 0)},
 		{"announce key", hex.EncodeToString(AnnounceKey(secret)), "49db7ac776f57e4bb2712cb61e6fbfa05af79f9ff1c07c4924e0af2f2407369a"},
 		{"cookie key", hex.EncodeToString(CookieKey(secret)), "b3ed949765816c9c20f3af3b2afb4af732fddb1e32fa303bb622dace7b3bd525"},
-		{"hop marker", HopMarker(NewHopSigner(secret), "node1", "203.0.113.7", time.UnixMilli(1800000000000)), "v1;node1;203.0.113.7;1800000000000;b04d5272444de146b2bd618c64301729"},
+		{"hop marker", NewHopSigner(secret).Mark(Hop{From: "node1", To: "node2", Client: "203.0.113.7", Scheme: "https", At: time.UnixMilli(1800000000000)}, "GET", "/p?q=1"), "v2;node1;node2;203.0.113.7;https;1800000000000;1516b5b71f64b9e239555b90f461f9e5"},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s:\n got %s\nwant %s", tt.name, tt.got, tt.want)
