@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/fcgi"
 	"os"
 	"path/filepath"
 	"strings"
@@ -438,5 +439,53 @@ func TestIntegrationPolicySkipsUnavailable(t *testing.T) {
 	}
 	if seen := servedBy(t, nodes[0], entry, 5); seen["node2"] != 5 {
 		t.Errorf("once node2 is free again it comes first: %v", seen)
+	}
+}
+
+// The application behind the node that serves a forwarded request sees
+// the original client, not the forwarding peer, through the standard
+// mechanisms and without trusted_proxies: a reverse_proxy sends it
+// X-Forwarded-For with the client's address and X-Forwarded-Proto with
+// the client's scheme, and the FastCGI transport (what php_fastcgi uses)
+// sets REMOTE_ADDR to the client. The client connects from 127.0.0.9, so
+// its address differs from every node's.
+func TestIntegrationDirectiveKeepsClientAddress(t *testing.T) {
+	echo := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "xff=%s proto=%s", r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"))
+	})}
+	echoLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go echo.Serve(echoLn)
+	t.Cleanup(func() { echo.Close() })
+	fcgiLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go fcgi.Serve(fcgiLn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// net/http/fcgi puts REMOTE_ADDR in RemoteAddr and HTTPS=on in TLS.
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintf(w, "remote=%s https=%v", host, r.TLS != nil)
+	}))
+	t.Cleanup(func() { fcgiLn.Close() })
+
+	nodes := directiveCluster(t, itBase(t, 2), 2, "removeSelf; byRandom", func(c *cluster.NodeConfig) {
+		c.AppDirectives = append(c.AppDirectives, "reverse_proxy /fcgi/* "+fcgiLn.Addr().String()+" {\n\t\ttransport fastcgi\n\t}")
+		c.AppUpstream = echoLn.Addr().String()
+	})
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9)}}).DialContext,
+	}}
+	for path, want := range map[string]string{"/": "xff=127.0.0.9 proto=http", "/fcgi/x": "remote=127.0.0.9 https=false"} {
+		resp, err := client.Get(strings.TrimSuffix(nodes[0].Config.AppURL(), "/") + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(resp)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || body != want {
+			t.Errorf("GET %s through node1 (served by node2): %d %q, want %q", path, resp.StatusCode, body, want)
+		}
 	}
 }
