@@ -77,17 +77,17 @@ func (a *App) Validate() error {
 }
 
 func (a *App) validateIdentity() error {
-	if len(a.Name) > wire.MaxNameLen || !printable(a.Name) {
-		return errOption("name", "%q must be 1-%d printable bytes without spaces", a.Name, wire.MaxNameLen)
+	if !wire.ValidName(a.Name) {
+		return errOption("name", "%q must be 1-%d bytes of letters, digits, '.', '-' and '_'", a.Name, wire.MaxNameLen)
 	}
-	if len(a.Cluster) > wire.MaxNameLen || !printable(a.Cluster) {
-		return errOption("cluster", "%q must be 1-%d printable bytes without spaces", a.Cluster, wire.MaxNameLen)
+	if !wire.ValidName(a.Cluster) {
+		return errOption("cluster", "%q must be 1-%d bytes of letters, digits, '.', '-' and '_'", a.Cluster, wire.MaxNameLen)
 	}
 	if len(a.Tags) > wire.MaxTags {
 		return errOption("tags", "at most %d tags, got %d", wire.MaxTags, len(a.Tags))
 	}
 	for _, t := range a.Tags {
-		if t == "" || len(t) > wire.MaxTagLen || !printable(t) {
+		if !wire.ValidTag(t) {
 			return errOption("tags", "%q must be 1-%d printable bytes without spaces", t, wire.MaxTagLen)
 		}
 	}
@@ -309,17 +309,4 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(addr, addr.BitLen()), nil
-}
-
-// printable reports whether s is non-empty visible ASCII without spaces.
-func printable(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
-			return false
-		}
-	}
-	return true
 }

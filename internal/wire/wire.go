@@ -133,10 +133,10 @@ func (a *Announcement) Encode(buf []byte, s *Signer) ([]byte, error) {
 
 func (a *Announcement) checkSizes() error {
 	switch {
-	case a.Node == "" || len(a.Node) > MaxNameLen:
-		return fmt.Errorf("node name must be 1-%d bytes, got %d", MaxNameLen, len(a.Node))
-	case len(a.Cluster) > MaxNameLen:
-		return fmt.Errorf("cluster name must be at most %d bytes, got %d", MaxNameLen, len(a.Cluster))
+	case !ValidName(a.Node):
+		return fmt.Errorf("node name %q must be 1-%d bytes of letters, digits, '.', '-' and '_'", a.Node, MaxNameLen)
+	case a.Cluster != "" && !ValidName(a.Cluster):
+		return fmt.Errorf("cluster name %q must be 1-%d bytes of letters, digits, '.', '-' and '_'", a.Cluster, MaxNameLen)
 	case len(a.Tags) > MaxTags:
 		return fmt.Errorf("at most %d tags, got %d", MaxTags, len(a.Tags))
 	}
@@ -146,8 +146,8 @@ func (a *Announcement) checkSizes() error {
 		}
 	}
 	for _, t := range a.Tags {
-		if t == "" || len(t) > MaxTagLen {
-			return fmt.Errorf("tag %q must be 1-%d bytes", t, MaxTagLen)
+		if !ValidTag(t) {
+			return fmt.Errorf("tag %q must be 1-%d printable bytes without spaces", t, MaxTagLen)
 		}
 	}
 	return nil
@@ -248,8 +248,13 @@ func (a *Announcement) parse(b []byte) error {
 	case r.bad:
 		return reject(Truncated)
 	}
-	if len(r.b) != 0 || a.Node == "" {
+	if len(r.b) != 0 || !ValidName(a.Node) || (a.Cluster != "" && !ValidName(a.Cluster)) {
 		return reject(Malformed)
+	}
+	for _, t := range a.Tags {
+		if !ValidTag(t) {
+			return reject(Malformed)
+		}
 	}
 	if a.Advertise != "" && CheckAdvertise(a.Advertise) != nil {
 		return reject(BadAdvertise)
@@ -382,6 +387,36 @@ func ValidDNSName(s string) bool {
 			if !(c == '-' || c == '_' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// ValidName reports whether s may name a node or a cluster: 1-MaxNameLen
+// bytes of letters, digits, '.', '-' and '_'. Names travel in hop markers
+// (';'-separated) and byCookie's cookie, so nothing else is safe.
+func ValidName(s string) bool {
+	if s == "" || len(s) > MaxNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '.' || c == '-' || c == '_' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidTag reports whether s may be a tag: 1-MaxTagLen bytes of visible
+// ASCII, no spaces.
+func ValidTag(s string) bool {
+	if s == "" || len(s) > MaxTagLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
 		}
 	}
 	return true
