@@ -48,8 +48,11 @@ type announcer struct {
 	wg        sync.WaitGroup
 }
 
-// startAnnouncer binds the sockets of app and starts its goroutines.
-func startAnnouncer(app *App) (*announcer, error) {
+// bindAnnouncer makes the announcer of app and binds its sockets, without
+// starting it: nothing that the running config shares (the node's keys,
+// name and limits) changes until run, so a config whose sockets cannot be
+// bound leaves the running one as it was.
+func bindAnnouncer(app *App) (*announcer, error) {
 	an := &announcer{
 		app:       app,
 		node:      app.node,
@@ -67,6 +70,12 @@ func startAnnouncer(app *App) (*announcer, error) {
 		an.closeConns()
 		return nil, err
 	}
+	return an, nil
+}
+
+// run starts announcing and receiving.
+func (an *announcer) run() {
+	app := an.app
 	ctx, cancel := context.WithCancel(context.Background())
 	an.cancel = cancel
 	an.resolve(ctx) // the first announcement should reach the peers
@@ -77,7 +86,6 @@ func startAnnouncer(app *App) (*announcer, error) {
 	if slices.ContainsFunc(app.peers, func(h hostPort) bool { return !isIP(h.host) }) {
 		an.wg.Go(func() { an.resolveLoop(ctx) })
 	}
-	return an, nil
 }
 
 func (an *announcer) stop() error {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"strconv"
 	"testing"
 	"time"
 
@@ -155,5 +156,37 @@ func TestListenRefusesAddressInUse(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "another process already receives on this address") {
 		t.Errorf("error %v", err)
+	}
+}
+
+// A reload whose sockets cannot be bound fails, and Caddy keeps the
+// running config: the node it shares must keep that config's name, keys
+// and limits (markers it makes still verify, max_peers unchanged).
+func TestFailedStartLeavesRunningConfig(t *testing.T) {
+	running := startTestApp(t, &App{Name: "a", Cluster: "t", Key: "running-config-key-0123", Advertise: "127.0.0.1:1",
+		MaxPeers: 10, Listen: []string{"udp/127.0.0.1:" + strconv.Itoa(freeUDPPort(t, "127.0.0.1"))}})
+	keys, limits := running.node.keys.Load(), running.node.table.limits.Load()
+
+	held, err := net.ListenPacket("udp", "127.0.0.1:0") // no SO_REUSEPORT: the new config cannot share it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	next := &App{Name: "b", Cluster: "t", Key: "the-next-config-key-4567", Advertise: "127.0.0.1:1", MaxPeers: 20,
+		Listen: []string{"udp/" + held.LocalAddr().String()}, logger: zap.NewNop()}
+	next.setDefaults()
+	if err := next.compile(); err != nil {
+		t.Fatal(err)
+	}
+	next.node = running.node // a reload shares the process's node
+	if err := next.Start(); err == nil {
+		_ = next.Stop()
+		t.Fatal("the new config bound a socket another process holds")
+	}
+	if running.node.keys.Load() != keys {
+		t.Error("the failed config replaced the running config's keys")
+	}
+	if l := running.node.table.limits.Load(); l != limits || l.selfName != "a" || l.maxPeers != 10 {
+		t.Errorf("the failed config changed the running config's limits: %+v", l)
 	}
 }

@@ -213,15 +213,19 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start binds the UDP sockets and starts announcing.
+// Start binds the UDP sockets and starts announcing. The node's shared
+// settings (name, keys, limits) change only once the sockets are bound:
+// when they cannot be, Caddy keeps the running config, which must not be
+// left with this one's settings.
 func (a *App) Start() error {
-	a.node.table.setLimits(a.tableLimits())
-	a.node.keys.Store(deriveKeys(a.secret, time.Duration(a.ReplayWindow)))
-	a.node.table.dropStaleSelf(a.Name)
-	an, err := startAnnouncer(a)
+	an, err := bindAnnouncer(a)
 	if err != nil {
 		return err
 	}
+	a.node.table.setLimits(a.tableLimits())
+	a.node.keys.Store(deriveKeys(a.secret, time.Duration(a.ReplayWindow)))
+	a.node.table.dropStaleSelf(a.Name)
+	an.run()
 	a.announcer = an
 	latestApp.Store(a)
 	a.logger.Info("announcing",
