@@ -291,6 +291,12 @@ func (t *peerTable) updateSelf(p *Peer) {
 	p.Self = true
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if p.Name != t.limits.Load().selfName {
+		// The send loop of a config that a reload has replaced with one
+		// that renamed the node: its record would stay, self and forever
+		// fresh, after dropStaleSelf.
+		return
+	}
 	slot, _ := t.storeLocked(p)
 	t.self.Store(slot)
 }

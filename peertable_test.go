@@ -321,3 +321,20 @@ func TestPowerBound(t *testing.T) {
 		t.Errorf("bound %v after a faster self, want 800", b)
 	}
 }
+
+// A reload that renames the node ("me" to "me2") leaves no orphan self
+// entry: the old config's send loop, which runs until the old config
+// stops, can no longer publish its record once the new name is set.
+func TestRenameLeavesNoOrphanSelf(t *testing.T) {
+	tab := newPeerTable(testLimits())
+	tab.updateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0})
+	l := testLimits()
+	l.selfName = "me2"
+	tab.setLimits(&l)
+	tab.dropStaleSelf("me2")
+	tab.updateSelf(&Peer{Name: "me", Incarnation: 1, Seq: 2, ReceivedAt: t0.Add(time.Second)}) // the old loop
+	tab.updateSelf(&Peer{Name: "me2", Incarnation: 1, ReceivedAt: t0.Add(time.Second)})
+	if got := viewNames(tab); fmt.Sprint(got) != "[me2]" {
+		t.Errorf("view %v, want [me2] only", got)
+	}
+}
