@@ -428,6 +428,10 @@ func (an *announcer) receive(b []byte, from netip.AddrPort, v *wire.Signer, a *w
 		an.rejected(t.countReject(rejectWrongCluster), from, a)
 		return
 	}
+	if a.Advertise != "" && !an.app.advertiseAllowed(a.Advertise) {
+		an.rejected(t.countReject(rejectAdvertiseDenied), from, a)
+		return
+	}
 	joined, err := t.accept(a, from, now)
 	switch {
 	case errors.Is(err, errOwn):

@@ -190,3 +190,40 @@ func TestFailedStartLeavesRunningConfig(t *testing.T) {
 		t.Errorf("the failed config changed the running config's limits: %+v", l)
 	}
 }
+
+// With advertise_allow, a peer that advertises an address outside it (a
+// key holder pointing every node's proxy at an internal service, say) is
+// rejected as advertise_denied and never becomes a candidate; one inside
+// it is taken. A node's own advertise outside the list is a config error.
+func TestAdvertiseAllow(t *testing.T) {
+	pa, pb, pc := freeUDPPort(t, "127.0.0.1"), freeUDPPort(t, "127.0.0.2"), freeUDPPort(t, "127.0.0.3")
+	peers := []string{fmt.Sprintf("127.0.0.1:%d", pa), fmt.Sprintf("127.0.0.2:%d", pb), fmt.Sprintf("127.0.0.3:%d", pc)}
+	interval := caddy.Duration(50 * time.Millisecond)
+	const key = "the-key-for-the-allow-test"
+	a := startTestApp(t, &App{Name: "a", Cluster: "t", Advertise: "127.0.0.1:8001", Interval: interval, Key: key,
+		Listen: []string{fmt.Sprintf("udp/127.0.0.1:%d", pa)}, Peers: peers, AdvertiseAllow: []string{"127.0.0.1/32", "127.0.0.2"}})
+	startTestApp(t, &App{Name: "b", Cluster: "t", Advertise: "127.0.0.2:8001", Interval: interval, Key: key,
+		Listen: []string{fmt.Sprintf("udp/127.0.0.2:%d", pb)}, Peers: peers})
+	startTestApp(t, &App{Name: "c", Cluster: "t", Advertise: "127.0.0.1:2019", Interval: interval, Key: key, // a's admin endpoint, say
+		Listen: []string{fmt.Sprintf("udp/127.0.0.3:%d", pc)}, Peers: peers})
+	startTestApp(t, &App{Name: "d", Cluster: "t", Advertise: "internal.example:80", Interval: interval, Key: key,
+		Listen: []string{fmt.Sprintf("udp/127.0.0.3:%d", freeUDPPort(t, "127.0.0.3"))}, Peers: peers})
+
+	waitFor(t, 2*time.Second, "a takes b and rejects d's names as advertise_denied", func() bool {
+		return livePeer(a, "b") != nil && a.node.table.rejects[rejectAdvertiseDenied].Load() >= 3
+	})
+	if p := a.node.table.lookup("d"); p != nil {
+		t.Errorf("a took d, advertising a DNS name under advertise_allow: %+v", p)
+	}
+	if p := a.node.table.lookup("c"); p == nil || p.Advertise != "127.0.0.1:2019" {
+		// c advertises an allowed IP: the list bounds where peers point,
+		// it does not know which ports are the application's.
+		t.Errorf("a's view of c: %+v, want it taken", p)
+	}
+
+	bad := &App{Name: "e", Cluster: "t", Advertise: "10.0.0.5:80", InsecureNoKey: true, AdvertiseAllow: []string{"127.0.0.0/8"}}
+	bad.setDefaults()
+	if err := bad.compile(); err == nil || !strings.Contains(err.Error(), "advertise_allow") {
+		t.Errorf("own advertise outside advertise_allow: %v, want an advertise_allow error", err)
+	}
+}

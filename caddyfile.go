@@ -90,6 +90,8 @@ func (a *App) unmarshalOption(d *caddyfile.Dispenser) error {
 		return moreStrings(d, &a.Broadcast)
 	case "accept":
 		return moreStrings(d, &a.Accept)
+	case "advertise_allow":
+		return moreStrings(d, &a.AdvertiseAllow)
 	case "interval":
 		return oneDuration(d, &a.Interval)
 	case "max_age":

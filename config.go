@@ -202,6 +202,17 @@ func (a *App) compileNetwork() error {
 		}
 		a.accept = append(a.accept, p)
 	}
+	a.advAllow = a.advAllow[:0]
+	for _, c := range a.AdvertiseAllow {
+		p, err := parsePrefix(c)
+		if err != nil {
+			return errOption("advertise_allow", "%q is not a CIDR range or IP address", c)
+		}
+		a.advAllow = append(a.advAllow, p)
+	}
+	if !a.advertiseAllowed(a.advertise) {
+		return errOption("advertise_allow", "this node's own advertise %q is outside it %v, so its peers would reject it", a.advertise, a.AdvertiseAllow)
+	}
 	return nil
 }
 
@@ -309,4 +320,27 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(addr, addr.BitLen()), nil
+}
+
+// advertiseAllowed reports whether a peer may advertise hostport under
+// advertise_allow: anything without it, else an IP address inside it.
+func (a *App) advertiseAllowed(hostport string) bool {
+	if len(a.advAllow) == 0 {
+		return true
+	}
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range a.advAllow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

@@ -119,6 +119,15 @@ type App struct {
 	// parsed. Default: any source.
 	Accept []string `json:"accept,omitempty"`
 
+	// AdvertiseAllow are the CIDR ranges (or single IPs) that peers may
+	// advertise as their address: an announcement advertising anything
+	// else (a DNS name included, since a name may point anywhere) is
+	// rejected as advertise_denied. A key holder, or any sender that
+	// passes accept without a key, could otherwise point every node's
+	// proxy at any address it can reach. This node's own advertise must
+	// be inside. Default: any IP address or DNS name.
+	AdvertiseAllow []string `json:"advertise_allow,omitempty"`
+
 	// Key is the shared secret that signs and verifies announcements
 	// (HMAC-SHA256), at least 16 bytes. It may be a placeholder such as
 	// {env.BACKHAND_KEY}. Required unless InsecureNoKey is set.
@@ -165,6 +174,7 @@ type App struct {
 	secret    []byte // the shared secret itself, for deriving other keys
 	advertise string
 	accept    []netip.Prefix
+	advAllow  []netip.Prefix
 	listen    []caddy.NetworkAddress
 	peers     []hostPort
 	groups    []multicastDest
