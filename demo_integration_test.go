@@ -23,18 +23,15 @@ const (
 	// demoTolerance is how far a node's share may be from the mean,
 	// relative to it.
 	demoTolerance = 0.10
-	// demoEntryTolerance is the entry mode's bound, only a guard that
-	// every node gets requests: issue 10's +-10% is not met there yet. The
-	// entry node balances over itself and its two peers within the first
-	// seconds of traffic, while the response times it has learned still
-	// differ by noise, and shares such as 39/28/33% and, once, 23/51/26%
-	// came out (commits a35b395-33041cd); the +-10% miss is logged.
-	demoEntryTolerance = 0.75
-	// demoPeersTolerance guards the peers mode: the deciding node serves
-	// itself 31-38% (105-115 of 300), a little more than +-10% allows at
-	// times, since a request it serves counts as busy only while served
-	// while one it forwards counts over the round trip; logged too.
-	demoPeersTolerance = 0.25
+	// demoEntryTolerance is the entry mode's bound. The entry node
+	// balances over itself and its two peers within the first seconds of
+	// traffic; with ties no longer won by this node (selfTie 0), ten runs
+	// gave 95-118 of 300 per node, one of them 75/107/118: the issue's
+	// +-10% holds in most runs and is logged, this guards against a skew.
+	demoEntryTolerance = 0.35
+	// demoPeersTolerance is the peers mode's bound: the issue's +-10%
+	// (ten runs gave 94-107 of 300 per node).
+	demoPeersTolerance = demoTolerance
 	// demoLoadTime bounds the requests of one mode.
 	demoLoadTime = time.Minute
 	// demoWarmup requests come first, uncounted, as a person's first
