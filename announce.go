@@ -388,7 +388,7 @@ func (an *announcer) logStateChange(p *Peer, from, to string, now time.Time) {
 // readLoop receives datagrams until the socket is closed.
 func (an *announcer) readLoop(pc net.PacketConn) {
 	buf := make([]byte, wire.MaxDatagram+1) // one more byte detects oversized datagrams
-	v := wire.NewSigner(an.app.key)
+	vs := an.app.verifiers()
 	var a wire.Announcement
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -401,8 +401,21 @@ func (an *announcer) readLoop(pc net.PacketConn) {
 			}
 			continue
 		}
-		an.receive(buf[:n], addrPort(from), v, &a, time.Now())
+		an.receive(buf[:n], addrPort(from), vs, &a, time.Now())
 	}
+}
+
+// decodeWithAny decodes b verified by the first of vs, or, when its MAC
+// does not match, by one of the others (keys being rotated in or out).
+func decodeWithAny(a *wire.Announcement, b []byte, vs []*wire.Signer) error {
+	err := a.Decode(b, vs[0])
+	for _, v := range vs[1:] {
+		if wire.ReasonOf(err) != wire.BadMAC {
+			break
+		}
+		err = a.Decode(b, v)
+	}
+	return err
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -414,13 +427,13 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 // receive checks one datagram and takes it into the table.
-func (an *announcer) receive(b []byte, from netip.AddrPort, v *wire.Signer, a *wire.Announcement, now time.Time) {
+func (an *announcer) receive(b []byte, from netip.AddrPort, vs []*wire.Signer, a *wire.Announcement, now time.Time) {
 	t := an.node.table
 	if len(an.app.accept) > 0 && !slices.ContainsFunc(an.app.accept, func(p netip.Prefix) bool { return p.Contains(from.Addr()) }) {
 		an.rejected(t.countReject(rejectACL), from, nil)
 		return
 	}
-	if err := a.Decode(b, v); err != nil {
+	if err := decodeWithAny(a, b, vs); err != nil {
 		an.rejected(t.countReject(reasonOf(err)), from, nil)
 		return
 	}

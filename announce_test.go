@@ -3,6 +3,7 @@ package backhand
 import (
 	"fmt"
 	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -226,4 +227,79 @@ func TestAdvertiseAllow(t *testing.T) {
 	if err := bad.compile(); err == nil || !strings.Contains(err.Error(), "advertise_allow") {
 		t.Errorf("own advertise outside advertise_allow: %v, want an advertise_allow error", err)
 	}
+}
+
+// Rotating the key with accept_keys never splits the cluster: at every
+// step of the roll (accept the new key everywhere; sign with it, node by
+// node, accepting the old one; drop the old one) each node takes the
+// other's announcements, and a hop marker that either signs verifies at
+// the other.
+func TestKeyRotation(t *testing.T) {
+	const oldKey, newKey = "the-old-cluster-key-0123", "the-new-cluster-key-4567"
+	pa, pb := freeUDPPort(t, "127.0.0.1"), freeUDPPort(t, "127.0.0.3")
+	peers := []string{fmt.Sprintf("127.0.0.1:%d", pa), fmt.Sprintf("127.0.0.3:%d", pb)}
+	interval := caddy.Duration(30 * time.Millisecond)
+	config := func(name, host string, port int, key string, accept ...string) *App {
+		return &App{Name: name, Cluster: "t", Advertise: host + ":8001", Interval: interval, Key: key, AcceptKeys: accept,
+			Listen: []string{fmt.Sprintf("udp/%s:%d", host, port)}, Peers: peers}
+	}
+	a := startTestApp(t, config("a", "127.0.0.1", pa, oldKey))
+	b := startTestApp(t, config("b", "127.0.0.3", pb, oldKey))
+	// reload replaces a running app with next, as Caddy does: the new
+	// config starts on the same node, then the old one stops.
+	reload := func(running **App, next *App) {
+		t.Helper()
+		next.logger = zap.NewNop()
+		next.setDefaults()
+		if err := next.compile(); err != nil {
+			t.Fatal(err)
+		}
+		next.node = (*running).node
+		if err := next.Start(); err != nil {
+			t.Fatal(err)
+		}
+		_ = (*running).Stop()
+		*running = next
+		t.Cleanup(func() { _ = next.Stop() })
+	}
+	check := func(step string) {
+		t.Helper()
+		badA, badB := a.node.table.rejects[rejectReason(wire.BadMAC)].Load(), b.node.table.rejects[rejectReason(wire.BadMAC)].Load()
+		for _, x := range []struct {
+			at   *App
+			peer string
+		}{{a, "b"}, {b, "a"}} {
+			seq := uint64(0)
+			if p := x.at.node.table.lookup(x.peer); p != nil {
+				seq = p.Seq
+			}
+			waitFor(t, 2*time.Second, step+": "+x.at.Name+" keeps taking "+x.peer+"'s announcements", func() bool {
+				p := x.at.node.table.lookup(x.peer)
+				return p != nil && p.Seq > seq+2
+			})
+		}
+		if a.node.table.rejects[rejectReason(wire.BadMAC)].Load() != badA || b.node.table.rejects[rejectReason(wire.BadMAC)].Load() != badB {
+			t.Errorf("%s: announcements rejected for their MAC", step)
+		}
+		for _, x := range [][2]*App{{a, b}, {b, a}} {
+			from, to := x[0], x[1]
+			marker := from.node.keys.Load().hop.Mark(wire.Hop{From: from.Name, To: to.Name, Scheme: "http", At: time.Now()}, "GET", "/")
+			r := httptest.NewRequest("GET", "/", nil)
+			r.Header.Set(wire.HopHeader, marker)
+			if _, ok, _ := receivedHop(r, to.Name, to.node.keys.Load(), time.Now()); !ok {
+				t.Errorf("%s: %s's hop marker does not verify at %s", step, from.Name, to.Name)
+			}
+		}
+	}
+	check("before")
+	reload(&a, config("a", "127.0.0.1", pa, oldKey, newKey))
+	reload(&b, config("b", "127.0.0.3", pb, oldKey, newKey))
+	check("the new key accepted everywhere")
+	reload(&a, config("a", "127.0.0.1", pa, newKey, oldKey))
+	check("a signs with the new key")
+	reload(&b, config("b", "127.0.0.3", pb, newKey, oldKey))
+	check("both sign with the new key")
+	reload(&a, config("a", "127.0.0.1", pa, newKey))
+	reload(&b, config("b", "127.0.0.3", pb, newKey))
+	check("the old key dropped")
 }

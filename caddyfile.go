@@ -92,6 +92,8 @@ func (a *App) unmarshalOption(d *caddyfile.Dispenser) error {
 		return moreStrings(d, &a.Accept)
 	case "advertise_allow":
 		return moreStrings(d, &a.AdvertiseAllow)
+	case "accept_keys":
+		return moreStrings(d, &a.AcceptKeys)
 	case "interval":
 		return oneDuration(d, &a.Interval)
 	case "max_age":

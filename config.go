@@ -155,7 +155,29 @@ func (a *App) compileKey() error {
 		a.secret = []byte(key)
 		a.key = wire.AnnounceKey(a.secret)
 	}
+	a.accepted = a.accepted[:0]
+	for i, k := range a.AcceptKeys {
+		k = caddy.NewReplacer().ReplaceKnown(k, "")
+		switch {
+		case a.InsecureNoKey:
+			return errOption("accept_keys", "is set together with insecure_no_key; choose one")
+		case len(k) < minKeyLen:
+			return errOption("accept_keys", "key %d is %d bytes after replacing placeholders; at least %d are required", i+1, len(k), minKeyLen)
+		}
+		a.accepted = append(a.accepted, []byte(k))
+	}
 	return nil
+}
+
+// verifiers returns the announcement verifiers of a reading goroutine:
+// the key's first, then accept_keys'. Without a key, one nil verifier
+// (unsigned announcements).
+func (a *App) verifiers() []*wire.Signer {
+	vs := []*wire.Signer{wire.NewSigner(a.key)}
+	for _, s := range a.accepted {
+		vs = append(vs, wire.NewSigner(wire.AnnounceKey(s)))
+	}
+	return vs
 }
 
 func (a *App) compileNetwork() error {

@@ -59,6 +59,12 @@ func receivedHop(r *http.Request, self string, keys *derivedKeys, now time.Time)
 		return wire.Hop{}, false, false
 	}
 	hop, ok := keys.hop.Check(marker, self, r.Method, target, now, keys.hopWindow)
+	for _, s := range keys.acceptedHops {
+		if ok {
+			break
+		}
+		hop, ok = s.Check(marker, self, r.Method, target, now, keys.hopWindow)
+	}
 	return hop, ok, true
 }
 

@@ -157,7 +157,7 @@ func TestMetricsPeerCardinality(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		an.receive(b, srcAddr, wire.NewSigner(scriptKey), new(wire.Announcement), at)
+		an.receive(b, srcAddr, []*wire.Signer{wire.NewSigner(scriptKey)}, new(wire.Announcement), at)
 	}
 	mfs := scrape(t, newCollector(func() *App { return app }, func() time.Time { return at }))
 	maxPeers := app.node.table.limits.Load().maxPeers

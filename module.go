@@ -133,6 +133,14 @@ type App struct {
 	// {env.BACKHAND_KEY}. Required unless InsecureNoKey is set.
 	Key string `json:"key,omitempty"`
 
+	// AcceptKeys are other shared secrets that announcements, hop markers
+	// and byCookie's cookies are accepted with; nothing is signed with
+	// them. They rotate the key without splitting the cluster: roll
+	// `accept_keys <new>` onto every node, then `key <new>` with
+	// `accept_keys <old>`, then drop accept_keys; at every step each node
+	// accepts what every other node signs. Same rules as Key.
+	AcceptKeys []string `json:"accept_keys,omitempty"`
+
 	// InsecureNoKey runs without a key: announcements are unsigned, and
 	// anyone who can reach the listen address can inject peers. Only for
 	// closed networks and tests; logged as a warning.
@@ -172,6 +180,7 @@ type App struct {
 	node      *node
 	key       []byte // signs announcements
 	secret    []byte // the shared secret itself, for deriving other keys
+	accepted  [][]byte // the accept_keys secrets
 	advertise string
 	accept    []netip.Prefix
 	advAllow  []netip.Prefix
@@ -233,7 +242,7 @@ func (a *App) Start() error {
 		return err
 	}
 	a.node.table.setLimits(a.tableLimits())
-	a.node.keys.Store(deriveKeys(a.secret, time.Duration(a.ReplayWindow)))
+	a.node.keys.Store(deriveKeys(a.secret, time.Duration(a.ReplayWindow), a.accepted...))
 	a.node.table.dropStaleSelf(a.Name)
 	an.run()
 	a.announcer = an
@@ -322,13 +331,23 @@ type derivedKeys struct {
 	cookie    []byte          // byCookie's cookies
 	hop       *wire.HopSigner // the hop marker of forwarded requests
 	hopWindow time.Duration   // how far a marker's time may be from now: the replay window
+
+	// What accept_keys derive: markers and cookies that verify with them
+	// are accepted too.
+	acceptedCookies [][]byte
+	acceptedHops    []*wire.HopSigner
 }
 
-func deriveKeys(secret []byte, hopWindow time.Duration) *derivedKeys {
+func deriveKeys(secret []byte, hopWindow time.Duration, accepted ...[]byte) *derivedKeys {
 	if secret == nil {
 		return &derivedKeys{hopWindow: hopWindow}
 	}
-	return &derivedKeys{cookie: wire.CookieKey(secret), hop: wire.NewHopSigner(secret), hopWindow: hopWindow}
+	k := &derivedKeys{cookie: wire.CookieKey(secret), hop: wire.NewHopSigner(secret), hopWindow: hopWindow}
+	for _, s := range accepted {
+		k.acceptedCookies = append(k.acceptedCookies, wire.CookieKey(s))
+		k.acceptedHops = append(k.acceptedHops, wire.NewHopSigner(s))
+	}
+	return k
 }
 
 // Destruct implements caddy.Destructor; the node holds no OS resources.

@@ -191,6 +191,7 @@ func TestTableBoundUnderSpoofedIDs(t *testing.T) {
 			now := time.Now()
 			const flood = 100_000
 			var before runtime.MemStats
+			vs := []*wire.Signer{v}
 			for i := range flood {
 				if i == 2000 {
 					runtime.GC()
@@ -198,7 +199,7 @@ func TestTableBoundUnderSpoofedIDs(t *testing.T) {
 				}
 				spoof := wire.Announcement{Cluster: "demo", Node: fmt.Sprintf("spoof-%d", i), Incarnation: uint64(i), Seq: 1, SentAt: now.UnixNano(), Advertise: "127.0.0.66:80"}
 				buf, _ = spoof.Encode(buf[:0], s)
-				an.receive(buf, srcAddr, v, &a, now)
+				an.receive(buf, srcAddr, vs, &a, now)
 			}
 			var after runtime.MemStats
 			runtime.GC()
@@ -227,7 +228,7 @@ func TestReceiveACLAndCluster(t *testing.T) {
 		a := wire.Announcement{Cluster: cluster, Node: node, Incarnation: 1, Seq: 1, SentAt: now.UnixNano()}
 		b, _ := a.Encode(nil, s)
 		var out wire.Announcement
-		an.receive(b, netip.MustParseAddrPort(from), v, &out, now)
+		an.receive(b, netip.MustParseAddrPort(from), []*wire.Signer{v}, &out, now)
 	}
 	send("demo", "inside", "127.0.0.2:4445")
 	send("demo", "outside", "127.0.0.9:4445")
@@ -294,13 +295,14 @@ func BenchmarkReceive(b *testing.B) {
 	}
 	var a wire.Announcement
 	b.ReportAllocs()
+	vs := []*wire.Signer{v}
 	i := 0
 	for b.Loop() {
 		p := i % peers
 		seq[p]++
 		anns[p].Seq = seq[p]
 		dgrams[p], _ = anns[p].Encode(dgrams[p][:0], s)
-		an.receive(dgrams[p], srcAddr, v, &a, now)
+		an.receive(dgrams[p], srcAddr, vs, &a, now)
 		i++
 	}
 	if got := an.node.table.accepts.Load(); got != uint64(i) {

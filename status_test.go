@@ -60,7 +60,7 @@ func scripted(t *testing.T) (*App, time.Time) {
 			t.Fatal(err)
 		}
 		from := netip.AddrPortFrom(netip.MustParseAddrPort(a.Advertise).Addr(), 4445)
-		an.receive(b, from, wire.NewSigner(scriptKey), new(wire.Announcement), at)
+		an.receive(b, from, []*wire.Signer{wire.NewSigner(scriptKey)}, new(wire.Announcement), at)
 	}
 	peer := func(name string, inc, seq uint64, host string, f Figures) wire.Announcement {
 		return wire.Announcement{Cluster: "demo", Node: name, Incarnation: inc, Seq: seq, Advertise: host + ":8001", Figures: f}
@@ -86,7 +86,7 @@ func scripted(t *testing.T) (*App, time.Time) {
 	b2.Figures.Draining = true
 	send(b2, scriptKey, t1)
 	send(peer("mallory", 9, 1, "127.0.0.6", Figures{}), wire.AnnounceKey([]byte("not-the-cluster-key-at-all")), t1) // bad_mac
-	an.receive([]byte("BH\x01"), netip.MustParseAddrPort("127.0.0.7:4445"), wire.NewSigner(scriptKey), new(wire.Announcement), t1)
+	an.receive([]byte("BH\x01"), netip.MustParseAddrPort("127.0.0.7:4445"), []*wire.Signer{wire.NewSigner(scriptKey)}, new(wire.Announcement), t1)
 	other := peer("eve", 5, 1, "127.0.0.8", Figures{})
 	other.Cluster = "other"
 	send(other, scriptKey, t1) // wrong_cluster
