@@ -178,8 +178,8 @@ type App struct {
 	ctx       caddy.Context
 	logger    *zap.Logger
 	node      *node
-	key       []byte // signs announcements
-	secret    []byte // the shared secret itself, for deriving other keys
+	key       []byte   // signs announcements
+	secret    []byte   // the shared secret itself, for deriving other keys
 	accepted  [][]byte // the accept_keys secrets
 	advertise string
 	accept    []netip.Prefix
