@@ -11,6 +11,7 @@ package backhand
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -407,11 +408,16 @@ func defaultAdvertiseHost() string {
 }
 
 // backhandApp returns the configured backhand app, or an error that tells
-// the user of module what is missing.
+// the user of module (named as written: "backhand_track", "lb_policy
+// backhand" ...) what is wrong: the app is missing, or its own config is
+// invalid (then its error, which names the app's option).
 func backhandApp(ctx caddy.Context, module string) (*App, error) {
 	v, err := ctx.AppIfConfigured("backhand")
-	if err != nil {
-		return nil, errOption(module, "needs the backhand app: add the `backhand` global option (apps.backhand in JSON): %v", err)
+	switch {
+	case errors.Is(err, caddy.ErrNotConfigured):
+		return nil, fmt.Errorf("%s: needs the backhand app: add the `backhand` global option (apps.backhand in JSON)", module)
+	case err != nil:
+		return nil, fmt.Errorf("%s: the backhand app's config is invalid: %v", module, err)
 	}
 	return v.(*App), nil
 }
