@@ -315,21 +315,28 @@ func unmarshalFunction(d *caddyfile.Dispenser, name string) (json.RawMessage, er
 	return caddyconfig.JSONModuleObject(mod, "function", name, nil), nil
 }
 
+// oneString reads the single argument of the option on the line, or says
+// which option wanted one and what it got.
 func oneString(d *caddyfile.Dispenser, dst *string) error {
-	if !d.NextArg() {
-		return d.ArgErr()
+	return oneArg(d, dst, "one value")
+}
+
+// oneArg is oneString with what the option wants, for its message.
+func oneArg(d *caddyfile.Dispenser, dst *string, want string) error {
+	opt := d.Val()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.Errf("%s: want %s, got %d arguments %q", opt, want, len(args), args)
 	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
+	*dst = args[0]
 	return nil
 }
 
 func moreStrings(d *caddyfile.Dispenser, dst *[]string) error {
+	opt := d.Val()
 	args := d.RemainingArgs()
 	if len(args) == 0 {
-		return d.ArgErr()
+		return d.Errf("%s: want at least one value", opt)
 	}
 	*dst = append(*dst, args...)
 	return nil
@@ -338,7 +345,7 @@ func moreStrings(d *caddyfile.Dispenser, dst *[]string) error {
 func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	opt := d.Val()
 	var s string
-	if err := oneString(d, &s); err != nil {
+	if err := oneArg(d, &s, "one duration such as 1s or 500ms"); err != nil {
 		return err
 	}
 	dur, err := caddy.ParseDuration(s)
@@ -355,7 +362,7 @@ func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 func oneInt(d *caddyfile.Dispenser, dst *int) error {
 	opt := d.Val()
 	var s string
-	if err := oneString(d, &s); err != nil {
+	if err := oneArg(d, &s, "one whole number"); err != nil {
 		return err
 	}
 	n, err := strconv.Atoi(s)
