@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -61,8 +62,8 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 	}
 }
 
-func livePeer(app *App, name string) *Peer {
-	p := app.node.table.lookup(name)
+func livePeer(app *App, name string) *candidacy.Peer {
+	p := lookupPeer(app.node.table, name)
 	if p == nil || p.Age(time.Now()) > time.Duration(app.MaxAge) {
 		return nil
 	}
@@ -102,7 +103,7 @@ func TestAnnounceOverUDP(t *testing.T) {
 	if pa1 := livePeer(b, "a"); pa1.Figures.Capacity != 10 || len(pa1.Tags) != 1 || pa1.Tags[0] != "x" {
 		t.Errorf("b sees a as %+v", pa1)
 	}
-	if self := a.node.table.lookup("a"); self == nil || !self.Self {
+	if self := lookupPeer(a.node.table, "a"); self == nil || !self.Self {
 		t.Errorf("a's own entry is %+v, want a self entry", self)
 	}
 	// Announcements keep coming: the sequence number moves on.
@@ -123,9 +124,9 @@ func TestAnnounceWrongKeyRejected(t *testing.T) {
 		Listen: []string{fmt.Sprintf("udp/127.0.0.3:%d", pb)}, Peers: peers, Key: "the-WRONG-key-for-this-test"})
 
 	waitFor(t, 2*time.Second, "a counts b's datagrams as bad_mac", func() bool {
-		return a.node.table.rejects[rejectReason(wire.BadMAC)].Load() >= 3
+		return a.node.received.rejects[rejectReason(wire.BadMAC)].Load() >= 3
 	})
-	if p := a.node.table.lookup("b"); p != nil {
+	if p := lookupPeer(a.node.table, "b"); p != nil {
 		t.Errorf("a took b into its table despite the wrong key: %+v", p)
 	}
 }
