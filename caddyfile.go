@@ -245,7 +245,7 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	}
 //
 // For example `byAge 6s`, `byRandom`, `byLogWindow`, `byLoad 0.5`; see the
-// functions' documentation. An empty block runs DefaultChain.
+// functions' documentation. An empty block runs candidacy.DefaultChain.
 func (s *Selection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // policy name
 	if d.NextArg() {

@@ -291,7 +291,7 @@ func (w *startedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 //		<reverse_proxy subdirectives>       # transport, header_up, lb_retries, ...
 //	}
 //
-// An empty block (or none) runs DefaultChain.
+// An empty block (or none) runs candidacy.DefaultChain.
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	policy := new(Selection)

@@ -98,7 +98,8 @@ func newCandidates(t *Table, run *Run, maxAge time.Duration, predict Predict) *C
 	return c
 }
 
-// Release returns the list to a pool for reuse; it must not be used after.
+// Release returns the list to a pool for reuse, once the caller of
+// Chain.Evaluate is done with it; it must not be used after.
 func (c *Candidates) Release() {
 	pending := c.pending[:0]
 	list := c.list[:0]

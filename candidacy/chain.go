@@ -33,14 +33,14 @@ type Chain struct {
 	Predict Predict
 
 	// Timed, when set, is given how long a run took, for one run in
-	// TimingSample: reading the clock costs about a sixth of a default
+	// timingSample: reading the clock costs about a sixth of a default
 	// chain's run, so a duration histogram takes a sample rather than
 	// every run.
 	Timed func(took time.Duration)
 }
 
-// TimingSample is how many runs of a chain one timed run stands for.
-const TimingSample = 8
+// timingSample is how many runs of a chain one timed run stands for.
+const timingSample = 8
 
 // Run is what one run of a chain works with besides the table: the
 // request, and what the caller knows of it and of this node.
@@ -94,7 +94,7 @@ func (ch *Chain) Evaluate(t *Table, run *Run) *Candidates {
 			break
 		}
 	}
-	if ch.Timed != nil && rand.Uint32()%TimingSample == 0 {
+	if ch.Timed != nil && rand.Uint32()%timingSample == 0 {
 		ch.Timed(time.Since(run.Now))
 	}
 	return c
