@@ -3,6 +3,7 @@ package candidacy
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -536,4 +537,34 @@ func unmarshalFunctionModule(d *caddyfile.Dispenser, name string) (Function, err
 		return nil, err
 	}
 	return mod.(Function), nil
+}
+
+// prefixCookies accepts cookie values "ok:<node>".
+type prefixCookies struct{}
+
+func (prefixCookies) CookieNode(v string) (string, bool) { return strings.CutPrefix(v, "ok:") }
+
+// byCookie keeps the client with the node its cookie names, when the
+// caller's check accepts the cookie and the node is a candidate; without
+// a check it only names its cookie.
+func TestByCookie(t *testing.T) {
+	n := newTestNode(tp("a", 0), tp("b", 0), tp("c", 0))
+	for _, tt := range []struct {
+		cookie  string
+		cookies Cookies
+		want    []string
+	}{
+		{"ok:b", prefixCookies{}, fig("b")},
+		{"b", prefixCookies{}, fig("a", "b", "c")},       // refused by the check
+		{"ok:gone", prefixCookies{}, fig("a", "b", "c")}, // not a candidate
+		{"ok:b", nil, fig("a", "b", "c")},                // no check
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.AddCookie(&http.Cookie{Name: "sticky", Value: tt.cookie})
+		c := policy(n, &ByCookie{Name: "sticky"}).Evaluate(n.table, &Run{Request: r, Now: now, Cookies: tt.cookies})
+		if got := c.Names(); !slices.Equal(got, tt.want) || c.Cookie() != "sticky" {
+			t.Errorf("cookie %q: got %v (cookie %q), want %v", tt.cookie, got, c.Cookie(), tt.want)
+		}
+		c.Release()
+	}
 }
