@@ -1,6 +1,7 @@
 package backhand
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -173,5 +174,18 @@ func BenchmarkReceive(b *testing.B) {
 	}
 	if got := an.node.received.accepts.Load(); got != uint64(i) {
 		b.Fatalf("accepted %d of %d", got, i)
+	}
+}
+
+// The table's refusals count under their reasons' names.
+func TestReasonOfTableErrors(t *testing.T) {
+	for err, want := range map[error]string{
+		candidacy.ErrReplay: "replay", candidacy.ErrOutOfWindow: "out_of_window",
+		candidacy.ErrTableFull: "table_full", candidacy.ErrDuplicateID: "duplicate_id",
+		errors.New("anything else"): "malformed",
+	} {
+		if got := reasonOf(err).String(); got != want {
+			t.Errorf("%v: reason %s, want %s", err, got, want)
+		}
 	}
 }
