@@ -140,7 +140,7 @@ func TestAdminDrainAnnounced(t *testing.T) {
 	a, b := mk("a", pa), mk("b", pb)
 	withRunning(t, a)
 	state := func() string {
-		p := b.node.table.lookup("a")
+		p := lookupPeer(b.node.table, "a")
 		if p == nil {
 			return "absent"
 		}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/gather"
 	"go.uber.org/zap"
 	"golang.org/x/net/ipv4"
@@ -246,7 +247,7 @@ func (an *announcer) sendLoop(ctx context.Context) {
 		}
 		buf = an.announce(ctx, time.Now(), buf[:0])
 		an.evict(time.Now())
-		an.node.table.updateReference(time.Now())
+		an.node.table.UpdateReference(time.Now())
 		jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(interval))
 		timer.Reset(interval + jitter)
 	}
@@ -266,7 +267,7 @@ func (an *announcer) announce(ctx context.Context, now time.Time, buf []byte) []
 		Tags:        app.Tags,
 		Figures:     an.gather(ctx, now),
 	}
-	an.node.table.updateSelf(&Peer{
+	an.node.table.UpdateSelf(&candidacy.Peer{
 		Name: a.Node, Advertise: a.Advertise, Tags: a.Tags, Figures: a.Figures,
 		Incarnation: a.Incarnation, Seq: a.Seq, SentAt: a.SentAt,
 		ReceivedAt: now, FirstSeen: now,
@@ -356,22 +357,22 @@ func (an *announcer) gather(ctx context.Context, now time.Time) Figures {
 // evict removes peers silent for too long, and logs them and every change
 // of a peer's state (stale, back, draining).
 func (an *announcer) evict(now time.Time) {
-	for _, p := range an.node.table.sweep(now) {
+	for _, p := range an.node.table.Sweep(now) {
 		an.logger.Info("peer evicted", zap.String("peer", p.Name), zap.Duration("silent", p.Age(now)))
 	}
 	maxAge := time.Duration(an.app.MaxAge)
-	for _, s := range an.node.table.peers() {
-		p := s.cur.Load()
+	for _, s := range an.node.table.Peers() {
+		p := s.Peer()
 		state := peerState(p, now, maxAge)
-		prev := s.local.logged.Load()
-		if prev != nil && *prev == state || !s.local.logged.CompareAndSwap(prev, &state) || prev == nil {
+		prev, changed := s.MarkState(state)
+		if !changed {
 			continue // unchanged, logged by another announcer, or just joined (logged on receipt)
 		}
-		an.logStateChange(p, *prev, state, now)
+		an.logStateChange(p, prev, state, now)
 	}
 }
 
-func (an *announcer) logStateChange(p *Peer, from, to string, now time.Time) {
+func (an *announcer) logStateChange(p *candidacy.Peer, from, to string, now time.Time) {
 	fields := []zap.Field{zap.String("peer", p.Name), zap.String("from", from), zap.String("to", to)}
 	switch {
 	case to == "stale":
@@ -428,35 +429,38 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 // receive checks one datagram and takes it into the table.
 func (an *announcer) receive(b []byte, from netip.AddrPort, vs []*wire.Signer, a *wire.Announcement, now time.Time) {
-	t := an.node.table
+	counts := &an.node.received
 	if len(an.app.accept) > 0 && !slices.ContainsFunc(an.app.accept, func(p netip.Prefix) bool { return p.Contains(from.Addr()) }) {
-		an.rejected(t.countReject(rejectACL), from, nil)
+		an.rejected(counts.countReject(rejectACL), from, nil)
 		return
 	}
 	if err := decodeWithAny(a, b, vs); err != nil {
-		an.rejected(t.countReject(reasonOf(err)), from, nil)
+		an.rejected(counts.countReject(reasonOf(err)), from, nil)
 		return
 	}
 	if a.Cluster != an.app.Cluster {
-		an.rejected(t.countReject(rejectWrongCluster), from, a)
+		an.rejected(counts.countReject(rejectWrongCluster), from, a)
 		return
 	}
 	if a.Advertise != "" && !an.app.advertiseAllowed(a.Advertise) {
-		an.rejected(t.countReject(rejectAdvertiseDenied), from, a)
+		an.rejected(counts.countReject(rejectAdvertiseDenied), from, a)
 		return
 	}
-	joined, err := t.accept(a, from, now)
+	joined, err := an.node.table.Accept(a, from, now)
+	if err == nil {
+		counts.accepts.Add(1)
+	}
 	switch {
-	case errors.Is(err, errOwn):
+	case errors.Is(err, candidacy.ErrOwn):
 	case err != nil:
-		an.rejected(reasonOf(err), from, a)
+		an.rejected(counts.countReject(reasonOf(err)), from, a)
 	case joined:
 		an.logger.Info("peer joined", zap.String("peer", a.Node), zap.String("advertise", a.Advertise), zap.Stringer("from", from))
 	}
 }
 
 // rejected logs a rejection at debug level, rate-limited so that a flood
-// cannot flood the log. Counting is the table's job.
+// cannot flood the log. Counting is receivedCounts' job.
 func (an *announcer) rejected(r rejectReason, from netip.AddrPort, a *wire.Announcement) {
 	if !an.logger.Core().Enabled(zap.DebugLevel) || !an.rejectLog.Allow() {
 		return

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -63,8 +64,8 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 	}
 }
 
-func livePeer(app *App, name string) *Peer {
-	p := app.node.table.lookup(name)
+func livePeer(app *App, name string) *candidacy.Peer {
+	p := lookupPeer(app.node.table, name)
 	if p == nil || p.Age(time.Now()) > time.Duration(app.MaxAge) {
 		return nil
 	}
@@ -104,7 +105,7 @@ func TestAnnounceOverUDP(t *testing.T) {
 	if pa1 := livePeer(b, "a"); pa1.Figures.Capacity != 10 || len(pa1.Tags) != 1 || pa1.Tags[0] != "x" {
 		t.Errorf("b sees a as %+v", pa1)
 	}
-	if self := a.node.table.lookup("a"); self == nil || !self.Self {
+	if self := lookupPeer(a.node.table, "a"); self == nil || !self.Self {
 		t.Errorf("a's own entry is %+v, want a self entry", self)
 	}
 	// Announcements keep coming: the sequence number moves on.
@@ -125,9 +126,9 @@ func TestAnnounceWrongKeyRejected(t *testing.T) {
 		Listen: []string{fmt.Sprintf("udp/127.0.0.3:%d", pb)}, Peers: peers, Key: "the-WRONG-key-for-this-test"})
 
 	waitFor(t, 2*time.Second, "a counts b's datagrams as bad_mac", func() bool {
-		return a.node.table.rejects[rejectReason(wire.BadMAC)].Load() >= 3
+		return a.node.received.rejects[rejectReason(wire.BadMAC)].Load() >= 3
 	})
-	if p := a.node.table.lookup("b"); p != nil {
+	if p := lookupPeer(a.node.table, "b"); p != nil {
 		t.Errorf("a took b into its table despite the wrong key: %+v", p)
 	}
 }
@@ -166,7 +167,7 @@ func TestListenRefusesAddressInUse(t *testing.T) {
 func TestFailedStartLeavesRunningConfig(t *testing.T) {
 	running := startTestApp(t, &App{Name: "a", Cluster: "t", Key: "running-config-key-0123", Advertise: "127.0.0.1:1",
 		MaxPeers: 10, Listen: []string{"udp/127.0.0.1:" + strconv.Itoa(freeUDPPort(t, "127.0.0.1"))}})
-	keys, limits := running.node.keys.Load(), running.node.table.limits.Load()
+	keys, limits := running.node.keys.Load(), running.node.table.Limits()
 
 	held, err := net.ListenPacket("udp", "127.0.0.1:0") // no SO_REUSEPORT: the new config cannot share it
 	if err != nil {
@@ -187,7 +188,7 @@ func TestFailedStartLeavesRunningConfig(t *testing.T) {
 	if running.node.keys.Load() != keys {
 		t.Error("the failed config replaced the running config's keys")
 	}
-	if l := running.node.table.limits.Load(); l != limits || l.selfName != "a" || l.maxPeers != 10 {
+	if l := running.node.table.Limits(); l != limits || l.SelfName != "a" || l.MaxPeers != 10 {
 		t.Errorf("the failed config changed the running config's limits: %+v", l)
 	}
 }
@@ -211,12 +212,12 @@ func TestAdvertiseAllow(t *testing.T) {
 		Listen: []string{fmt.Sprintf("udp/127.0.0.3:%d", freeUDPPort(t, "127.0.0.3"))}, Peers: peers})
 
 	waitFor(t, 2*time.Second, "a takes b and rejects d's names as advertise_denied", func() bool {
-		return livePeer(a, "b") != nil && a.node.table.rejects[rejectAdvertiseDenied].Load() >= 3
+		return livePeer(a, "b") != nil && a.node.received.rejects[rejectAdvertiseDenied].Load() >= 3
 	})
-	if p := a.node.table.lookup("d"); p != nil {
+	if p := lookupPeer(a.node.table, "d"); p != nil {
 		t.Errorf("a took d, advertising a DNS name under advertise_allow: %+v", p)
 	}
-	if p := a.node.table.lookup("c"); p == nil || p.Advertise != "127.0.0.1:2019" {
+	if p := lookupPeer(a.node.table, "c"); p == nil || p.Advertise != "127.0.0.1:2019" {
 		// c advertises an allowed IP: the list bounds where peers point,
 		// it does not know which ports are the application's.
 		t.Errorf("a's view of c: %+v, want it taken", p)
@@ -264,21 +265,21 @@ func TestKeyRotation(t *testing.T) {
 	}
 	check := func(step string) {
 		t.Helper()
-		badA, badB := a.node.table.rejects[rejectReason(wire.BadMAC)].Load(), b.node.table.rejects[rejectReason(wire.BadMAC)].Load()
+		badA, badB := a.node.received.rejects[rejectReason(wire.BadMAC)].Load(), b.node.received.rejects[rejectReason(wire.BadMAC)].Load()
 		for _, x := range []struct {
 			at   *App
 			peer string
 		}{{a, "b"}, {b, "a"}} {
 			seq := uint64(0)
-			if p := x.at.node.table.lookup(x.peer); p != nil {
+			if p := lookupPeer(x.at.node.table, x.peer); p != nil {
 				seq = p.Seq
 			}
 			waitFor(t, 2*time.Second, step+": "+x.at.Name+" keeps taking "+x.peer+"'s announcements", func() bool {
-				p := x.at.node.table.lookup(x.peer)
+				p := lookupPeer(x.at.node.table, x.peer)
 				return p != nil && p.Seq > seq+2
 			})
 		}
-		if a.node.table.rejects[rejectReason(wire.BadMAC)].Load() != badA || b.node.table.rejects[rejectReason(wire.BadMAC)].Load() != badB {
+		if a.node.received.rejects[rejectReason(wire.BadMAC)].Load() != badA || b.node.received.rejects[rejectReason(wire.BadMAC)].Load() != badB {
 			t.Errorf("%s: announcements rejected for their MAC", step)
 		}
 		for _, x := range [][2]*App{{a, b}, {b, a}} {

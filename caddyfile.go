@@ -249,7 +249,7 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	}
 //
 // For example `byAge 6s`, `byRandom`, `byLogWindow`, `byLoad 0.5`; see the
-// functions' documentation. An empty block runs DefaultChain.
+// functions' documentation. An empty block runs candidacy.DefaultChain.
 func (s *Selection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // policy name
 	if d.NextArg() {
@@ -263,21 +263,12 @@ func (s *Selection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// unmarshalLine reads one line of the policy's block.
+// unmarshalLine reads one line of the policy's block: its own options,
+// or the chain's lines (candidacy.ChainConfig).
 func (s *Selection) unmarshalLine(d *caddyfile.Dispenser) error {
-	switch name := d.Val(); name {
-	case "max_age":
-		return oneDuration(d, &s.MaxAge)
+	switch d.Val() {
 	case "keep":
 		return oneInt(d, &s.Keep)
-	case "predict":
-		if err := oneString(d, &s.Predict); err != nil {
-			return err
-		}
-		if _, err := parsePredict(s.Predict); err != nil {
-			return d.Err(err.Error())
-		}
-		return nil
 	case "fallback":
 		if !d.NextArg() {
 			return d.ArgErr()
@@ -290,29 +281,8 @@ func (s *Selection) unmarshalLine(d *caddyfile.Dispenser) error {
 		s.FallbackRaw = caddyconfig.JSONModuleObject(mod, "policy", policy, nil)
 		return nil
 	default:
-		fn, err := unmarshalFunction(d, name)
-		if err != nil {
-			return err
-		}
-		s.ChainRaw = append(s.ChainRaw, fn)
-		return nil
+		return s.ChainConfig.UnmarshalLine(d)
 	}
-}
-
-// unmarshalFunction reads one candidacy function line.
-func unmarshalFunction(d *caddyfile.Dispenser, name string) (json.RawMessage, error) {
-	modID := "backhand.functions." + name
-	if _, err := caddy.GetModule(modID); err != nil {
-		return nil, d.Errf("unknown candidacy function or option %q", name)
-	}
-	mod, err := caddyfile.UnmarshalModule(d, modID)
-	if err != nil {
-		return nil, err
-	}
-	if _, ok := mod.(CandidacyFunction); !ok {
-		return nil, d.Errf("module %s is not a candidacy function", modID)
-	}
-	return caddyconfig.JSONModuleObject(mod, "function", name, nil), nil
 }
 
 // oneString reads the single argument of the option on the line, or says

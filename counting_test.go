@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 // countingRequest is a request as Caddy's server hands it to handlers
@@ -39,7 +41,7 @@ func proxyAttempt(t *testing.T, src *Upstreams, s *Selection, r *http.Request) *
 
 // heardPeer is a test peer heard age before the wall clock's now (the
 // request path reads the wall clock).
-func heardPeer(name, advertise string, age time.Duration) *Peer {
+func heardPeer(name, advertise string, age time.Duration) *candidacy.Peer {
 	p := tp(name, 0, adv(advertise))
 	p.ReceivedAt = time.Now().Add(-age)
 	return p
@@ -48,8 +50,8 @@ func heardPeer(name, advertise string, age time.Duration) *Peer {
 // inFlight returns this node's in-flight count to each peer.
 func inFlight(n *node) map[string]int64 {
 	out := map[string]int64{}
-	for _, sl := range n.table.peers() {
-		out[sl.name] = sl.local.inflight.Load()
+	for _, sl := range n.table.Peers() {
+		out[sl.Name()] = sl.InFlight()
 	}
 	return out
 }
@@ -60,13 +62,13 @@ func inFlight(n *node) map[string]int64 {
 // old, every peer equally idle) spread instead of herding onto the
 // apparent minimum; and the counts come down exactly when the requests end.
 func TestPolicyCountsItsOwnRequests(t *testing.T) {
-	var peers []*Peer
+	var peers []*candidacy.Peer
 	for i := range 4 {
 		peers = append(peers, heardPeer(fmt.Sprintf("p%d", i), fmt.Sprintf("127.0.0.%d:80", i+2), 500*time.Millisecond))
 	}
 	n := testNode(peers...)
-	s := policy(n, DefaultChain()...)
-	s.predict = predictDecay
+	s := policy(n, candidacy.DefaultChain()...)
+	s.chain.Predict = candidacy.PredictDecay
 	src := &Upstreams{node: n, table: n.table, maxAge: time.Hour, policy: s}
 
 	var cancels []context.CancelFunc
@@ -100,8 +102,8 @@ func TestPolicyCountsItsOwnRequests(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	sent := uint64(0)
-	for _, sl := range n.table.peers() {
-		sent += sl.local.sent.Load()
+	for _, sl := range n.table.Peers() {
+		sent += sl.Sent()
 	}
 	if sent != 40 {
 		t.Errorf("sent %d, want 40", sent)
@@ -116,7 +118,7 @@ func TestPolicyCountsItsOwnRequests(t *testing.T) {
 // request counts once. A retry moves the count to the next peer.
 func TestPolicyCountsOnceWithTrack(t *testing.T) {
 	n := testNode(heardPeer("a", "127.0.0.2:80", 0), heardPeer("b", "127.0.0.3:80", 0))
-	s := policy(n, DefaultChain()...)
+	s := policy(n, candidacy.DefaultChain()...)
 	src := &Upstreams{node: n, table: n.table, maxAge: time.Hour, policy: s}
 	track := &Track{node: n}
 	r, cancel := countingRequest()

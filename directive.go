@@ -14,6 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 func init() {
@@ -163,23 +165,26 @@ const (
 // the chain's best candidates are planned in st for the source; for a
 // redirect, the target host. byCookie's cookie is set here.
 func (h *Handler) decide(w http.ResponseWriter, r *http.Request, st *requestState, now time.Time) (route, string) {
-	c := h.policy.evaluate(h.node, chainRun{req: r, now: now})
-	defer c.release()
-	winner := c.first()
-	h.setCookie(w, r, c.decision.cookie, winner)
-	switch {
-	case winner == nil || winner.Peer.Self:
+	c := h.policy.evaluate(candidacy.Run{Request: r, Now: now})
+	defer c.Release()
+	winner := c.First()
+	h.setCookie(w, r, c.Cookie(), winner)
+	if winner == nil || winner.Peer.Self {
 		return routeHere, ""
-	case c.decision.redirect != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead):
-		scheme := h.peerScheme
-		if _, byName := c.decision.redirect.(*HTTPRedirectToName); byName {
-			scheme = requestScheme(r) // a name is the site's own; keep the client's scheme
+	}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if to, ok := c.Redirect(winner); ok {
+			scheme := h.peerScheme
+			if to.Named {
+				scheme = requestScheme(r) // a name is the site's own; keep the client's scheme
+			}
+			return routeRedirect, redirectLocation(r, scheme, to.Host, winner.Peer.Name, h.app.Name, h.node.keys.Load(), now)
 		}
-		return routeRedirect, redirectLocation(r, scheme, c.decision.redirect.redirectHost(c, winner), winner.Peer.Name, h.app.Name, h.node.keys.Load(), now)
-	case st == nil:
+	}
+	if st == nil {
 		return routeHere, "" // not a request from Caddy's server: nowhere to plan
 	}
-	st.plan(c.head(h.policy.keep))
+	st.plan(c.Head(h.policy.keep))
 	return routePeer, ""
 }
 
@@ -240,7 +245,7 @@ func (h *Handler) serveLocally(w http.ResponseWriter, r *http.Request, next cadd
 
 // setCookie sets byCookie's cookie (named name) when the winner differs
 // from it.
-func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, name string, winner *Candidate) {
+func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, name string, winner *candidacy.Candidate) {
 	if name == "" || winner == nil {
 		return
 	}
@@ -287,7 +292,7 @@ func (w *startedWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 //		<reverse_proxy subdirectives>       # transport, header_up, lb_retries, ...
 //	}
 //
-// An empty block (or none) runs DefaultChain.
+// An empty block (or none) runs candidacy.DefaultChain.
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d := h.Dispenser
 	policy := new(Selection)
@@ -336,11 +341,10 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // reverse_proxy.
 func isPolicyLine(name string) bool {
 	switch name {
-	case "max_age", "keep", "predict", "fallback":
+	case "keep", "fallback":
 		return true
 	}
-	_, err := caddy.GetModule("backhand.functions." + name)
-	return err == nil
+	return candidacy.IsChainLine(name)
 }
 
 // Interface guards

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -53,8 +54,8 @@ func TestDirectiveFailsOverToNextPeer(t *testing.T) {
 	if got := totalInFlight(u.n); got != 0 {
 		t.Errorf("in flight after the request: %v", inFlight(u.n))
 	}
-	if a.local.sent.Load() != 1 || u.slot("b").local.sent.Load() != 1 {
-		t.Errorf("sent a %d, b %d; want one attempt each", a.local.sent.Load(), u.slot("b").local.sent.Load())
+	if a.Sent() != 1 || u.slot("b").Sent() != 1 {
+		t.Errorf("sent a %d, b %d; want one attempt each", a.Sent(), u.slot("b").Sent())
 	}
 	if !failed(a) || failed(u.slot("b")) {
 		t.Errorf("failed: a %v, b %v; want only a", failed(a), failed(u.slot("b")))
@@ -78,16 +79,16 @@ func TestDirectiveFailsOverToNextPeer(t *testing.T) {
 	if err := h.ServeHTTP(w, r, local); err != nil || w.Body.String() != "b" {
 		t.Fatalf("second request: %q, %v", w.Body.String(), err)
 	}
-	if a.local.sent.Load() != 1 {
+	if a.Sent() != 1 {
 		t.Errorf("a was tried again before it announced")
 	}
 	// a announces again: a candidate again.
-	u.peer("a", a.cur.Load().Advertise)
+	u.peer("a", a.Peer().Advertise)
 	if failed(a) {
 		t.Error("a still counts as failed after its announcement")
 	}
-	c := h.policy.evaluate(u.n, chainRun{now: time.Now()})
-	defer c.release()
+	c := h.policy.evaluate(candidacy.Run{Now: time.Now()})
+	defer c.Release()
 	if got := c.Names(); len(got) != 2 || got[0] != "a" {
 		t.Errorf("after a's announcement the chain leaves %v, want [a b]", got)
 	}
@@ -192,7 +193,7 @@ func TestDirectiveServesLocally(t *testing.T) {
 	}{
 		{"this node wins", []CandidacyFunction{byNames{"me", "a"}}, false},
 		{"empty list", []CandidacyFunction{byNames{"nobody"}}, false},
-		{"off", []CandidacyFunction{&Off{}, byNames{"a"}}, false},
+		{"off", []CandidacyFunction{&candidacy.Off{}, byNames{"a"}}, false},
 		{"no request variables", []CandidacyFunction{byNames{"a"}}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -316,12 +317,12 @@ func TestDirectiveRedirects(t *testing.T) {
 		chain              []CandidacyFunction
 		location           string // "" for no redirect
 	}{
-		{"IP GET", "GET", "www.example.com", false, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, "http://" + aAddr + "/p?q=1"},
-		{"IP HEAD over TLS", "HEAD", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, "http://" + aAddr + "/p?q=1"},
-		{"name GET over TLS", "GET", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToName{Format: "%S.example.net"}}, "https://a.example.net/p?q=1"},
-		{"name GET", "GET", "www.example.com:8443", false, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToName{Format: "%S.%-2H.%-1H:%P"}}, "http://a.example.com:" + port + "/p?q=1"},
-		{"POST is proxied", "POST", "www.example.com", false, []CandidacyFunction{byNames{"a"}, &HTTPRedirectToIP{}}, ""},
-		{"this node wins", "GET", "www.example.com", false, []CandidacyFunction{byNames{"me", "a"}, &HTTPRedirectToIP{}}, ""},
+		{"IP GET", "GET", "www.example.com", false, []CandidacyFunction{byNames{"a"}, &candidacy.HTTPRedirectToIP{}}, "http://" + aAddr + "/p?q=1"},
+		{"IP HEAD over TLS", "HEAD", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &candidacy.HTTPRedirectToIP{}}, "http://" + aAddr + "/p?q=1"},
+		{"name GET over TLS", "GET", "www.example.com", true, []CandidacyFunction{byNames{"a"}, &candidacy.HTTPRedirectToName{Format: "%S.example.net"}}, "https://a.example.net/p?q=1"},
+		{"name GET", "GET", "www.example.com:8443", false, []CandidacyFunction{byNames{"a"}, &candidacy.HTTPRedirectToName{Format: "%S.%-2H.%-1H:%P"}}, "http://a.example.com:" + port + "/p?q=1"},
+		{"POST is proxied", "POST", "www.example.com", false, []CandidacyFunction{byNames{"a"}, &candidacy.HTTPRedirectToIP{}}, ""},
+		{"this node wins", "GET", "www.example.com", false, []CandidacyFunction{byNames{"me", "a"}, &candidacy.HTTPRedirectToIP{}}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := u.directive("", tt.chain...)
@@ -378,7 +379,7 @@ func TestDirectiveRedirectLands(t *testing.T) {
 	u := newUnitApp(t, deadAddr(t))
 	a, aAddr := peerSite(t, "a")
 	u.peer("a", aAddr)
-	h := u.directive("", byNames{"a"}, &HTTPRedirectToIP{})
+	h := u.directive("", byNames{"a"}, &candidacy.HTTPRedirectToIP{})
 	keys := u.n.keys.Load()
 	for _, tt := range []struct {
 		name, to, signedFor string
@@ -431,7 +432,7 @@ func TestDirectiveSetsCookie(t *testing.T) {
 	u := newUnitApp(t, deadAddr(t))
 	_, aAddr := peerSite(t, "a")
 	u.peer("a", aAddr)
-	h := u.directive("", &ByCookie{Name: "bh"}, byNames{"a"})
+	h := u.directive("", &candidacy.ByCookie{Name: "bh"}, byNames{"a"})
 	r, w, cancel := caddyRequest("GET", "/")
 	defer cancel()
 	if err := h.ServeHTTP(w, r, &site{name: "local"}); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -242,9 +243,9 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
-	a.node.table.setLimits(a.tableLimits())
+	a.node.table.SetLimits(a.tableLimits())
 	a.node.keys.Store(deriveKeys(a.secret, time.Duration(a.ReplayWindow), a.accepted...))
-	a.node.table.dropStaleSelf(a.Name)
+	a.node.table.DropStaleSelf(a.Name)
 	an.run()
 	a.announcer = an
 	latestApp.Store(a)
@@ -286,15 +287,15 @@ func (a *App) Cleanup() error {
 	return err
 }
 
-func (a *App) tableLimits() *tableLimits {
-	return &tableLimits{
-		maxPeers:      a.MaxPeers,
-		replayWindow:  time.Duration(a.ReplayWindow),
-		maxAge:        time.Duration(a.MaxAge),
-		evictAfter:    time.Duration(a.EvictAfter),
-		selfName:      a.Name,
-		selfAdvertise: a.advertise,
-		incarnation:   a.node.incarnation,
+func (a *App) tableLimits() *candidacy.Limits {
+	return &candidacy.Limits{
+		MaxPeers:      a.MaxPeers,
+		ReplayWindow:  time.Duration(a.ReplayWindow),
+		MaxAge:        time.Duration(a.MaxAge),
+		EvictAfter:    time.Duration(a.EvictAfter),
+		SelfName:      a.Name,
+		SelfAdvertise: a.advertise,
+		Incarnation:   a.node.incarnation,
 	}
 }
 
@@ -304,12 +305,14 @@ func (a *App) tableLimits() *tableLimits {
 var nodes = caddy.NewUsagePool()
 
 // node is what outlives a config: the peer table, this process's
-// incarnation and sequence numbers, and the counters of its own requests.
+// incarnation and sequence numbers, and the counters of its own requests
+// and of the announcements it received.
 type node struct {
-	table       *peerTable
+	table       *candidacy.Table
 	incarnation uint64
 	seq         atomic.Uint64
 	stats       localStats
+	received    receivedCounts
 	decisions   decisions
 	draining    atomic.Bool // set through the admin API
 	keys        atomic.Pointer[derivedKeys]
@@ -319,7 +322,7 @@ func newNode() *node {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
 	n := &node{
-		table:       newPeerTable(tableLimits{maxPeers: defaultMaxPeers}),
+		table:       candidacy.NewTable(candidacy.Limits{MaxPeers: defaultMaxPeers}),
 		incarnation: binary.BigEndian.Uint64(b[:]),
 	}
 	n.keys.Store(&derivedKeys{hopWindow: defaultReplayWindow})

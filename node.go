@@ -4,6 +4,8 @@ import (
 	"math"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 // localStats counts this node's own requests; the announcer turns them into
@@ -22,9 +24,7 @@ type localStats struct {
 func (n *node) served(d time.Duration, now time.Time) {
 	n.stats.latencyMicros.Add(uint64(max(d, 0).Microseconds()))
 	n.stats.done.Add(1)
-	if s := n.table.self.Load(); s != nil {
-		s.local.times.observe(d, now)
-	}
+	n.table.Served(d, now)
 }
 
 // latencyEWMA smooths the mean response time of each interval with a time
@@ -36,7 +36,7 @@ type latencyEWMA struct {
 	micros            float64
 }
 
-const latencyTau = decay(5 * time.Second)
+const latencyTau = candidacy.Decay(5 * time.Second)
 
 func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
 	done, sum := st.done.Load(), st.latencyMicros.Load()
@@ -45,7 +45,7 @@ func (e *latencyEWMA) update(st *localStats, now time.Time) uint32 {
 		if e.micros == 0 {
 			e.micros = mean
 		} else {
-			e.micros = ewma(e.micros, mean, latencyTau.alpha(now.Sub(e.at)))
+			e.micros += latencyTau.Alpha(now.Sub(e.at)) * (mean - e.micros)
 		}
 	}
 	e.prevDone, e.prevSum, e.at = done, sum, now

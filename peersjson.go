@@ -3,6 +3,8 @@ package backhand
 import (
 	"strconv"
 	"time"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 // PeersView is this node's view of its cluster, as served in JSON by the
@@ -99,7 +101,6 @@ func peersView(app *App, now time.Time) PeersView {
 // peersViewWith builds the view of app's node at now with opts.
 func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 	n := app.node
-	t := n.table
 	admin := n.draining.Load()
 	v := PeersView{
 		Node:        app.Name,
@@ -108,7 +109,7 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		Time:        now,
 		MaxAgeMS:    time.Duration(app.MaxAge).Milliseconds(),
 		Sent:        n.stats.sent.Load(),
-		Accepted:    t.accepts.Load(),
+		Accepted:    n.received.accepts.Load(),
 		Rejected:    make(map[string]int, numRejectReasons),
 		Peers:       []PeerView{},
 		SlowStartMS: opts.slowStart.Milliseconds(),
@@ -117,12 +118,12 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		Decisions:   make(map[string]uint64, numOutcomes),
 	}
 	for r := range numRejectReasons {
-		v.Rejected[r.String()] = int(t.rejects[r].Load())
+		v.Rejected[r.String()] = int(n.received.rejects[r].Load())
 	}
 	for o := range numOutcomes {
 		v.Decisions[o.String()] = n.decisions.outcomes[o].Load()
 	}
-	for _, s := range t.peers() {
+	for _, s := range n.table.Peers() {
 		v.Peers = append(v.Peers, slotRow(s, now, time.Duration(app.MaxAge), opts))
 	}
 	return v
@@ -130,24 +131,24 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 
 // slotRow is the row of one slot: the peer's announced record plus this
 // node's own counters for it.
-func slotRow(s *peerSlot, now time.Time, maxAge time.Duration, opts viewOptions) PeerView {
-	p := s.cur.Load()
+func slotRow(s *candidacy.Slot, now time.Time, maxAge time.Duration, opts viewOptions) PeerView {
+	p := s.Peer()
 	pv := rowOf(p, now, maxAge)
 	pv.State = viewState(p, now, maxAge, opts.slowStart)
-	pv.SentByThisNode = s.local.sent.Load()
-	pv.InFlightFromThisNode = s.local.inflight.Load()
-	if us, ok := s.local.latency.micros(); ok {
+	pv.SentByThisNode = s.Sent()
+	pv.InFlightFromThisNode = s.InFlight()
+	if us, ok := s.ObservedMicros(); ok {
 		ms := us / 1000
 		pv.ObservedLatencyMS = &ms
 	}
-	if us, ok := s.local.times.learned(); ok {
+	if us, ok := s.LearnedMicros(); ok {
 		ms := us / 1000
 		pv.LearnedLatencyMS = &ms
 	}
 	return pv
 }
 
-func rowOf(p *Peer, now time.Time, maxAge time.Duration) PeerView {
+func rowOf(p *candidacy.Peer, now time.Time, maxAge time.Duration) PeerView {
 	f := &p.Figures
 	pv := PeerView{
 		Name:        p.Name,
@@ -188,11 +189,11 @@ func rowOf(p *Peer, now time.Time, maxAge time.Duration) PeerView {
 
 // peerState names where a peer stands: self, live, stale (silent for longer
 // than maxAge) or draining.
-func peerState(p *Peer, now time.Time, maxAge time.Duration) string {
+func peerState(p *candidacy.Peer, now time.Time, maxAge time.Duration) string {
 	switch {
 	case p.Self:
 		return "self"
-	case !p.fresh(now, maxAge):
+	case !p.Fresh(now, maxAge):
 		return "stale"
 	case p.Figures.Draining:
 		return "draining"
@@ -204,7 +205,7 @@ func peerState(p *Peer, now time.Time, maxAge time.Duration) string {
 // incarnation was first heard less than slowStart ago (a node that just
 // joined or restarted, which a slowStart candidacy function with the same
 // window is still ramping up). Stale and draining take precedence.
-func viewState(p *Peer, now time.Time, maxAge, slowStart time.Duration) string {
+func viewState(p *candidacy.Peer, now time.Time, maxAge, slowStart time.Duration) string {
 	s := peerState(p, now, maxAge)
 	if s == "live" && slowStart > 0 && now.Sub(p.FirstSeen) < slowStart {
 		return "slow-start"

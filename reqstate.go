@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -34,13 +35,13 @@ import (
 // or the directive), and recording its outcome (the directive, or the
 // policy when it balances alone).
 type requestState struct {
-	planned  [maxKeep]Candidate
+	planned  [maxKeep]candidacy.Candidate
 	nPlanned int
 
 	offered  [maxKeep]offering
 	nOffered int
 
-	tried  [maxTries]*peerSlot
+	tried  [maxTries]*candidacy.Slot
 	nTried int
 
 	// hop is the marker the directive asks every attempt to carry (its
@@ -50,7 +51,7 @@ type requestState struct {
 	// mu guards the fields below it that finish writes: when the
 	// context ends the request, finish runs on another goroutine.
 	mu       sync.Mutex
-	chosen   *peerSlot
+	chosen   *candidacy.Slot
 	chosenAt time.Time
 	inFlight bool        // chosen's in-flight count includes this request
 	ending   ending      // who finishes the request
@@ -64,7 +65,7 @@ type requestState struct {
 // offering is one upstream offered to reverse_proxy and the peer behind it.
 type offering struct {
 	up   *reverseproxy.Upstream
-	slot *peerSlot
+	slot *candidacy.Slot
 }
 
 // role names a backhand module that takes on a job for a request.
@@ -171,13 +172,13 @@ func (st *requestState) releaseBusy() {
 }
 
 // plan keeps the chain's best candidates for the source's first attempt.
-func (st *requestState) plan(c []Candidate) {
+func (st *requestState) plan(c []candidacy.Candidate) {
 	st.nPlanned = copy(st.planned[:], c)
 }
 
 // takePlan returns the plan once (nil if there is none); later attempts
 // run the chain again.
-func (st *requestState) takePlan() []Candidate {
+func (st *requestState) takePlan() []candidacy.Candidate {
 	if st == nil || st.nPlanned == 0 {
 		return nil
 	}
@@ -188,24 +189,24 @@ func (st *requestState) takePlan() []Candidate {
 
 // offer records the upstreams handed to reverse_proxy on this attempt and
 // the candidates behind them.
-func (st *requestState) offer(c []Candidate, ups []*reverseproxy.Upstream) {
+func (st *requestState) offer(c []candidacy.Candidate, ups []*reverseproxy.Upstream) {
 	if st == nil {
 		return
 	}
 	st.nOffered = min(len(ups), len(c), maxKeep)
 	for i := range st.nOffered {
-		st.offered[i] = offering{up: ups[i], slot: c[i].slot}
+		st.offered[i] = offering{up: ups[i], slot: c[i].Slot()}
 	}
 }
 
 // offeredPeer returns the peer behind up if pool is the pool offered on
 // this attempt (the same upstream values, not only the same addresses:
 // the policy may also see pools from other sources).
-func (st *requestState) offeredPeer(pool reverseproxy.UpstreamPool, up *reverseproxy.Upstream) *peerSlot {
+func (st *requestState) offeredPeer(pool reverseproxy.UpstreamPool, up *reverseproxy.Upstream) *candidacy.Slot {
 	if st == nil || len(pool) != st.nOffered {
 		return nil
 	}
-	var slot *peerSlot
+	var slot *candidacy.Slot
 	for i, o := range st.offered[:st.nOffered] {
 		if pool[i] != o.up {
 			return nil
@@ -223,7 +224,7 @@ func (st *requestState) isOffered(pool reverseproxy.UpstreamPool) bool {
 }
 
 // wasTried reports whether s was already tried by this request.
-func (st *requestState) wasTried(s *peerSlot) bool {
+func (st *requestState) wasTried(s *candidacy.Slot) bool {
 	if st == nil {
 		return false
 	}
@@ -233,6 +234,15 @@ func (st *requestState) wasTried(s *peerSlot) bool {
 		}
 	}
 	return false
+}
+
+// triedSlots are the peers this request already tried, which are no
+// candidates again (nil on a nil state).
+func (st *requestState) triedSlots() []*candidacy.Slot {
+	if st == nil {
+		return nil
+	}
+	return st.tried[:st.nTried]
 }
 
 // handlerEnds tells the policy that the calling handler will finish the
@@ -250,19 +260,19 @@ func (st *requestState) handlerEnds() {
 // attempts): it is no candidate until it announces again, and its count
 // drops without a latency sample, since a fast failure is no sign of
 // speed. When no handler finishes the request, the end of ctx does.
-func (st *requestState) choose(ctx context.Context, s *peerSlot, now time.Time, stats *localStats) {
+func (st *requestState) choose(ctx context.Context, s *candidacy.Slot, now time.Time, stats *localStats) {
 	st.nOffered = 0
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.chosen != nil {
-		st.chosen.local.failed(now)
+		st.chosen.Failed(now)
 		if st.inFlight {
-			st.chosen.local.inflight.Add(-1)
+			st.chosen.End(0, now, false)
 		}
 	}
 	st.chosen, st.chosenAt, st.inFlight = s, now, st.ending != endDone
 	if st.inFlight {
-		s.local.begin()
+		s.Begin()
 	}
 	if st.ending == endUnset {
 		st.ending, st.stats = endByContext, stats
@@ -288,11 +298,11 @@ func (st *requestState) finish(now time.Time, failed bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.inFlight {
-		self := st.chosen.cur.Load().Self
+		self := st.chosen.Peer().Self
 		if failed {
-			st.chosen.local.failed(now)
+			st.chosen.Failed(now)
 		}
-		st.chosen.local.end(now.Sub(st.chosenAt), now, !self && !failed)
+		st.chosen.End(now.Sub(st.chosenAt), now, !self && !failed)
 		st.inFlight = false
 		if st.ending == endByContext && !self {
 			st.stats.forwarded.Add(1)
@@ -321,5 +331,5 @@ func (st *requestState) forwarded() (fwd, ok bool) {
 	if st.chosen == nil {
 		return false, st.nTried > 0
 	}
-	return !st.chosen.cur.Load().Self, true
+	return !st.chosen.Peer().Self, true
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 // Without a handler to end it (no backhand_track, no directive), the
@@ -37,11 +39,11 @@ func TestContextEndsPolicyCount(t *testing.T) {
 		if got := inFlight(n); got["a"] != 0 || got["b"] != 0 {
 			t.Errorf("in flight after the context ended: %v, want 0", got)
 		}
-		a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
+		a, b := n.table.Lookup("a"), n.table.Lookup("b")
 		if sampled(a) || !sampled(b) {
 			t.Errorf("response times learnt: a %v, b %v; want b's only", sampled(a), sampled(b))
 		}
-		if lat, _ := b.local.latency.micros(); lat != 50e3 {
+		if lat, _ := b.ObservedMicros(); lat != 50e3 {
 			t.Errorf("b's response time %vµs, want the 50ms from its choice to the context's end", lat)
 		}
 		if got := n.stats.forwarded.Load(); got != 1 {
@@ -54,16 +56,16 @@ func TestContextEndsPolicyCount(t *testing.T) {
 		// This node chosen: its count ends with the context too, but it is
 		// neither forwarded nor learnt from (its own requests teach it).
 		r, cancel = countingRequest()
-		s.chain = []CandidacyFunction{byNames{"me"}}
+		s.chain.Functions = []CandidacyFunction{byNames{"me"}}
 		proxyAttempt(t, src, s, r)
-		me := n.table.lookupSlot("me")
-		if me.local.inflight.Load() != 1 {
-			t.Errorf("this node's count %d, want 1", me.local.inflight.Load())
+		me := n.table.Lookup("me")
+		if me.InFlight() != 1 {
+			t.Errorf("this node's count %d, want 1", me.InFlight())
 		}
 		cancel()
 		synctest.Wait()
-		if me.local.inflight.Load() != 0 || sampled(me) || n.stats.forwarded.Load() != 1 {
-			t.Errorf("this node: in flight %d, learnt %v, forwarded %d; want 0, false, still 1", me.local.inflight.Load(), sampled(me), n.stats.forwarded.Load())
+		if me.InFlight() != 0 || sampled(me) || n.stats.forwarded.Load() != 1 {
+			t.Errorf("this node: in flight %d, learnt %v, forwarded %d; want 0, false, still 1", me.InFlight(), sampled(me), n.stats.forwarded.Load())
 		}
 		if got := outcomes(n); !sameOutcomes(got, map[string]uint64{"forwarded": 1, "local": 1}) {
 			t.Errorf("outcomes %v, want one local more", got)
@@ -76,7 +78,7 @@ func TestContextEndsPolicyCount(t *testing.T) {
 func TestHandlerEndsCountOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		n := testNode(heardPeer("a", "127.0.0.2:80", 0), heardPeer("b", "127.0.0.3:80", 0))
-		a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
+		a, b := n.table.Lookup("a"), n.table.Lookup("b")
 		ctx, cancel := context.WithCancel(context.Background())
 		var st requestState
 		st.handlerEnds()
@@ -85,7 +87,7 @@ func TestHandlerEndsCountOnce(t *testing.T) {
 		st.finish(time.Now(), false) // a second end does nothing
 		cancel()
 		synctest.Wait()
-		if got := a.local.inflight.Load(); got != 0 {
+		if got := a.InFlight(); got != 0 {
 			t.Errorf("a in flight %d, want 0", got)
 		}
 		st.choose(ctx, b, time.Now(), &n.stats) // after the end
@@ -134,13 +136,13 @@ func TestRequestStateBasics(t *testing.T) {
 		t.Error("recording: the first claim must hold, once")
 	}
 
-	var ps []*Peer
+	var ps []*candidacy.Peer
 	for i := range maxTries + 2 {
 		ps = append(ps, heardPeer(string(rune('a'+i)), "127.0.0.1:80", 0))
 	}
 	n := testNode(ps...)
 	st.handlerEnds()
-	for _, s := range n.table.peers() {
+	for _, s := range n.table.Peers() {
 		st.choose(r.Context(), s, time.Now(), &n.stats)
 	}
 	if st.nTried != maxTries {

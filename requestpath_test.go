@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -64,27 +65,25 @@ func newUnitApp(t *testing.T, selfAddr string) *unitApp {
 		cancel()
 		_ = app.Cleanup()
 	})
-	app.node.table.setLimits(app.tableLimits())
+	app.node.table.SetLimits(app.tableLimits())
 	app.node.keys.Store(deriveKeys(app.secret, time.Duration(app.ReplayWindow)))
 	me := heardPeer("me", selfAddr, 0)
-	app.node.table.updateSelf(me)
+	app.node.table.UpdateSelf(me)
 	return &unitApp{t: t, ctx: ctx, app: app, n: app.node}
 }
 
 // peer puts a peer heard just now into the table, or announces it again.
-func (u *unitApp) peer(name, addr string, set ...func(*Peer)) *peerSlot {
+func (u *unitApp) peer(name, addr string, set ...func(*candidacy.Peer)) *candidacy.Slot {
 	p := heardPeer(name, addr, 0)
 	for _, f := range set {
 		f(p)
 	}
-	u.n.table.mu.Lock()
-	slot, _ := u.n.table.storeLocked(p)
-	u.n.table.mu.Unlock()
-	return slot
+	u.n.table.Store(p)
+	return u.n.table.Lookup(name)
 }
 
 // heardWith is heardPeer with figure setters applied.
-func heardWith(name, addr string, age time.Duration, set ...func(*Peer)) *Peer {
+func heardWith(name, addr string, age time.Duration, set ...func(*candidacy.Peer)) *candidacy.Peer {
 	p := heardPeer(name, addr, age)
 	for _, f := range set {
 		f(p)
@@ -92,7 +91,7 @@ func heardWith(name, addr string, age time.Duration, set ...func(*Peer)) *Peer {
 	return p
 }
 
-func (u *unitApp) slot(name string) *peerSlot { return u.n.table.lookupSlot(name) }
+func (u *unitApp) slot(name string) *candidacy.Slot { return u.n.table.Lookup(name) }
 
 // load provisions a module in the app's context.
 func (u *unitApp) load(id, raw string) (any, error) {
@@ -112,7 +111,7 @@ func (u *unitApp) directive(proxy string, chain ...CandidacyFunction) *Handler {
 		u.t.Fatal(err)
 	}
 	h := mod.(*Handler)
-	h.policy.chain = chain
+	h.policy.chain.Functions = chain
 	return h
 }
 
@@ -165,9 +164,9 @@ func caddyRequest(method, target string) (*http.Request, *httptest.ResponseRecor
 // every other peer is dropped.
 type byNames []string
 
-func (f byNames) Candidates(c *Candidates) {
-	c.Filter(func(x *Candidate) bool { return slices.Contains(f, x.Peer.Name) })
-	c.Sort(func(x *Candidate) float64 { return float64(slices.Index(f, x.Peer.Name)) })
+func (f byNames) Candidates(c *candidacy.Candidates) {
+	c.Filter(func(x *candidacy.Candidate) bool { return slices.Contains(f, x.Peer.Name) })
+	c.Sort(func(x *candidacy.Candidate) float64 { return float64(slices.Index(f, x.Peer.Name)) })
 }
 
 // site is an HTTP endpoint of the test: a peer's server, or the rest of
@@ -245,10 +244,10 @@ func totalInFlight(n *node) int64 {
 
 // failed reports whether an attempt to the peer failed since its last
 // announcement (so it is no candidate until the next one).
-func failed(s *peerSlot) bool { return s.local.failedSince(s.cur.Load().ReceivedAt) }
+func failed(s *candidacy.Slot) bool { return s.FailedSince(s.Peer().ReceivedAt) }
 
 // sampled reports whether this node learnt a response time of the peer.
-func sampled(s *peerSlot) bool {
-	_, ok := s.local.latency.micros()
+func sampled(s *candidacy.Slot) bool {
+	_, ok := s.ObservedMicros()
 	return ok
 }

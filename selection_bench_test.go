@@ -11,17 +11,19 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 var benchSizes = []int{4, 64, 1024}
 
 // benchNode is a table of n live peers (self among them) with varied load.
 func benchNode(n int) *node {
-	var ps []*Peer
+	var ps []*candidacy.Peer
 	t := time.Now()
 	for i := range n {
 		name := fmt.Sprintf("peer-%04d", i)
-		p := &Peer{Name: name, Advertise: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250+1), ReceivedAt: t, FirstSeen: t,
+		p := &candidacy.Peer{Name: name, Advertise: fmt.Sprintf("10.0.%d.%d:80", i/250, i%250+1), ReceivedAt: t, FirstSeen: t,
 			Figures: Figures{Load1000: uint32(i*37%4000 + 100), CPUMilli: 4000, Capacity: 100, Busy: uint32(i * 13 % 90), Speed: 1000}}
 		if i == 0 {
 			p.Name, p.Self = "me", true
@@ -31,68 +33,13 @@ func benchNode(n int) *node {
 	return testNode(ps...)
 }
 
-// benchChain is the chain the issue names for the speed goal.
+// benchChain is the chain the issue names for the speed goal. (The
+// chain's own benchmarks, BenchmarkSelect and BenchmarkChain, are in
+// package candidacy.)
 func benchChain(n *node) *Selection {
-	s := policy(n, &ByAge{}, &ByRandom{}, &ByWindow{N: 2}, &ByLoad{}, &AddPrediction{})
+	s := policy(n, &candidacy.ByAge{}, &candidacy.ByRandom{}, &candidacy.ByWindow{N: 2}, &candidacy.ByLoad{}, &candidacy.AddPrediction{})
 	s.fallback = reverseproxy.RandomSelection{}
 	return s
-}
-
-// benchPick runs s's chain over n's table and picks the winner, once per
-// benchmark iteration: the per-request work of the backhand policy.
-func benchPick(b *testing.B, n *node, s *Selection) {
-	b.ReportAllocs()
-	for b.Loop() {
-		c := s.evaluate(n, chainRun{now: time.Now()})
-		if c.first() == nil {
-			b.Fatal("no winner")
-		}
-		c.release()
-	}
-}
-
-// BenchmarkSelect runs the default chain and its byPower variant over
-// peers of mixed speeds (1-4) whose response times this node has seen, and
-// picks the winner: both sample only their window, whatever the cluster
-// size, and rank by the learned times.
-func BenchmarkSelect(b *testing.B) {
-	for _, chain := range []struct {
-		name    string
-		sampler CandidacyFunction
-	}{{"default", &ByRandom{}}, {"byPower", &ByPower{}}} {
-		for _, size := range benchSizes {
-			b.Run(fmt.Sprintf("%s/%d", chain.name, size), func(b *testing.B) {
-				n := benchNode(size)
-				at := time.Now()
-				for i, sl := range n.table.peers() {
-					sl.cur.Load().Figures.Speed = uint32(1000 * (1 + i%4))
-					for k := range minResponses * 2 {
-						sl.local.times.observe(time.Duration(40/(1+i%4)+k%3)*time.Millisecond, at)
-					}
-				}
-				n.table.mu.Lock()
-				n.table.publishLocked() // the bound follows the speeds set above
-				n.table.mu.Unlock()
-				n.table.updateReference(at)
-				s := policy(n, &ByAge{}, chain.sampler, &ByWindow{N: 3}, &ByWait{})
-				s.predict = predictDecay
-				s.fallback = reverseproxy.RandomSelection{}
-				benchPick(b, n, s)
-			})
-		}
-	}
-}
-
-// BenchmarkChain runs `byAge byRandom byWindow 2 byLoad addPrediction` and
-// picks the winner: the per-request work of the backhand policy.
-func BenchmarkChain(b *testing.B) {
-	for _, size := range benchSizes {
-		b.Run(fmt.Sprint(size), func(b *testing.B) {
-			n := benchNode(size)
-			s := benchChain(n)
-			benchPick(b, n, s)
-		})
-	}
 }
 
 // BenchmarkProxyAttempt is what one proxied attempt costs with `dynamic

@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -48,9 +49,9 @@ func scripted(t *testing.T) (*App, time.Time) {
 	n.incarnation = 0xabc
 	app := an.app
 	app.Name, app.MaxAge, app.node, app.logger = "me", caddy.Duration(3*time.Second), n, zap.NewNop()
-	n.table.setLimits(&tableLimits{
-		maxPeers: 8, replayWindow: 10 * time.Second, maxAge: 3 * time.Second, evictAfter: time.Minute,
-		selfName: "me", selfAdvertise: "127.0.0.1:8001", incarnation: n.incarnation,
+	n.table.SetLimits(&candidacy.Limits{
+		MaxPeers: 8, ReplayWindow: 10 * time.Second, MaxAge: 3 * time.Second, EvictAfter: time.Minute,
+		SelfName: "me", SelfAdvertise: "127.0.0.1:8001", Incarnation: n.incarnation,
 	})
 
 	send := func(a wire.Announcement, key []byte, at time.Time) {
@@ -92,18 +93,18 @@ func scripted(t *testing.T) (*App, time.Time) {
 	send(other, scriptKey, t1) // wrong_cluster
 
 	at := t0.Add(10 * time.Second)
-	n.table.updateSelf(&Peer{Name: "me", Advertise: "127.0.0.1:8001", Incarnation: n.incarnation, Seq: 40,
+	n.table.UpdateSelf(&candidacy.Peer{Name: "me", Advertise: "127.0.0.1:8001", Incarnation: n.incarnation, Seq: 40,
 		SentAt: at.UnixNano(), ReceivedAt: at, FirstSeen: t0,
 		Figures: Figures{Load1000: 500, CPUMilli: 2000, CPUIdle1000: 800, MemTotal: 16 << 30, MemAvail: 9 << 30,
 			Busy: 1, Capacity: 256, LatencyMicros: 4000, Forwarded: 3, Speed: 1000}})
 	n.stats.sent.Add(4)
 
-	s := n.table.lookupSlot("alpha")
+	s := n.table.Lookup("alpha")
 	for range 3 {
-		s.local.begin()
+		s.Begin()
 	}
-	s.local.end(20*time.Millisecond, at.Add(-200*time.Millisecond), true)
-	s.local.end(40*time.Millisecond, at.Add(-100*time.Millisecond), true)
+	s.End(20*time.Millisecond, at.Add(-200*time.Millisecond), true)
+	s.End(40*time.Millisecond, at.Add(-100*time.Millisecond), true)
 
 	for _, o := range []outcome{outcomeLocal, outcomeLocal, outcomeForwarded, outcomeForwarded, outcomeForwarded, outcomeFallback} {
 		n.decisions.record(o)
@@ -213,8 +214,8 @@ func TestStatusWithoutSlowStartWindow(t *testing.T) {
 
 func TestStatusViewState(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	p := func(age, since time.Duration, set ...func(*Peer)) *Peer {
-		q := &Peer{ReceivedAt: now.Add(-age), FirstSeen: now.Add(-since)}
+	p := func(age, since time.Duration, set ...func(*candidacy.Peer)) *candidacy.Peer {
+		q := &candidacy.Peer{ReceivedAt: now.Add(-age), FirstSeen: now.Add(-since)}
 		for _, s := range set {
 			s(q)
 		}
@@ -222,7 +223,7 @@ func TestStatusViewState(t *testing.T) {
 	}
 	tests := []struct {
 		name string
-		p    *Peer
+		p    *candidacy.Peer
 		want string
 	}{
 		{"new peer within the window", p(0, 2*time.Second), "slow-start"},
@@ -374,9 +375,7 @@ func TestStatusServesHTML(t *testing.T) {
 func TestStatusEscapesPeerNames(t *testing.T) {
 	app, at := scripted(t)
 	hostile := `<img src=x onerror=alert(1)>`
-	app.node.table.mu.Lock()
-	app.node.table.insertLocked(&Peer{Name: hostile, Advertise: `"><script>x</script>`, ReceivedAt: at, FirstSeen: at})
-	app.node.table.mu.Unlock()
+	app.node.table.Store(&candidacy.Peer{Name: hostile, Advertise: `"><script>x</script>`, ReceivedAt: at, FirstSeen: at})
 	body := serveStatus(t, app, at, http.MethodGet, "/", "text/html").Body.String()
 	if strings.Contains(body, hostile) || strings.Contains(body, "<script>x") || !strings.Contains(body, "&lt;img src=x") {
 		t.Errorf("peer name or address not escaped")

@@ -9,6 +9,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 // backhand_track before the directive: while a peer serves, the request
@@ -145,7 +147,7 @@ func TestDirectiveAbortedResponse(t *testing.T) {
 // and as served after, once; with or without request variables.
 func TestTrackCountsServedRequests(t *testing.T) {
 	n := testNode(heardWith("me", "127.0.0.1:80", 0, self))
-	n.table.updateSelf(heardPeer("me", "127.0.0.1:80", 0))
+	n.table.UpdateSelf(heardPeer("me", "127.0.0.1:80", 0))
 	track := &Track{node: n}
 	withVars, cancel := countingRequest()
 	defer cancel()
@@ -165,7 +167,7 @@ func TestTrackCountsServedRequests(t *testing.T) {
 	if busy, done, fwd := n.stats.busy.Load(), n.stats.done.Load(), n.stats.forwarded.Load(); busy != 0 || done != 2 || fwd != 0 {
 		t.Errorf("busy %d, served %d, forwarded %d; want 0, 2, 0", busy, done, fwd)
 	}
-	if got := n.table.lookupSlot("me").local.times.n.Load(); got != 2 {
+	if got := n.table.Lookup("me").Responses(); got != 2 {
 		t.Errorf("this node learnt %d of its own response times, want 2", got)
 	}
 }
@@ -220,14 +222,14 @@ func TestProvisionErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := mod.(*Selection); len(s.chain) != 2 || s.predict != predictBlend || s.keep != 2 || s.maxAge != 2*time.Second || s.node != u.n || s.fallback == nil {
+	if s := mod.(*Selection); len(s.chain.Functions) != 2 || s.chain.Predict != candidacy.PredictBlend || s.keep != 2 || s.chain.MaxAge != 2*time.Second || s.chain.Timed == nil || s.node != u.n || s.fallback == nil {
 		t.Errorf("provisioned policy %+v", s)
 	}
 	mod, err = u.load("http.reverse_proxy.selection_policies.backhand", `{}`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := mod.(*Selection); len(s.chain) != len(DefaultChain()) || s.predict != predictDecay || s.keep != defaultKeep || s.maxAge != time.Duration(u.app.MaxAge) {
+	if s := mod.(*Selection); len(s.chain.Functions) != len(candidacy.DefaultChain()) || s.chain.Predict != candidacy.PredictDecay || s.keep != defaultKeep || s.chain.MaxAge != time.Duration(u.app.MaxAge) {
 		t.Errorf("default policy %+v", s)
 	}
 	mod, err = u.load("http.reverse_proxy.upstreams.backhand", `{"name":"^web","max_age":"5s","tags":["x"]}`)

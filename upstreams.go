@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 func init() {
@@ -39,7 +41,7 @@ type Upstreams struct {
 	ExcludeSelf bool `json:"exclude_self,omitempty"`
 
 	node   *node
-	table  *peerTable
+	table  *candidacy.Table
 	maxAge time.Duration
 	name   *regexp.Regexp
 	policy *Selection // the handler's lb_policy, when it is backhand
@@ -147,9 +149,9 @@ func (u *Upstreams) candidates(r *http.Request) []*reverseproxy.Upstream {
 	if plan := st.takePlan(); plan != nil {
 		return u.offer(st, plan)
 	}
-	c := u.policy.evaluate(u.node, chainRun{req: r, now: time.Now(), tried: st, scope: u})
-	defer c.release()
-	best := c.head(u.policy.keep)
+	c := u.policy.evaluate(candidacy.Run{Request: r, Now: time.Now(), Tried: st.triedSlots(), Scope: (*sourceScope)(u)})
+	defer c.Release()
+	best := c.Head(u.policy.keep)
 	if len(best) == 0 {
 		return nil
 	}
@@ -157,7 +159,7 @@ func (u *Upstreams) candidates(r *http.Request) []*reverseproxy.Upstream {
 }
 
 // offer turns the first keep candidates into upstreams.
-func (u *Upstreams) offer(st *requestState, c []Candidate) []*reverseproxy.Upstream {
+func (u *Upstreams) offer(st *requestState, c []candidacy.Candidate) []*reverseproxy.Upstream {
 	k := min(len(c), u.policy.keep)
 	ups := make([]reverseproxy.Upstream, k)
 	out := make([]*reverseproxy.Upstream, k)
@@ -172,17 +174,17 @@ func (u *Upstreams) offer(st *requestState, c []Candidate) []*reverseproxy.Upstr
 // all returns upstreams for every live peer that passes the filters.
 func (u *Upstreams) all(r *http.Request) []*reverseproxy.Upstream {
 	now := time.Now()
-	view := u.table.peers()
+	view := u.table.Peers()
 	n := 0
 	for _, s := range view {
-		if u.keepAt(s.cur.Load(), now) {
+		if u.keepAt(s.Peer(), now) {
 			n++
 		}
 	}
 	ups := make([]reverseproxy.Upstream, n)
 	out := make([]*reverseproxy.Upstream, 0, n)
 	for _, s := range view {
-		p := s.cur.Load()
+		p := s.Peer()
 		if len(out) < n && u.keepAt(p, now) {
 			ups[len(out)].Dial = p.Advertise
 			out = append(out, &ups[len(out)])
@@ -192,23 +194,27 @@ func (u *Upstreams) all(r *http.Request) []*reverseproxy.Upstream {
 	return out
 }
 
-// admits is the source's filters as a candidacy filter.
-// Unless the source sets its own max_age, the age limit is then the
-// policy's (its starting list), which may differ from the app's.
-func (u *Upstreams) admits(c *Candidates, p *Peer) bool {
+// sourceScope is the source's filters as a scope of the chain's run.
+type sourceScope Upstreams
+
+// Admits applies the source's filters. Unless the source sets its own
+// max_age, the age limit is then the policy's (its starting list), which
+// may differ from the app's.
+func (s *sourceScope) Admits(p *candidacy.Peer, now time.Time) bool {
+	u := (*Upstreams)(s)
 	if u.MaxAge == 0 {
 		return u.passes(p)
 	}
-	return u.keepAt(p, c.now)
+	return u.keepAt(p, now)
 }
 
 // keepAt reports whether p is a live candidate under this source's filters.
-func (u *Upstreams) keepAt(p *Peer, now time.Time) bool {
-	return p.usable(now, u.maxAge) && u.passes(p)
+func (u *Upstreams) keepAt(p *candidacy.Peer, now time.Time) bool {
+	return p.Usable(now, u.maxAge) && u.passes(p)
 }
 
 // passes applies the source's own filters.
-func (u *Upstreams) passes(p *Peer) bool {
+func (u *Upstreams) passes(p *candidacy.Peer) bool {
 	switch {
 	case p.Self && u.ExcludeSelf:
 		return false
@@ -225,7 +231,7 @@ func (u *Upstreams) passes(p *Peer) bool {
 // a reverse_proxy to anything else.
 const backhandedVar = "backhand.table"
 
-func markBackhanded(r *http.Request, t *peerTable) {
+func markBackhanded(r *http.Request, t *candidacy.Table) {
 	if r != nil {
 		caddyhttp.SetVar(r.Context(), backhandedVar, t)
 	}
@@ -239,7 +245,7 @@ func forwardedToPeer(r *http.Request) bool {
 			return fwd
 		}
 	}
-	t, ok := caddyhttp.GetVar(r.Context(), backhandedVar).(*peerTable)
+	t, ok := caddyhttp.GetVar(r.Context(), backhandedVar).(*candidacy.Table)
 	if !ok {
 		return false
 	}
@@ -248,11 +254,12 @@ func forwardedToPeer(r *http.Request) bool {
 		return false
 	}
 	hostport, _ := repl.GetString("http.reverse_proxy.upstream.hostport")
-	return hostport != "" && hostport != t.selfAdvertise()
+	return hostport != "" && hostport != t.SelfAdvertise()
 }
 
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Upstreams)(nil)
 	_ reverseproxy.UpstreamSource = (*Upstreams)(nil)
+	_ candidacy.Scope             = (*sourceScope)(nil)
 )

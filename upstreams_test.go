@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 // dials returns the dial addresses of upstreams.
@@ -33,10 +35,10 @@ func withHosts(ups []*reverseproxy.Upstream) []*reverseproxy.Upstream {
 
 // candidatesOf returns the candidates a chain leaves for the peers of n,
 // copied out of the list.
-func candidatesOf(n *node, chain ...CandidacyFunction) []Candidate {
-	c := policy(n, chain...).evaluate(n, chainRun{now: time.Now()})
-	defer c.release()
-	return slices.Clone(c.head(maxKeep))
+func candidatesOf(n *node, chain ...CandidacyFunction) []candidacy.Candidate {
+	c := policy(n, chain...).evaluate(candidacy.Run{Now: time.Now()})
+	defer c.Release()
+	return slices.Clone(c.Head(maxKeep))
 }
 
 // Provisioned as Caddy provisions them, `dynamic backhand` is linked to
@@ -175,7 +177,7 @@ func TestPlanUsedOnce(t *testing.T) {
 	if got := inFlight(n); got["a"] != 1 || got["b"] != 0 || got["c"] != 0 {
 		t.Errorf("in flight %v, want a 1 only", got)
 	}
-	if !failed(n.table.lookupSlot("c")) {
+	if !failed(n.table.Lookup("c")) {
 		t.Error("c, the failed first choice, is still a candidate")
 	}
 }
@@ -225,15 +227,15 @@ func TestSourceFilters(t *testing.T) {
 // sortByName keeps every candidate, in name order (the list's own).
 type sortByName struct{}
 
-func (sortByName) Candidates(*Candidates) {}
+func (sortByName) Candidates(*candidacy.Candidates) {}
 
 // peerNames maps upstreams back to the names of the peers advertising them.
 func peerNames(n *node, ups []*reverseproxy.Upstream) []string {
 	var out []string
 	for _, up := range ups {
-		for _, s := range n.table.peers() {
-			if s.cur.Load().Advertise == up.Dial {
-				out = append(out, s.name)
+		for _, s := range n.table.Peers() {
+			if s.Peer().Advertise == up.Dial {
+				out = append(out, s.Name())
 			}
 		}
 	}
@@ -251,7 +253,7 @@ func TestProxyWithPolicyFailsOver(t *testing.T) {
 	a := u.peer("a", deadAddr(t))
 	u.peer("b", bAddr)
 	rp := u.proxy(`{"dynamic_upstreams":{"source":"backhand"},"load_balancing":{"selection_policy":{"policy":"backhand"},"retries":2}}`)
-	rp.LoadBalancing.SelectionPolicy.(*Selection).chain = []CandidacyFunction{byNames{"a", "b"}}
+	rp.LoadBalancing.SelectionPolicy.(*Selection).chain.Functions = []CandidacyFunction{byNames{"a", "b"}}
 	r, w, cancel := caddyRequest("GET", "/")
 	defer cancel()
 	if err := rp.ServeHTTP(w, r, &site{name: "next"}); err != nil {
@@ -266,8 +268,8 @@ func TestProxyWithPolicyFailsOver(t *testing.T) {
 	if got := inFlight(u.n); got["a"] != 0 || got["b"] != 1 {
 		t.Errorf("in flight before the request's context ends: %v, want b 1 only", got)
 	}
-	if !failed(a) || a.local.sent.Load() != 1 {
-		t.Errorf("a: failed %v, sent %d; want failed after one attempt", failed(a), a.local.sent.Load())
+	if !failed(a) || a.Sent() != 1 {
+		t.Errorf("a: failed %v, sent %d; want failed after one attempt", failed(a), a.Sent())
 	}
 }
 
@@ -275,12 +277,12 @@ func TestProxyWithPolicyFailsOver(t *testing.T) {
 // policy chooses among every live peer, and the request counts once as
 // fallback.
 func TestProxyWithPolicyFallback(t *testing.T) {
-	for _, chain := range [][]CandidacyFunction{{byNames{"nobody"}}, {&Off{}}} {
+	for _, chain := range [][]CandidacyFunction{{byNames{"nobody"}}, {&candidacy.Off{}}} {
 		u := newUnitApp(t, deadAddr(t))
 		a, aAddr := peerSite(t, "a")
 		u.peer("a", aAddr)
 		rp := u.proxy(`{"dynamic_upstreams":{"source":"backhand","exclude_self":true},"load_balancing":{"selection_policy":{"policy":"backhand","fallback":{"policy":"first"}}}}`)
-		rp.LoadBalancing.SelectionPolicy.(*Selection).chain = chain
+		rp.LoadBalancing.SelectionPolicy.(*Selection).chain.Functions = chain
 		r, w, cancel := caddyRequest("GET", "/")
 		if err := rp.ServeHTTP(w, r, &site{name: "next"}); err != nil {
 			t.Fatal(err)
@@ -318,7 +320,7 @@ func TestPolicyOverStaticUpstreams(t *testing.T) {
 			ups = append(ups, `{"dial":"`+d+`"}`)
 		}
 		rp := u.proxy(`{"upstreams":[` + strings.Join(ups, ",") + `],"load_balancing":{"selection_policy":{"policy":"backhand"}}}`)
-		rp.LoadBalancing.SelectionPolicy.(*Selection).chain = []CandidacyFunction{byNames{"b", "a"}}
+		rp.LoadBalancing.SelectionPolicy.(*Selection).chain.Functions = []CandidacyFunction{byNames{"b", "a"}}
 		before := outcomes(u.n)[tt.out]
 		r, w, cancel := caddyRequest("GET", "/")
 		if err := rp.ServeHTTP(w, r, &site{name: "next"}); err != nil {

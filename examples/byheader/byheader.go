@@ -1,7 +1,7 @@
 // Package byheader is an example of a third-party candidacy function for
 // caddy-backhand, the analogue of mod_backhand's BackhandFromSO: a Caddy
 // module in the backhand.functions namespace that implements
-// backhand.CandidacyFunction. Build it in with
+// candidacy.Function. Build it in with
 // `xcaddy build --with github.com/caddy-backhand/backhand --with <this package>`
 // and write it as a line of the chain:
 //
@@ -18,9 +18,10 @@
 package byheader
 
 import (
-	"github.com/caddy-backhand/backhand"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-backhand/backhand/candidacy"
 )
 
 func init() {
@@ -43,7 +44,7 @@ func (ByHeader) CaddyModule() caddy.ModuleInfo {
 }
 
 // Candidates filters the list.
-func (f *ByHeader) Candidates(c *backhand.Candidates) {
+func (f *ByHeader) Candidates(c *candidacy.Candidates) {
 	r := c.Request()
 	if r == nil {
 		return
@@ -52,7 +53,7 @@ func (f *ByHeader) Candidates(c *backhand.Candidates) {
 	if tag == "" {
 		return
 	}
-	c.Filter(func(x *backhand.Candidate) bool { return x.Peer.HasTags([]string{tag}) })
+	c.Filter(func(x *candidacy.Candidate) bool { return x.Peer.HasTags([]string{tag}) })
 }
 
 // UnmarshalCaddyfile reads `byHeader <header>`.
@@ -70,6 +71,6 @@ func (f *ByHeader) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ backhand.CandidacyFunction = (*ByHeader)(nil)
-	_ caddyfile.Unmarshaler      = (*ByHeader)(nil)
+	_ candidacy.Function    = (*ByHeader)(nil)
+	_ caddyfile.Unmarshaler = (*ByHeader)(nil)
 )

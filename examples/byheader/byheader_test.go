@@ -8,15 +8,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-backhand/backhand"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-backhand/backhand" // the backhand app and lb_policy backhand
+	"github.com/caddy-backhand/backhand/candidacy"
+	"github.com/caddy-backhand/backhand/candidacy/candidacytest"
 )
 
 func TestByHeaderFilters(t *testing.T) {
 	now := time.Now()
-	peers := []*backhand.Peer{
+	peers := []*candidacy.Peer{
 		{Name: "a", Advertise: "127.0.0.2:80", Tags: []string{"gold"}, ReceivedAt: now},
 		{Name: "b", Advertise: "127.0.0.3:80", Tags: []string{"silver"}, ReceivedAt: now},
 		{Name: "c", Advertise: "127.0.0.4:80", Tags: []string{"gold", "silver"}, ReceivedAt: now},
@@ -30,7 +33,7 @@ func TestByHeaderFilters(t *testing.T) {
 		if tt.tier != "" {
 			r.Header.Set("X-Tier", tt.tier)
 		}
-		c := backhand.NewCandidatesForTest(r, now, peers...)
+		c := candidacytest.NewCandidates(r, now, peers...)
 		f.Candidates(c)
 		if got := c.Names(); !slices.Equal(got, tt.want) {
 			t.Errorf("X-Tier %q: got %v, want %v", tt.tier, got, tt.want)

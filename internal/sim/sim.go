@@ -3,8 +3,8 @@
 // the time unit), Poisson arrivals at rate load*n spread uniformly over K
 // entry proxies, and a board of announced queue lengths that is refreshed
 // every Period time units. Each proxy decides with the project's real
-// candidacy chains (backhand.ParseChain over a backhand.Board of its own),
-// so what is measured here is the code that runs in Caddy.
+// candidacy chains (candidacytest.ParseChain over a candidacytest.Board
+// of its own), so what is measured here is the code that runs in Caddy.
 //
 // It is the supermarket model of Mitzenmacher ("The Power of Two Choices in
 // Randomized Load Balancing", 2001) and, with Period > 0, his periodic
@@ -20,7 +20,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/caddy-backhand/backhand"
+	"github.com/caddy-backhand/backhand/candidacy"
+	"github.com/caddy-backhand/backhand/candidacy/candidacytest"
 )
 
 // Config is one simulation run.
@@ -97,7 +98,7 @@ func Run(cfg Config) (Result, error) {
 	if cfg.Servers <= 0 || cfg.Load <= 0 || cfg.Arrivals <= 0 {
 		return Result{}, fmt.Errorf("sim: servers, load and arrivals must be positive")
 	}
-	chain, err := backhand.ParseChain(cfg.Chain)
+	chain, err := candidacytest.ParseChain(cfg.Chain)
 	if err != nil {
 		return Result{}, fmt.Errorf("sim: chain %q: %v", cfg.Chain, err)
 	}
@@ -109,7 +110,7 @@ type state struct {
 	cfg     Config
 	rng     *rand.Rand
 	servers []server
-	boards  []*backhand.Board
+	boards  []*candidacytest.Board
 	deps    departures
 	now     float64
 	times   []float64
@@ -122,11 +123,11 @@ func newState(cfg Config) *state {
 		s.servers[i].name = "s" + strconv.Itoa(i)
 	}
 	for k := range cfg.Proxies {
-		b := backhand.NewBoard("proxy-" + strconv.Itoa(k))
+		b := candidacytest.NewBoard("proxy-" + strconv.Itoa(k))
 		for i := range s.servers {
-			_ = b.Announce(backhand.Peer{
+			_ = b.Announce(candidacy.Peer{
 				Name: s.servers[i].name, Advertise: "sim:" + strconv.Itoa(i), ReceivedAt: at(0), FirstSeen: at(-1e6),
-				Figures: backhand.Figures{Capacity: 1, Speed: 1000, CPUMilli: 1000, LatencyMicros: uint32(unit.Microseconds())},
+				Figures: candidacy.Figures{Capacity: 1, Speed: 1000, CPUMilli: 1000, LatencyMicros: uint32(unit.Microseconds())},
 			})
 		}
 		s.boards = append(s.boards, b)
@@ -134,7 +135,7 @@ func newState(cfg Config) *state {
 	return s
 }
 
-func (s *state) run(chain *backhand.Chain) Result {
+func (s *state) run(chain *candidacytest.Chain) Result {
 	cfg := s.cfg
 	rate := cfg.Load * float64(cfg.Servers)
 	nextArrival := s.rng.ExpFloat64() / rate
@@ -197,7 +198,7 @@ func (s *state) prefill() {
 }
 
 // arrive sends one arrival through a random proxy's chain.
-func (s *state) arrive(chain *backhand.Chain, rnd func(int) int, counted bool) {
+func (s *state) arrive(chain *candidacytest.Chain, rnd func(int) int, counted bool) {
 	k := s.rng.IntN(len(s.boards))
 	name := chain.Choose(s.boards[k], nil, at(s.now), rnd)
 	i := s.index(name, rnd)

@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"fmt"
@@ -163,9 +163,9 @@ func labelOf(name, num string) string {
 
 // Interface guards
 var (
-	_ CandidacyFunction = (*HTTPRedirectToIP)(nil)
-	_ CandidacyFunction = (*HTTPRedirectToName)(nil)
-	_ redirector        = (*HTTPRedirectToIP)(nil)
-	_ redirector        = (*HTTPRedirectToName)(nil)
-	_ caddy.Validator   = (*HTTPRedirectToName)(nil)
+	_ Function        = (*HTTPRedirectToIP)(nil)
+	_ Function        = (*HTTPRedirectToName)(nil)
+	_ redirector      = (*HTTPRedirectToIP)(nil)
+	_ redirector      = (*HTTPRedirectToName)(nil)
+	_ caddy.Validator = (*HTTPRedirectToName)(nil)
 )

@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"math"
@@ -15,7 +15,7 @@ import (
 // busy estimates the requests in flight at x's peer now.
 func (c *Candidates) busy(x *Candidate) float64 {
 	switch {
-	case x.Peer.Self && c.stats != nil:
+	case x.Peer.Self && c.liveBusy != nil:
 		// The requests served here, or, if more, those that a
 		// reverse_proxy here sent to this node's own site and waits for,
 		// counted over the round trip as for every peer.
@@ -23,8 +23,8 @@ func (c *Candidates) busy(x *Candidate) float64 {
 		if x.slot != nil {
 			own = x.slot.local.inflight.Load()
 		}
-		return float64(max(c.stats.busy.Load()-c.selfCounted, own, 0))
-	case c.predict == predictDecay && x.slot != nil && !x.Peer.Self:
+		return float64(max(c.liveBusy.Load()-c.selfCounted, own, 0))
+	case c.predict == PredictDecay && x.slot != nil && !x.Peer.Self:
 		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
 		if tau == 0 {
 			tau = defaultTau
@@ -41,7 +41,7 @@ const defaultTau = 100 * time.Millisecond
 // predicted is what this node added to x's peer since its announcement, or
 // 0 with prediction off.
 func (c *Candidates) predicted(x *Candidate) float64 {
-	if c.predict == predictOff || x.Peer.Self || x.slot == nil {
+	if c.predict == PredictOff || x.Peer.Self || x.slot == nil {
 		return 0
 	}
 	return float64(x.slot.local.sentSinceAnnounce())

@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"math"
@@ -70,7 +70,7 @@ const othersMeanWeight = 0.005
 func (l *peerLocal) decayed(age, tau time.Duration) float64 {
 	at := math.Float64frombits(l.othersAt.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
-	w := decay(tau).remaining(age)
+	w := Decay(tau).remaining(age)
 	return float64(max(l.inflight.Load(), 0)) + max(mean+(at-mean)*w, 0)
 }
 
@@ -119,7 +119,7 @@ type ewmaState struct {
 	at     time.Time
 }
 
-const peakEWMATau = decay(10 * time.Second)
+const peakEWMATau = Decay(10 * time.Second)
 
 func (e *peakEWMA) observe(d time.Duration, now time.Time) {
 	sample := float64(d.Microseconds())
@@ -143,4 +143,62 @@ func (e *peakEWMA) micros() (float64, bool) {
 		return 0, false
 	}
 	return s.micros, true
+}
+
+// Begin records that this node sent the slot's peer a request, in flight
+// there until End.
+func (s *Slot) Begin() { s.local.begin() }
+
+// End records that a request to the peer ended after d, at now; sample
+// says whether its time counts towards what this node learns of the peer
+// (not for a failure, nor for this node itself reached through its own
+// site).
+func (s *Slot) End(d time.Duration, now time.Time, sample bool) { s.local.end(d, now, sample) }
+
+// Failed records that an attempt from this node to the peer failed at now:
+// the peer is no candidate until it announces again, so that a node that
+// just died does not take a place in every window until it ages out.
+func (s *Slot) Failed(now time.Time) { s.local.failed(now) }
+
+// FailedSince reports whether an attempt to the peer failed after t.
+func (s *Slot) FailedSince(t time.Time) bool { return s.local.failedSince(t) }
+
+// Sent is how many requests this node has sent the peer.
+func (s *Slot) Sent() uint64 { return s.local.sent.Load() }
+
+// InFlight is how many requests this node has in flight to the peer now.
+func (s *Slot) InFlight() int64 { return s.local.inflight.Load() }
+
+// ObservedMicros is this node's peak-EWMA of the peer's response times to
+// its requests (byLatency's estimate), in µs, and whether it has one.
+func (s *Slot) ObservedMicros() (float64, bool) { return s.local.latency.micros() }
+
+// LearnedMicros is the typical response time byWait ranks the peer by,
+// learned from the requests this node sent it (for this node itself: from
+// those it served), in µs, and whether there is enough evidence for one.
+func (s *Slot) LearnedMicros() (float64, bool) { return s.local.times.learned() }
+
+// Responses is how many response times of the peer this node has learnt
+// from: the evidence behind LearnedMicros.
+func (s *Slot) Responses() uint64 { return s.local.times.n.Load() }
+
+// MarkState records state as the peer's state last logged, so that each
+// change is logged once, even by several announcers sharing the table. It
+// returns the state recorded before, and changed: whether there was one
+// and it differs, and this call replaced it.
+func (s *Slot) MarkState(state string) (prev string, changed bool) {
+	old := s.local.logged.Load()
+	if old != nil && *old == state || !s.local.logged.CompareAndSwap(old, &state) || old == nil {
+		return "", false
+	}
+	return *old, true
+}
+
+// Served records that this node served a request itself, which took d,
+// into what it knows of its own speed (its slot's response times, as it
+// learns each peer's).
+func (t *Table) Served(d time.Duration, now time.Time) {
+	if s := t.self.Load(); s != nil {
+		s.local.times.observe(d, now)
+	}
 }

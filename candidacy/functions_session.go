@@ -1,8 +1,6 @@
-package backhand
+package candidacy
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/hex"
 	"net"
 	"net/http"
@@ -143,14 +141,14 @@ func (f *ByCookie) name() string {
 // Candidates applies the function.
 func (f *ByCookie) Candidates(c *Candidates) {
 	c.decision.cookie = f.name()
-	if c.req == nil || c.policy == nil {
+	if c.req == nil || c.cookies == nil {
 		return
 	}
 	ck, err := c.req.Cookie(c.decision.cookie)
 	if err != nil {
 		return
 	}
-	node, ok := c.policy.node.cookieNode(ck.Value)
+	node, ok := c.cookies.CookieNode(ck.Value)
 	if !ok {
 		return
 	}
@@ -168,39 +166,8 @@ func (f *ByCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return optionalArg(d, &f.Name)
 }
 
-// cookieValueFor is "<node>.<hex MAC of node>"; without a cluster key, just
-// the node name.
-func (n *node) cookieValueFor(name string) string {
-	key := n.keys.Load().cookie
-	if key == nil {
-		return name
-	}
-	return name + "." + hex.EncodeToString(cookieMAC(key, name))
-}
-
-func cookieMAC(key []byte, name string) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(name))
-	return m.Sum(nil)[:16]
-}
-
-// cookieNode checks a cookie value and returns the node it names.
-func (n *node) cookieNode(v string) (string, bool) {
-	key := n.keys.Load().cookie
-	if key == nil {
-		return v, v != ""
-	}
-	i := strings.LastIndexByte(v, '.') // node names may contain dots; the MAC does not
-	if i < 0 {
-		return "", false
-	}
-	name, mac := v[:i], v[i+1:]
-	got, err := hex.DecodeString(mac)
-	return name, err == nil && hmac.Equal(got, cookieMAC(key, name))
-}
-
 // Interface guards
 var (
-	_ CandidacyFunction = (*BySession)(nil)
-	_ CandidacyFunction = (*ByCookie)(nil)
+	_ Function = (*BySession)(nil)
+	_ Function = (*ByCookie)(nil)
 )

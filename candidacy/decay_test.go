@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"math"
@@ -9,14 +9,14 @@ import (
 // The table-and-polynomial decay stays within 1e-6 (relative) of exp over
 // the range it covers, and is exact at its ends.
 func TestDecayMatchesExp(t *testing.T) {
-	d := decay(100 * time.Millisecond)
+	d := Decay(100 * time.Millisecond)
 	for _, e := range []time.Duration{0, -time.Second, time.Microsecond, 6250 * time.Microsecond, 37 * time.Millisecond, 100 * time.Millisecond, 999 * time.Millisecond, 3999 * time.Millisecond} {
 		want := math.Exp(-max(float64(e), 0) / float64(100*time.Millisecond))
 		got := d.remaining(e)
 		if math.Abs(got-want) > 1e-6*want {
 			t.Errorf("remaining(%v) = %.9g, want %.9g", e, got, want)
 		}
-		if a := d.alpha(e); math.Abs(a-(1-want)) > 1e-6 {
+		if a := d.Alpha(e); math.Abs(a-(1-want)) > 1e-6 {
 			t.Errorf("alpha(%v) = %.9g, want %.9g", e, a, 1-want)
 		}
 	}
@@ -32,7 +32,7 @@ func TestDecayMatchesExp(t *testing.T) {
 }
 
 func BenchmarkDecay(b *testing.B) {
-	d := decay(100 * time.Millisecond)
+	d := Decay(100 * time.Millisecond)
 	var sum float64
 	for i := 0; b.Loop(); i++ {
 		sum += d.remaining(time.Duration(i%1000) * time.Millisecond)

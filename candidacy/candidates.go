@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"math"
@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,9 +16,14 @@ type Candidate struct {
 	// Peer is the peer's last announcement. Never nil.
 	Peer *Peer
 
-	slot *peerSlot
+	slot *Slot
 	key  float64 // sort key, set by the ordering function that runs
 }
+
+// Slot is the candidate's slot in the table: what this node knows of the
+// peer besides its announcement, and where the requests sent there are
+// counted.
+func (x *Candidate) Slot() *Slot { return x.slot }
 
 // Candidates is the list a candidacy chain works on. It starts as the live
 // peers (heard within max_age, not draining, not failed by this node since
@@ -32,17 +38,19 @@ type Candidate struct {
 // drops), and only what survives is sorted. Third-party functions see the
 // same semantics through All, Filter, Truncate and Sort.
 type Candidates struct {
-	req   *http.Request
-	now   time.Time
-	self  *peerSlot
-	stats *localStats // this node's live counters, fresher than its own announcement
-	// selfCounted is 1 when stats already count the request being decided,
+	req      *http.Request
+	now      time.Time
+	self     *Slot
+	liveBusy *atomic.Int64 // this node's live count in flight, fresher than its own announcement
+	// selfCounted is 1 when liveBusy already counts the request being decided,
 	// which must not weigh against serving it here.
 	selfCounted int64
 	view        peerView
-	table       *peerTable // for byPower's power bound
+	table       *Table // for byPower's power bound
 	rnd         func(n int) int
-	policy      *Selection
+	maxAge      time.Duration // the starting rule's age limit
+	cookies     Cookies       // byCookie's check of its cookie; nil: none
+	scope       Scope         // the caller's filter, applied before the pending ones
 
 	pending  []peerFilter // filters not yet applied to the view
 	shuffled bool         // a shuffle of the whole list is pending
@@ -50,8 +58,8 @@ type Candidates struct {
 	done     bool         // list holds the whole (remaining) candidate list
 	list     []Candidate
 
-	exclude *requestState // peers this request already tried are not candidates again
-	predict predictMode   // how estimates account for the age of announcements
+	tried   []*Slot // peers this request already tried are not candidates again
+	predict Predict // how estimates account for the age of announcements
 
 	decision decision // what the chain decided beyond the list's order
 }
@@ -72,25 +80,27 @@ type peerFilter interface {
 
 var candidatesPool = sync.Pool{New: func() any { return new(Candidates) }}
 
-// newCandidates starts a list from the table's view. Release it with
-// release when done.
-func newCandidates(r *http.Request, now time.Time, n *node, s *Selection) *Candidates {
+// newCandidates starts a list from t's view for run. Release it with
+// Release when done.
+func newCandidates(t *Table, run *Run, maxAge time.Duration, predict Predict) *Candidates {
 	c := candidatesPool.Get().(*Candidates)
-	c.req, c.now, c.policy = r, now, s
-	c.view, c.table = n.table.peers(), n.table
-	c.self = n.table.selfSlot(c.view)
-	c.stats = &n.stats
-	if stateOf(r).countedHere() {
-		c.selfCounted = 1 // backhand_track already counts this request as busy here
+	c.req, c.now, c.maxAge, c.predict = run.Request, run.Now, maxAge, predict
+	c.view, c.table = t.peers(), t
+	c.self = t.selfSlot(c.view)
+	c.liveBusy, c.cookies, c.scope, c.tried = run.Busy, run.Cookies, run.Scope, run.Tried
+	if run.SelfCounted {
+		c.selfCounted = 1
 	}
-	c.rnd = rand.IntN
-	if s != nil {
-		c.predict = s.predict
+	c.rnd = run.Rand
+	if c.rnd == nil {
+		c.rnd = rand.IntN
 	}
 	return c
 }
 
-func (c *Candidates) release() {
+// Release returns the list to a pool for reuse, once the caller of
+// Chain.Evaluate is done with it; it must not be used after.
+func (c *Candidates) Release() {
 	pending := c.pending[:0]
 	list := c.list[:0]
 	clear(c.list[:cap(c.list)]) // drop peer pointers so the pool keeps no old records
@@ -118,8 +128,11 @@ func (c *Candidates) filter(f peerFilter) {
 
 // passes reports whether the peer of slot s, p, survives the live-peer rule
 // and the pending filters.
-func (c *Candidates) passes(s *peerSlot, p *Peer) bool {
-	if !c.live(p) || (c.exclude != nil && c.exclude.wasTried(s)) || (!p.Self && s.local.failedSince(p.ReceivedAt)) {
+func (c *Candidates) passes(s *Slot, p *Peer) bool {
+	if !c.live(p) || (len(c.tried) > 0 && slices.Contains(c.tried, s)) || (!p.Self && s.local.failedSince(p.ReceivedAt)) {
+		return false
+	}
+	if c.scope != nil && !c.scope.Admits(p, c.now) {
 		return false
 	}
 	for _, f := range c.pending {
@@ -130,15 +143,10 @@ func (c *Candidates) passes(s *peerSlot, p *Peer) bool {
 	return true
 }
 
-// live is the starting rule: usable under the policy's max_age. (passes
+// live is the starting rule: usable under the chain's max_age. (passes
 // also drops a peer this node failed to reach since its last
 // announcement.)
-func (c *Candidates) live(p *Peer) bool {
-	if c.policy == nil {
-		return p.takesRequests()
-	}
-	return p.usable(c.now, c.policy.maxAge)
-}
+func (c *Candidates) live(p *Peer) bool { return p.Usable(c.now, c.maxAge) }
 
 // shuffle puts the list in uniformly random order.
 func (c *Candidates) shuffle() {
@@ -223,7 +231,7 @@ func (c *Candidates) materialize(limit int) {
 
 func (c *Candidates) finish() {
 	c.done, c.shuffled, c.weighted = true, false, false
-	c.pending = c.pending[:0]
+	c.pending, c.scope = c.pending[:0], nil
 }
 
 // sample draws k distinct candidates at random from those that pass,
@@ -308,18 +316,18 @@ func (c *Candidates) sortByKey() {
 	})
 }
 
-// first is the winner: the first candidate, or nil to serve locally.
-func (c *Candidates) first() *Candidate {
-	if h := c.head(1); len(h) > 0 {
+// First is the winner: the first candidate, or nil to serve locally.
+func (c *Candidates) First() *Candidate {
+	if h := c.Head(1); len(h) > 0 {
 		return &h[0]
 	}
 	return nil
 }
 
-// head returns the first k candidates (fewer if the list is shorter; none
+// Head returns the first k candidates (fewer if the list is shorter; none
 // after off). A list still lazy is evaluated only that far: after a bare
 // byRandom, k random draws instead of a shuffle of every peer.
-func (c *Candidates) head(k int) []Candidate {
+func (c *Candidates) Head(k int) []Candidate {
 	if c.decision.off {
 		return nil
 	}
@@ -330,28 +338,10 @@ func (c *Candidates) head(k int) []Candidate {
 // log2Floor is floor(log2(n)) for n >= 1.
 func log2Floor(n int) int { return bits.Len(uint(n)) - 1 }
 
-// NewCandidatesForTest starts a candidate list over peers as a chain would
-// see them at now, for testing candidacy functions written in other
-// packages. Peers with Self set stand for this node. Not for production
-// use: the list is not taken from a running app's table.
-func NewCandidatesForTest(r *http.Request, now time.Time, peers ...*Peer) *Candidates {
-	t := newPeerTable(tableLimits{maxPeers: len(peers) + 1, maxAge: time.Hour})
-	for _, p := range peers {
-		t.insertLocked(p)
-	}
-	c := &Candidates{req: r, now: now, view: t.peers(), table: t, rnd: rand.IntN, predict: predictBlend}
-	for _, s := range c.view {
-		if s.cur.Load().Self {
-			c.self = s
-		}
-	}
-	return c
-}
-
 // Names returns the names of the candidates left, in order, or nil when
 // the request would be served locally.
 func (c *Candidates) Names() []string {
-	all := c.head(len(c.view))
+	all := c.Head(len(c.view))
 	if len(all) == 0 {
 		return nil
 	}
@@ -360,4 +350,29 @@ func (c *Candidates) Names() []string {
 		out[i] = x.Peer.Name
 	}
 	return out
+}
+
+// Cookie is the name of the cookie that byCookie keeps clients with, or
+// "" when it did not run; the winner is to be set in it.
+func (c *Candidates) Cookie() string { return c.decision.cookie }
+
+// RedirectTarget is where HTTPRedirectTo* sends the client when a
+// candidate wins.
+type RedirectTarget struct {
+	// Host is host[:port]: the winner's advertised address, or a name.
+	Host string
+	// Named is set by HTTPRedirectToName: the name is the site's own, so
+	// the client keeps its scheme; an advertised address is reached as
+	// peers are.
+	Named bool
+}
+
+// Redirect returns where HTTPRedirectTo* sends the client when x wins, and
+// false when no redirect function ran.
+func (c *Candidates) Redirect(x *Candidate) (RedirectTarget, bool) {
+	if c.decision.redirect == nil {
+		return RedirectTarget{}, false
+	}
+	_, named := c.decision.redirect.(*HTTPRedirectToName)
+	return RedirectTarget{Host: c.decision.redirect.redirectHost(c, x), Named: named}, true
 }

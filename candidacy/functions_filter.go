@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"fmt"
@@ -79,7 +79,7 @@ func (f *ByAge) Candidates(c *Candidates) {
 }
 
 func (f *ByAge) admits(c *Candidates, p *Peer) bool {
-	return p.fresh(c.now, time.Duration(f.MaxAge))
+	return p.Fresh(c.now, time.Duration(f.MaxAge))
 }
 
 // UnmarshalCaddyfile reads `byAge [duration | seconds]`.
@@ -316,13 +316,13 @@ func (f *SlowStart) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ CandidacyFunction = (*ByAge)(nil)
-	_ CandidacyFunction = (*ByHostname)(nil)
-	_ CandidacyFunction = (*ByTag)(nil)
-	_ CandidacyFunction = (*RemoveSelf)(nil)
-	_ CandidacyFunction = (*AddSelf)(nil)
-	_ CandidacyFunction = (*Off)(nil)
-	_ CandidacyFunction = (*SlowStart)(nil)
+	_ Function          = (*ByAge)(nil)
+	_ Function          = (*ByHostname)(nil)
+	_ Function          = (*ByTag)(nil)
+	_ Function          = (*RemoveSelf)(nil)
+	_ Function          = (*AddSelf)(nil)
+	_ Function          = (*Off)(nil)
+	_ Function          = (*SlowStart)(nil)
 	_ caddy.Provisioner = (*ByHostname)(nil)
 	_ caddy.Provisioner = (*SlowStart)(nil)
 	_ caddy.Validator   = (*ByTag)(nil)

@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"fmt"
@@ -404,24 +404,24 @@ func (AddPrediction) CaddyModule() caddy.ModuleInfo {
 
 // Candidates applies the function.
 func (AddPrediction) Candidates(c *Candidates) {
-	if c.predict == predictOff {
-		c.predict = predictBlend
+	if c.predict == PredictOff {
+		c.predict = PredictBlend
 	}
 }
 
 // Interface guards
 var (
-	_ CandidacyFunction = (*ByRandom)(nil)
-	_ CandidacyFunction = (*ByPower)(nil)
-	_ CandidacyFunction = (*ByLogWindow)(nil)
-	_ CandidacyFunction = (*ByWindow)(nil)
-	_ CandidacyFunction = (*ByLoad)(nil)
-	_ CandidacyFunction = (*ByBusyChildren)(nil)
-	_ CandidacyFunction = (*ByCPU)(nil)
-	_ CandidacyFunction = (*ByCost)(nil)
-	_ CandidacyFunction = (*ByLatency)(nil)
-	_ CandidacyFunction = (*ByWeight)(nil)
-	_ CandidacyFunction = (*ByWait)(nil)
-	_ CandidacyFunction = (*AddPrediction)(nil)
+	_ Function          = (*ByRandom)(nil)
+	_ Function          = (*ByPower)(nil)
+	_ Function          = (*ByLogWindow)(nil)
+	_ Function          = (*ByWindow)(nil)
+	_ Function          = (*ByLoad)(nil)
+	_ Function          = (*ByBusyChildren)(nil)
+	_ Function          = (*ByCPU)(nil)
+	_ Function          = (*ByCost)(nil)
+	_ Function          = (*ByLatency)(nil)
+	_ Function          = (*ByWeight)(nil)
+	_ Function          = (*ByWait)(nil)
+	_ Function          = (*AddPrediction)(nil)
 	_ caddy.Provisioner = (*ByWindow)(nil)
 )

@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"math"
@@ -38,7 +38,7 @@ type responseTimes struct {
 
 const (
 	recentWeight = 1.0 / 16
-	typicalTau   = decay(5 * time.Second)
+	typicalTau   = Decay(5 * time.Second)
 	// typicalMaxWeight is the most one response weighs in the typical time
 	// (once past the first few), so that one response after a silence
 	// cannot redefine it.
@@ -46,7 +46,7 @@ const (
 	// minResponses is how many responses the averages need before they
 	// count as evidence.
 	minResponses = 8
-	forgetTau    = decay(10 * time.Second)
+	forgetTau    = Decay(10 * time.Second)
 	// The recent time replaces the typical one only when they differ by
 	// changeZ standard errors of the recent average (from the spread of
 	// the responses), and at least by the factor changeMin: a fixed band
@@ -75,7 +75,7 @@ func (r *responseTimes) observe(d time.Duration, now time.Time) {
 	prev := r.last.Swap(now.UnixNano())
 	first := 1 / float64(n) // until there are enough, a plain mean
 	storeFloat(&r.recent, ewma(loadFloat(&r.recent), sample, max(recentWeight, first)))
-	alpha := max(min(typicalTau.alpha(time.Duration(now.UnixNano()-prev)), typicalMaxWeight), first)
+	alpha := max(min(typicalTau.Alpha(time.Duration(now.UnixNano()-prev)), typicalMaxWeight), first)
 	storeFloat(&r.typical, ewma(loadFloat(&r.typical), sample, alpha))
 	storeFloat(&r.typicalSq, ewma(loadFloat(&r.typicalSq), sample*sample, alpha))
 }

@@ -1,4 +1,4 @@
-package backhand
+package candidacy
 
 import (
 	"math"
@@ -97,9 +97,9 @@ func TestResponseTimesForget(t *testing.T) {
 // must not be starved for it. Requests stay in flight for 40 ms (both
 // peers alike, with noise) and arrive every 5 ms.
 func TestIdenticalPeersEqualSharesWhateverTheirRating(t *testing.T) {
-	n := testNode(tp("a", 0, spd(200)), tp("b", 0, spd(1000)))
+	n := newTestNode(tp("a", 0, spd(200)), tp("b", 0, spd(1000)))
 	s := policy(n, DefaultChain()...)
-	s.predict = predictDecay
+	s.Predict = PredictDecay
 	counts := simulate(n, s, simSpec{service: map[string]time.Duration{"a": 40 * time.Millisecond, "b": 40 * time.Millisecond},
 		gap: 5 * time.Millisecond, requests: 4000, seed: 3})
 	share := float64(counts["a"]) / float64(counts["a"]+counts["b"])
@@ -113,16 +113,16 @@ func TestIdenticalPeersEqualSharesWhateverTheirRating(t *testing.T) {
 // times converge to the true ratio within a few seconds of traffic, and
 // the shares follow the speeds.
 func TestLearnedSpeedConverges(t *testing.T) {
-	n := testNode(tp("s1", 0), tp("s2", 0), tp("x2", 0), tp("x4", 0))
+	n := newTestNode(tp("s1", 0), tp("s2", 0), tp("x2", 0), tp("x4", 0))
 	s := policy(n, DefaultChain()...)
-	s.predict = predictDecay
+	s.Predict = PredictDecay
 	service := map[string]time.Duration{"s1": 40 * time.Millisecond, "s2": 40 * time.Millisecond, "x2": 20 * time.Millisecond, "x4": 10 * time.Millisecond}
 	// 8 workers each: capacity 320 req/s; arrivals at 70%, 224 req/s.
 	counts := simulate(n, s, simSpec{service: service, workers: 8, gap: time.Second / 224, requests: 2000, seed: 5})
 	at := now.Add(2000 * time.Second / 224)
 	learned := map[string]float64{}
 	for name := range service {
-		learned[name], _ = n.table.lookupSlot(name).local.times.estimate(at, 0)
+		learned[name], _ = n.table.Lookup(name).local.times.estimate(at, 0)
 	}
 	t.Logf("after ~9 s: learned µs %v, shares %v", learned, counts)
 	for name, want := range map[string]float64{"s2": 1, "x2": 2, "x4": 4} {
@@ -154,10 +154,10 @@ type simSpec struct {
 }
 
 // simulate runs spec over n with s and returns the requests each peer got.
-func simulate(n *node, s *Selection, spec simSpec) map[string]int {
+func simulate(n *testNode, s *testPolicy, spec simSpec) map[string]int {
 	rng := rand.New(rand.NewPCG(spec.seed, 17))
 	type done struct {
-		slot *peerSlot
+		slot *Slot
 		at   time.Time
 		took time.Duration
 	}
@@ -184,12 +184,12 @@ func simulate(n *node, s *Selection, spec simSpec) map[string]int {
 			sl.cur.Store(&p)
 		}
 		if i%200 == 0 {
-			n.table.updateReference(at)
+			n.table.UpdateReference(at)
 		}
-		c := s.evaluate(n, chainRun{now: at, rnd: rng.IntN})
-		x := c.first()
+		c := s.evaluate(Run{Now: at, Rand: rng.IntN})
+		x := c.First()
 		slot, name := x.slot, x.Peer.Name
-		c.release()
+		c.Release()
 		counts[name]++
 		slot.local.begin()
 		took := time.Duration(rng.ExpFloat64() * float64(spec.service[name]))

@@ -1,7 +1,6 @@
-package backhand
+package candidacy
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -48,30 +47,6 @@ func withMem(total, avail uint64) func(*Peer) {
 	return func(p *Peer) { p.Figures.MemTotal, p.Figures.MemAvail = total, avail }
 }
 
-// testNode builds a node whose table holds peers; "me" is self.
-func testNode(peers ...*Peer) *node {
-	n := newNode()
-	n.table.setLimits(&tableLimits{maxPeers: 1 << 16, selfName: "me", maxAge: 3 * time.Second, evictAfter: time.Hour, replayWindow: time.Hour})
-	n.table.mu.Lock()
-	for _, p := range peers {
-		n.table.insertLocked(p)
-	}
-	n.table.mu.Unlock()
-	return n
-}
-
-func policy(n *node, fns ...CandidacyFunction) *Selection {
-	return &Selection{chain: fns, node: n, maxAge: 3 * time.Second, keep: 4}
-}
-
-// chainNames runs the chain and returns the names left, in order; nil
-// for "serve locally" (empty or off).
-func chainNames(s *Selection, r *http.Request, seed uint64) []string {
-	c := s.evaluate(s.node, chainRun{req: r, now: now, rnd: rand.New(rand.NewPCG(seed, seed)).IntN})
-	defer c.release()
-	return c.Names()
-}
-
 func fig(n ...string) []string { return n }
 
 func TestChainFunctions(t *testing.T) {
@@ -79,7 +54,7 @@ func TestChainFunctions(t *testing.T) {
 	tests := []struct {
 		name  string
 		peers []*Peer
-		chain []CandidacyFunction
+		chain []Function
 		want  []string
 	}{
 		{"start: live peers by name, self included, stale and draining out",
@@ -88,82 +63,82 @@ func TestChainFunctions(t *testing.T) {
 		{"start: empty table", nil, nil, nil},
 		{"byAge tighter than max_age",
 			[]*Peer{tp("a", 500*time.Millisecond), tp("b", 2500*time.Millisecond), tp("me", 5*time.Second, self)},
-			[]CandidacyFunction{&ByAge{MaxAge: caddy.Duration(2 * time.Second)}}, fig("a", "me")},
+			[]Function{&ByAge{MaxAge: caddy.Duration(2 * time.Second)}}, fig("a", "me")},
 		{"byAge without argument keeps the starting rule",
 			[]*Peer{tp("a", 0), tp("b", 2500*time.Millisecond)},
-			[]CandidacyFunction{&ByAge{}}, fig("a", "b")},
-		{"byLogWindow of 1 keeps 1", []*Peer{tp("a", 0)}, []CandidacyFunction{&ByLogWindow{}}, fig("a")},
-		{"byLogWindow of 3 keeps 1", []*Peer{tp("a", 0), tp("b", 0), tp("c", 0)}, []CandidacyFunction{&ByLogWindow{}}, fig("a")},
-		{"byLogWindow of 4 keeps 2", []*Peer{tp("a", 0), tp("b", 0), tp("c", 0), tp("d", 0)}, []CandidacyFunction{&ByLogWindow{}}, fig("a", "b")},
-		{"byLogWindow of 8 keeps 3", peersNamed(8), []CandidacyFunction{&ByLogWindow{}}, fig("p0", "p1", "p2")},
-		{"byLogWindow of none", nil, []CandidacyFunction{&ByLogWindow{}}, nil},
-		{"byWindow 2", peersNamed(5), []CandidacyFunction{&ByWindow{N: 2}}, fig("p0", "p1")},
+			[]Function{&ByAge{}}, fig("a", "b")},
+		{"byLogWindow of 1 keeps 1", []*Peer{tp("a", 0)}, []Function{&ByLogWindow{}}, fig("a")},
+		{"byLogWindow of 3 keeps 1", []*Peer{tp("a", 0), tp("b", 0), tp("c", 0)}, []Function{&ByLogWindow{}}, fig("a")},
+		{"byLogWindow of 4 keeps 2", []*Peer{tp("a", 0), tp("b", 0), tp("c", 0), tp("d", 0)}, []Function{&ByLogWindow{}}, fig("a", "b")},
+		{"byLogWindow of 8 keeps 3", peersNamed(8), []Function{&ByLogWindow{}}, fig("p0", "p1", "p2")},
+		{"byLogWindow of none", nil, []Function{&ByLogWindow{}}, nil},
+		{"byWindow 2", peersNamed(5), []Function{&ByWindow{N: 2}}, fig("p0", "p1")},
 		{"byLoad per CPU and speed, least first",
 			[]*Peer{tp("a", 0, withLoad(2000), cpuN(4000)), tp("b", 0, withLoad(1000), cpuN(1000)), tp("c", 0, withLoad(3000), cpuN(8000), spd(2000))},
-			[]CandidacyFunction{&ByLoad{}}, fig("c", "a", "b")}, // 0.1875, 0.5, 1.0
+			[]Function{&ByLoad{}}, fig("c", "a", "b")}, // 0.1875, 0.5, 1.0
 		{"byLoad takes the application's own load when reported",
 			[]*Peer{tp("a", 0, withLoad(100)), tp("b", 0, withLoad(4000), func(p *Peer) { p.Figures.AppLoad1000, p.Figures.HasAppLoad = 50, true })},
-			[]CandidacyFunction{&ByLoad{}}, fig("b", "a")},
+			[]Function{&ByLoad{}}, fig("b", "a")},
 		{"byLoad ties keep order",
 			[]*Peer{tp("a", 0, withLoad(1000)), tp("b", 0, withLoad(1000)), tp("c", 0, withLoad(500))},
-			[]CandidacyFunction{&ByLoad{}}, fig("c", "a", "b")},
+			[]Function{&ByLoad{}}, fig("c", "a", "b")},
 		{"byLoad bias favours self",
 			[]*Peer{tp("a", 0, withLoad(500)), tp("me", 0, self, withLoad(600))},
-			[]CandidacyFunction{&ByLoad{biased{Bias: 0.2}}}, fig("me", "a")},
+			[]Function{&ByLoad{biased{Bias: 0.2}}}, fig("me", "a")},
 		{"byLoad small bias is not enough",
 			[]*Peer{tp("a", 0, withLoad(500)), tp("me", 0, self, withLoad(600))},
-			[]CandidacyFunction{&ByLoad{biased{Bias: 0.05}}}, fig("a", "me")},
+			[]Function{&ByLoad{biased{Bias: 0.05}}}, fig("a", "me")},
 		{"byBusyChildren relative to capacity",
 			[]*Peer{tp("a", 0, busy(30)), tp("b", 0, busy(50), func(p *Peer) { p.Figures.Capacity = 200 }), tp("c", 0, busy(10))},
-			[]CandidacyFunction{&ByBusyChildren{}}, fig("c", "b", "a")},
+			[]Function{&ByBusyChildren{}}, fig("c", "b", "a")},
 		{"byCPU most idle first",
 			[]*Peer{tp("a", 0, idle(200)), tp("b", 0, idle(900)), tp("c", 0, idle(500))},
-			[]CandidacyFunction{&ByCPU{}}, fig("b", "c", "a")},
+			[]Function{&ByCPU{}}, fig("b", "c", "a")},
 		{"byCost: memory pressure costs",
 			[]*Peer{tp("a", 0, withMem(1000, 100)), tp("b", 0, withMem(1000, 900)), tp("c", 0, withMem(1000, 500))},
-			[]CandidacyFunction{&ByCost{}}, fig("b", "c", "a")},
+			[]Function{&ByCost{}}, fig("b", "c", "a")},
 		{"byCost: CPU load costs (same load_hwm 4)",
 			[]*Peer{tp("a", 0, withLoad(3000), cpuN(4000)), tp("b", 0, withLoad(100), cpuN(4000)), tp("c", 0, withLoad(1500), cpuN(4000))},
-			[]CandidacyFunction{&ByCost{}}, fig("b", "c", "a")},
+			[]Function{&ByCost{}}, fig("b", "c", "a")},
 		{"byCost: at equal load, more CPUs cost less",
 			[]*Peer{tp("one", 0, withLoad(1000), cpuN(1000)), tp("eight", 0, withLoad(1000), cpuN(8000))},
-			[]CandidacyFunction{&ByCost{}}, fig("eight", "one")},
+			[]Function{&ByCost{}}, fig("eight", "one")},
 		{"byHostname",
 			[]*Peer{tp("sun-1", 0), tp("alpha-2", 0), tp("intel-3", 0)},
-			[]CandidacyFunction{mustProvision(&ByHostname{Pattern: "^(sun|alpha)"})}, fig("alpha-2", "sun-1")},
+			[]Function{mustProvision(&ByHostname{Pattern: "^(sun|alpha)"})}, fig("alpha-2", "sun-1")},
 		{"byTag needs every tag",
 			[]*Peer{tp("a", 0, tags("cgi", "images")), tp("b", 0, tags("cgi")), tp("c", 0)},
-			[]CandidacyFunction{&ByTag{Tags: []string{"cgi", "images"}}}, fig("a")},
-		{"removeSelf", []*Peer{tp("a", 0), tp("me", 0, self)}, []CandidacyFunction{&RemoveSelf{}}, fig("a")},
+			[]Function{&ByTag{Tags: []string{"cgi", "images"}}}, fig("a")},
+		{"removeSelf", []*Peer{tp("a", 0), tp("me", 0, self)}, []Function{&RemoveSelf{}}, fig("a")},
 		{"addSelf after a window dropped it",
 			[]*Peer{tp("a", 0), tp("b", 0), tp("me", 0, self)},
-			[]CandidacyFunction{&ByWindow{N: 1}, &AddSelf{}}, fig("a", "me")},
+			[]Function{&ByWindow{N: 1}, &AddSelf{}}, fig("a", "me")},
 		{"addSelf does not duplicate",
 			[]*Peer{tp("a", 0), tp("me", 0, self)},
-			[]CandidacyFunction{&AddSelf{}}, fig("a", "me")},
+			[]Function{&AddSelf{}}, fig("a", "me")},
 		{"addSelf not while draining",
 			[]*Peer{tp("a", 0), tp("me", 0, self, draining)},
-			[]CandidacyFunction{&AddSelf{}}, fig("a")},
-		{"off serves locally", []*Peer{tp("a", 0)}, []CandidacyFunction{&Off{}, &AddSelf{}}, nil},
+			[]Function{&AddSelf{}}, fig("a")},
+		{"off serves locally", []*Peer{tp("a", 0)}, []Function{&Off{}, &AddSelf{}}, nil},
 		{"bySession from the query: 7f000003 is 127.0.0.3",
 			[]*Peer{tp("a", 0, adv("127.0.0.2:80")), tp("b", 0, adv("127.0.0.3:8080")), tp("c", 0, adv("127.0.0.4:80"))},
-			[]CandidacyFunction{&BySession{}}, fig("b")},
+			[]Function{&BySession{}}, fig("b")},
 		{"bySession without a match leaves the list",
 			[]*Peer{tp("a", 0, adv("127.0.0.2:80")), tp("c", 0, adv("127.0.0.4:80"))},
-			[]CandidacyFunction{&BySession{}}, fig("a", "c")},
+			[]Function{&BySession{}}, fig("a", "c")},
 		{"byWait uses capacity and speed",
 			[]*Peer{tp("slow", 0, busy(4), spd(1000)), tp("fast", 0, busy(12), spd(4000)), tp("mid", 0, busy(6), spd(2000))},
-			[]CandidacyFunction{&ByWait{}}, fig("fast", "mid", "slow")}, // 13/400, 7/200, 5/100
+			[]Function{&ByWait{}}, fig("fast", "mid", "slow")}, // 13/400, 7/200, 5/100
 		{"byWait: this node wins a tie",
 			[]*Peer{tp("a", 0, busy(3)), tp("me", 0, self), tp("z", 0, busy(3))},
-			[]CandidacyFunction{&ByWait{}}, fig("me", "a", "z")},
+			[]Function{&ByWait{}}, fig("me", "a", "z")},
 		{"byWeight drops weight 0",
 			[]*Peer{tp("a", 0, appWeight(0)), tp("b", 0, appWeight(500))},
-			[]CandidacyFunction{&ByWeight{}}, fig("b")},
+			[]Function{&ByWeight{}}, fig("b")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := policy(testNode(tt.peers...), tt.chain...)
+			s := policy(newTestNode(tt.peers...), tt.chain...)
 			if got := chainNames(s, req, 1); !slices.Equal(got, tt.want) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
@@ -186,39 +161,18 @@ func mustProvision[T caddy.Provisioner](f T) T {
 	return f
 }
 
-// A peer that an attempt failed to reach (Caddy retried elsewhere) is no
-// candidate until it announces again.
-func TestFailedPeerWaitsForAnnouncement(t *testing.T) {
-	n := testNode(tp("a", time.Second), tp("b", time.Second))
-	s := policy(n)
-	a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
-	var st requestState
-	st.handlerEnds()
-	st.choose(context.Background(), a, now, &n.stats)
-	st.choose(context.Background(), b, now, &n.stats) // the attempt at a failed
-	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("b")) {
-		t.Errorf("after a failed attempt at a: got %v, want [b]", got)
-	}
-	back := *a.cur.Load()
-	back.ReceivedAt = now.Add(time.Millisecond) // a announces again
-	a.cur.Store(&back)
-	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("a", "b")) {
-		t.Errorf("after a's next announcement: got %v, want [a b]", got)
-	}
-}
-
 // Prediction: requests this node sent since a peer's announcement count
 // on top of the announced figure; for self the live counter counts.
 func TestPrediction(t *testing.T) {
-	n := testNode(tp("a", 0, busy(10)), tp("b", 0, busy(12)), tp("me", 0, self, busy(0)))
-	slot := n.table.lookupSlot("a")
+	n := newTestNode(tp("a", 0, busy(10)), tp("b", 0, busy(12)), tp("me", 0, self, busy(0)))
+	slot := n.table.Lookup("a")
 	for range 5 {
 		slot.local.begin() // 5 requests sent to a since its announcement
 	}
-	n.stats.busy.Store(20) // self is busier than its own announcement says
+	n.busy.Store(20) // self is busier than its own announcement says
 
 	without := policy(n, &ByBusyChildren{})
-	without.predict = predictOff
+	without.Predict = PredictOff
 	if got := chainNames(without, nil, 1); !slices.Equal(got, fig("a", "b", "me")) {
 		t.Errorf("announced only: got %v, want [a b me] (self uses its live count)", got)
 	}
@@ -228,34 +182,13 @@ func TestPrediction(t *testing.T) {
 	}
 	// A new announcement from a already includes those requests.
 	mustAccept(t, n.table, &wire.Announcement{Node: "a", Incarnation: 1, Seq: 1, SentAt: time.Now().UnixNano(), Figures: Figures{Busy: 15, Capacity: 100}}, time.Now())
-	if got := n.table.lookupSlot("a").local.sentSinceAnnounce(); got != 0 {
+	if got := n.table.Lookup("a").local.sentSinceAnnounce(); got != 0 {
 		t.Errorf("after a's announcement, %d requests count as unannounced, want 0", got)
 	}
 }
 
-func TestByCookieSignedAndForged(t *testing.T) {
-	n := testNode(tp("a", 0), tp("b.example", 0), tp("c", 0))
-	n.keys.Store(deriveKeys([]byte("cluster-secret-of-some-length"), defaultReplayWindow))
-	s := policy(n, &ByCookie{})
-	for _, tt := range []struct {
-		cookie string
-		want   []string
-	}{
-		{n.cookieValueFor("b.example"), fig("b.example")},
-		{"b.example." + strings.Repeat("0", 32), fig("a", "b.example", "c")}, // forged MAC
-		{"b.example", fig("a", "b.example", "c")},                            // no MAC
-		{n.cookieValueFor("gone"), fig("a", "b.example", "c")},               // not a candidate
-	} {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.AddCookie(&http.Cookie{Name: "backhand", Value: tt.cookie})
-		if got := chainNames(s, r, 1); !slices.Equal(got, tt.want) {
-			t.Errorf("cookie %q: got %v, want %v", tt.cookie, got, tt.want)
-		}
-	}
-}
-
 func TestBySessionCookieHeader(t *testing.T) {
-	n := testNode(tp("a", 0, adv("127.0.0.2:80")), tp("b", 0, adv("10.1.2.3:80")))
+	n := newTestNode(tp("a", 0, adv("127.0.0.2:80")), tp("b", 0, adv("10.1.2.3:80")))
 	s := policy(n, &BySession{Name: "SID"})
 	r := httptest.NewRequest("GET", "/?SID=7f000002", nil)
 	r.Header.Add("Cookie", "x=1; SID=0a010203ffff")
@@ -303,7 +236,7 @@ func TestSlowStartRamp(t *testing.T) {
 	}
 	// A peer half-way through its window is kept about half the time.
 	young := tp("young", 0, func(p *Peer) { p.FirstSeen = now.Add(-5 * time.Second) })
-	s := policy(testNode(young), f)
+	s := policy(newTestNode(young), f)
 	kept := 0
 	const rounds = 4000
 	for i := range rounds {
@@ -319,7 +252,7 @@ func TestSlowStartRamp(t *testing.T) {
 // byRandom must be uniform: over 4 peers, each comes first a quarter of the
 // time, within a chi-square bound (fixed seeds, so the test is exact).
 func TestByRandomUniform(t *testing.T) {
-	s := policy(testNode(peersNamed(4)...), &ByRandom{})
+	s := policy(newTestNode(peersNamed(4)...), &ByRandom{})
 	counts := map[string]int{}
 	const rounds = 40000
 	for i := range rounds {
@@ -340,7 +273,7 @@ func TestByRandomUniform(t *testing.T) {
 // so the worst peer never wins and the best wins 1-(1-2/n) = 2/n... of the
 // time: with 4 peers, best 50%, second 33%, third 17%, worst 0%.
 func TestByWindow2PowerOfTwo(t *testing.T) {
-	s := policy(testNode(tp("w0", 0, busy(0)), tp("w1", 0, busy(10)), tp("w2", 0, busy(20)), tp("w3", 0, busy(30))),
+	s := policy(newTestNode(tp("w0", 0, busy(0)), tp("w1", 0, busy(10)), tp("w2", 0, busy(20)), tp("w3", 0, busy(30))),
 		&ByRandom{}, &ByWindow{N: 2}, &ByBusyChildren{})
 	counts := map[string]int{}
 	const rounds = 30000
@@ -360,7 +293,7 @@ func TestByWindow2PowerOfTwo(t *testing.T) {
 }
 
 func TestByWeightProportional(t *testing.T) {
-	s := policy(testNode(tp("full", 0), tp("half", 0, appWeight(500))), &ByWeight{})
+	s := policy(newTestNode(tp("full", 0), tp("half", 0, appWeight(500))), &ByWeight{})
 	counts := map[string]int{}
 	const rounds = 30000
 	for i := range rounds {
@@ -376,7 +309,7 @@ func TestByWeightProportional(t *testing.T) {
 // ordered (a window as large as the list), and a peer answering slowly
 // (pace) is drawn less often.
 func TestByPowerProportional(t *testing.T) {
-	n := testNode(tp("s1", 0, spd(1000)), tp("s2", 0, spd(1000)), tp("x2", 0, spd(2000)), tp("x4", 0, spd(4000)),
+	n := newTestNode(tp("s1", 0, spd(1000)), tp("s2", 0, spd(1000)), tp("x2", 0, spd(2000)), tp("x4", 0, spd(4000)),
 		tp("w", 0, spd(4000), appWeight(250))) // speed 4 at weight 1/4: power 1
 	want := map[string]float64{"s1": 1.0 / 9, "s2": 1.0 / 9, "x2": 2.0 / 9, "x4": 4.0 / 9, "w": 1.0 / 9}
 	const rounds = 40000
@@ -395,7 +328,7 @@ func TestByPowerProportional(t *testing.T) {
 			t.Errorf("window %d: first places %v, chi-square %.2f: not in proportion to power", window, counts, chi2)
 		}
 	}
-	x4 := n.table.lookupSlot("x4")
+	x4 := n.table.Lookup("x4")
 	at := now.Add(-40 * time.Second)
 	for range 400 {
 		at = at.Add(100 * time.Millisecond)
@@ -417,12 +350,12 @@ func TestByPowerProportional(t *testing.T) {
 }
 
 func TestByLatencyPeakEWMA(t *testing.T) {
-	n := testNode(tp("a", 0, func(p *Peer) { p.Figures.LatencyMicros = 5000 }), tp("b", 0, func(p *Peer) { p.Figures.LatencyMicros = 1000 }))
+	n := newTestNode(tp("a", 0, func(p *Peer) { p.Figures.LatencyMicros = 5000 }), tp("b", 0, func(p *Peer) { p.Figures.LatencyMicros = 1000 }))
 	s := policy(n, &ByLatency{})
 	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("b", "a")) {
 		t.Errorf("without samples: got %v, want the announced latencies to decide [b a]", got)
 	}
-	b := n.table.lookupSlot("b")
+	b := n.table.Lookup("b")
 	b.local.latency.observe(20*time.Millisecond, now) // b turned slow for this node
 	if got := chainNames(s, nil, 1); !slices.Equal(got, fig("a", "b")) {
 		t.Errorf("after a slow sample from b: got %v, want [a b]", got)
@@ -439,16 +372,16 @@ func TestByLatencyPeakEWMA(t *testing.T) {
 // again within a few responses; and without responses the estimate
 // returns to what the peer announces, so the peer gets another chance.
 func TestByWaitFollowsResponseTimes(t *testing.T) {
-	n := testNode(tp("a", 0, busy(2)), tp("b", 0, busy(1)))
+	n := newTestNode(tp("a", 0, busy(2)), tp("b", 0, busy(1)))
 	wait, blind := policy(n, &ByWait{}), policy(n, &ByWait{IgnorePace: true})
-	a, b := n.table.lookupSlot("a"), n.table.lookupSlot("b")
+	a, b := n.table.Lookup("a"), n.table.Lookup("b")
 	at := now.Add(-time.Minute)
 	for i := range 400 { // a minute of usual responses, 40 ms each
 		at = at.Add(150 * time.Millisecond)
 		a.local.times.observe(40*time.Millisecond, at)
 		b.local.times.observe(time.Duration(38+i%5)*time.Millisecond, at)
 	}
-	rank := func(s *Selection) []string { return chainNamesAt(s, at, 1) }
+	rank := func(s *testPolicy) []string { return chainNamesAt(s, at, 1) }
 	if got := rank(wait); !slices.Equal(got, fig("b", "a")) {
 		t.Errorf("byWait at the usual pace: got %v, want the less busy b first", got)
 	}
@@ -484,9 +417,9 @@ func TestByWaitFollowsResponseTimes(t *testing.T) {
 }
 
 // chainNamesAt is chainNames with the chain's clock set to at.
-func chainNamesAt(s *Selection, at time.Time, seed uint64) []string {
-	c := s.evaluate(s.node, chainRun{now: at, rnd: rand.New(rand.NewPCG(seed, 1)).IntN})
-	defer c.release()
+func chainNamesAt(s *testPolicy, at time.Time, seed uint64) []string {
+	c := s.evaluate(Run{Now: at, Rand: rand.New(rand.NewPCG(seed, 1)).IntN})
+	defer c.Release()
 	return c.Names()
 }
 
@@ -496,7 +429,7 @@ func chainNamesAt(s *Selection, at time.Time, seed uint64) []string {
 // prediction, the requests this node sent count and the load spreads.
 func TestHerd(t *testing.T) {
 	const peers, decisions = 10, 1000
-	run := func(predict predictMode, chain ...CandidacyFunction) float64 {
+	run := func(predict Predict, chain ...Function) float64 {
 		var ps []*Peer
 		for i := range peers {
 			b := uint32(20)
@@ -505,25 +438,25 @@ func TestHerd(t *testing.T) {
 			}
 			ps = append(ps, tp(fmt.Sprintf("p%d", i), 0, busy(b)))
 		}
-		n := testNode(ps...)
+		n := newTestNode(ps...)
 		s := policy(n, chain...)
-		s.predict = predict
+		s.Predict = predict
 		toMin := 0
 		for i := range decisions {
-			c := s.evaluate(n, chainRun{now: now, rnd: rand.New(rand.NewPCG(uint64(i), 7)).IntN})
-			x := c.first()
+			c := s.evaluate(Run{Now: now, Rand: rand.New(rand.NewPCG(uint64(i), 7)).IntN})
+			x := c.First()
 			x.slot.local.begin()
 			if x.Peer.Name == "p3" {
 				toMin++
 			}
-			c.release()
+			c.Release()
 		}
 		return float64(toMin) / decisions
 	}
-	classic := []CandidacyFunction{&ByAge{}, &ByRandom{}, &ByLogWindow{}, &ByBusyChildren{}}
-	stale, predicted := run(predictOff, classic...), run(predictBlend, classic...)
+	classic := []Function{&ByAge{}, &ByRandom{}, &ByLogWindow{}, &ByBusyChildren{}}
+	stale, predicted := run(PredictOff, classic...), run(PredictBlend, classic...)
 	t.Logf("byRandom byLogWindow byBusyChildren, share to the apparent minimum: announced only %.3f, with prediction %.3f", stale, predicted)
-	leastAll, leastAllPredicted := run(predictOff, &ByBusyChildren{}), run(predictBlend, &ByBusyChildren{})
+	leastAll, leastAllPredicted := run(PredictOff, &ByBusyChildren{}), run(PredictBlend, &ByBusyChildren{})
 	t.Logf("byBusyChildren over all peers: announced only %.3f, with prediction %.3f", leastAll, leastAllPredicted)
 	if leastAll != 1 {
 		t.Errorf("least busy of all, announced only: %.3f to the apparent minimum, want 1 (the stampede)", leastAll)
@@ -546,7 +479,7 @@ func TestHerd(t *testing.T) {
 func TestUnmarshalFunctions(t *testing.T) {
 	tests := []struct {
 		line string
-		want CandidacyFunction
+		want Function
 		err  string
 	}{
 		{"byAge 6", &ByAge{MaxAge: caddy.Duration(6 * time.Second)}, ""},
@@ -597,11 +530,41 @@ func TestUnmarshalFunctions(t *testing.T) {
 }
 
 // unmarshalFunctionModule reads one line into its function module.
-func unmarshalFunctionModule(d *caddyfile.Dispenser, name string) (CandidacyFunction, error) {
+func unmarshalFunctionModule(d *caddyfile.Dispenser, name string) (Function, error) {
 	d.Next()
 	mod, err := caddyfile.UnmarshalModule(d, "backhand.functions."+name)
 	if err != nil {
 		return nil, err
 	}
-	return mod.(CandidacyFunction), nil
+	return mod.(Function), nil
+}
+
+// prefixCookies accepts cookie values "ok:<node>".
+type prefixCookies struct{}
+
+func (prefixCookies) CookieNode(v string) (string, bool) { return strings.CutPrefix(v, "ok:") }
+
+// byCookie keeps the client with the node its cookie names, when the
+// caller's check accepts the cookie and the node is a candidate; without
+// a check it only names its cookie.
+func TestByCookie(t *testing.T) {
+	n := newTestNode(tp("a", 0), tp("b", 0), tp("c", 0))
+	for _, tt := range []struct {
+		cookie  string
+		cookies Cookies
+		want    []string
+	}{
+		{"ok:b", prefixCookies{}, fig("b")},
+		{"b", prefixCookies{}, fig("a", "b", "c")},       // refused by the check
+		{"ok:gone", prefixCookies{}, fig("a", "b", "c")}, // not a candidate
+		{"ok:b", nil, fig("a", "b", "c")},                // no check
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.AddCookie(&http.Cookie{Name: "sticky", Value: tt.cookie})
+		c := policy(n, &ByCookie{Name: "sticky"}).Evaluate(n.table, &Run{Request: r, Now: now, Cookies: tt.cookies})
+		if got := c.Names(); !slices.Equal(got, tt.want) || c.Cookie() != "sticky" {
+			t.Errorf("cookie %q: got %v (cookie %q), want %v", tt.cookie, got, c.Cookie(), tt.want)
+		}
+		c.Release()
+	}
 }

@@ -1,22 +1,22 @@
-package backhand
+package candidacy
 
 import (
 	"math"
 	"time"
 )
 
-// decay is an exponential decay with time constant tau: how much of what
+// Decay is an exponential decay with time constant tau: how much of what
 // was seen some time ago still counts. Every estimate that fades with time
 // uses it: the typical response time and its forgetting, the others' share
 // of a peer's load, peak-EWMA and the announced latency.
-type decay time.Duration
+type Decay time.Duration
 
 // remaining is the weight that a value seen elapsed ago keeps:
 // exp(-elapsed/tau), 1 for elapsed <= 0, 0 beyond 40 tau. It runs for
 // every candidate that a chain ranks, so it reads e^(-k/16) from a table
 // and takes the rest, e^(-r) for r < 1/16, from its cubic Taylor
 // polynomial: within 1e-6 of exp (relative), at a fraction of its cost.
-func (d decay) remaining(elapsed time.Duration) float64 {
+func (d Decay) remaining(elapsed time.Duration) float64 {
 	if elapsed <= 0 {
 		return 1
 	}
@@ -40,9 +40,9 @@ var expTable = func() (t [40*expSteps + 1]float64) {
 	return t
 }()
 
-// alpha is the weight of a new sample that comes elapsed after the
+// Alpha is the weight of a new sample that comes elapsed after the
 // previous one, in an average that decays with tau: 1 - remaining.
-func (d decay) alpha(elapsed time.Duration) float64 { return 1 - d.remaining(elapsed) }
+func (d Decay) Alpha(elapsed time.Duration) float64 { return 1 - d.remaining(elapsed) }
 
 // ewma moves avg towards sample by weight w.
 func ewma(avg, sample, w float64) float64 { return avg + w*(sample-avg) }

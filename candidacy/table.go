@@ -1,0 +1,333 @@
+package candidacy
+
+import (
+	"errors"
+	"math"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
+)
+
+// The reasons Accept refuses an announcement for. The caller counts them.
+var (
+	// ErrOwn is this node's own announcement come back (multicast loop,
+	// self in the peer list): not an error, and not a rejection.
+	ErrOwn = errors.New("announcement rejected: own")
+	// ErrReplay is an announcement older than the one the table holds.
+	ErrReplay = errors.New("announcement rejected: replay")
+	// ErrOutOfWindow is an announcement sent too far from this node's clock.
+	ErrOutOfWindow = errors.New("announcement rejected: out_of_window")
+	// ErrTableFull is a new node while the table is full of live ones.
+	ErrTableFull = errors.New("announcement rejected: table_full")
+	// ErrDuplicateID is another process announcing this node's name.
+	ErrDuplicateID = errors.New("announcement rejected: duplicate_id")
+)
+
+// Limits are the parts of the config the table enforces. The table
+// outlives configs, so the running app stores its limits here on Start.
+type Limits struct {
+	MaxPeers      int
+	ReplayWindow  time.Duration
+	MaxAge        time.Duration // older entries may be evicted to make room
+	EvictAfter    time.Duration
+	SelfName      string
+	SelfAdvertise string
+	Incarnation   uint64
+}
+
+// Slot holds the current record of one node name, and what this node
+// itself observes of that peer.
+type Slot struct {
+	name  string
+	cur   atomic.Pointer[Peer]
+	local peerLocal
+}
+
+// Name is the node name the slot holds.
+func (s *Slot) Name() string { return s.name }
+
+// Peer is the node's latest record.
+func (s *Slot) Peer() *Peer { return s.cur.Load() }
+
+// peerView is an immutable, name-sorted list of slots: it changes only when
+// a node joins or is evicted, while each slot's record changes in place.
+type peerView []*Slot
+
+// Table is the live table of peers, self included. Writers (the UDP
+// readers and the announcer) serialize on mu; readers load the view.
+type Table struct {
+	mu     sync.Mutex
+	slots  map[string]*Slot
+	view   atomic.Pointer[peerView]
+	limits atomic.Pointer[Limits]
+
+	// bound is at least the announced power of every peer in the view
+	// (float64 bits), for byPower's sampling by rejection: raised by each
+	// announcement that exceeds it, recomputed when the view changes.
+	bound atomic.Uint64
+
+	// reference is the cluster's reference response time in µs (float64
+	// bits; see referenceTime), and self this node's slot: both for the
+	// request path, which must not search for them.
+	reference atomic.Uint64
+	self      atomic.Pointer[Slot]
+
+	// noStaleUntil is when the oldest entry of the last full scan turns
+	// stale: until then a full table has nothing to evict, so a flood of
+	// new names costs O(1) each instead of a scan of the table.
+	noStaleUntil time.Time
+}
+
+// NewTable makes an empty table with limits l.
+func NewTable(l Limits) *Table {
+	t := &Table{slots: make(map[string]*Slot)}
+	t.limits.Store(&l)
+	t.view.Store(&peerView{})
+	return t
+}
+
+// SelfAdvertise is the address this node advertises.
+func (t *Table) SelfAdvertise() string { return t.limits.Load().SelfAdvertise }
+
+// Limits returns the limits the table enforces now.
+func (t *Table) Limits() Limits { return *t.limits.Load() }
+
+// SetLimits applies a (new) config's limits.
+func (t *Table) SetLimits(l *Limits) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.limits.Store(l)
+	t.noStaleUntil = time.Time{}
+}
+
+// referenceMicros is the cluster's reference response time, 0 while
+// unknown.
+func (t *Table) referenceMicros() float64 { return loadFloat(&t.reference) }
+
+// UpdateReference recomputes the cluster's reference response time (the
+// median of the live peers' typical ones) from the view; the announcer
+// calls it once per interval.
+func (t *Table) UpdateReference(now time.Time) {
+	storeFloat(&t.reference, referenceTime(t.peers(), now, t.limits.Load().MaxAge))
+}
+
+// powerBound is at least the announced power of every peer in the view.
+func (t *Table) powerBound() float64 { return math.Float64frombits(t.bound.Load()) }
+
+// raiseBoundLocked raises the power bound to p's power if that is higher.
+func (t *Table) raiseBoundLocked(p *Peer) {
+	if pw := announcedPower(p); pw > t.powerBound() {
+		t.bound.Store(math.Float64bits(pw))
+	}
+}
+
+// Peers returns the slots, sorted by name, self included. Callers must not
+// modify the slice.
+func (t *Table) Peers() []*Slot { return t.peers() }
+
+func (t *Table) peers() peerView { return *t.view.Load() }
+
+// Lookup returns the named peer's slot, or nil.
+func (t *Table) Lookup(name string) *Slot { return t.peers().find(name) }
+
+// ByAdvertise returns the peer that advertises addr, or nil: a scan of
+// the view, for the rare choices made without the chain (reverse_proxy's
+// fallback policy).
+func (t *Table) ByAdvertise(addr string) *Peer {
+	for _, s := range t.peers() {
+		if p := s.cur.Load(); p.Advertise == addr {
+			return p
+		}
+	}
+	return nil
+}
+
+// find returns the named slot of v, or nil.
+func (v peerView) find(name string) *Slot {
+	i, ok := slices.BinarySearchFunc(v, name, func(s *Slot, n string) int { return strings.Compare(s.name, n) })
+	if !ok {
+		return nil
+	}
+	return v[i]
+}
+
+// selfSlot returns this node's slot in view, or nil before the first
+// announcement.
+func (t *Table) selfSlot(v peerView) *Slot { return v.find(t.limits.Load().SelfName) }
+
+// Accept takes a verified announcement from src into the table, enforcing
+// the time window, replay order and the size bound. It reports whether a
+// new node joined; a refused announcement is one of the Err values.
+func (t *Table) Accept(a *wire.Announcement, src netip.AddrPort, now time.Time) (joined bool, err error) {
+	l := t.limits.Load()
+	if a.Node == l.SelfName {
+		if a.Incarnation == l.Incarnation {
+			return false, ErrOwn
+		}
+		return false, ErrDuplicateID
+	}
+	if skew := now.UnixNano() - a.SentAt; skew > int64(l.ReplayWindow) || -skew > int64(l.ReplayWindow) {
+		return false, ErrOutOfWindow
+	}
+	p := &Peer{
+		Name: a.Node, Advertise: a.Advertise, Tags: slices.Clone(a.Tags), Figures: a.Figures,
+		Incarnation: a.Incarnation, Seq: a.Seq, SentAt: a.SentAt,
+		ReceivedAt: now, FirstSeen: now, Source: src,
+	}
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if slot := t.slots[a.Node]; slot != nil {
+		cur := slot.cur.Load()
+		if cur.Incarnation == a.Incarnation && a.Seq <= cur.Seq {
+			return false, ErrReplay
+		}
+		if cur.Incarnation != a.Incarnation && a.SentAt <= cur.SentAt {
+			// A restart brings a new incarnation, always with a later
+			// send time; an older one is a replay of the previous life.
+			return false, ErrReplay
+		}
+	} else if len(t.slots) >= l.MaxPeers && !t.evictOldestLocked(now, l.MaxAge) {
+		return false, ErrTableFull
+	}
+	_, joined = t.storeLocked(p)
+	return joined, nil
+}
+
+// UpdateSelf publishes this node's own record.
+func (t *Table) UpdateSelf(p *Peer) {
+	p.Self = true
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p.Name != t.limits.Load().SelfName {
+		// The send loop of a config that a reload has replaced with one
+		// that renamed the node: its record would stay, self and forever
+		// fresh, after DropStaleSelf.
+		return
+	}
+	slot, _ := t.storeLocked(p)
+	t.self.Store(slot)
+}
+
+// Store publishes p as the latest record of its node, without an
+// announcement's checks (time window, replay order, table size): for
+// tables fed otherwise than by announcements, such as candidacytest's
+// Board.
+func (t *Table) Store(p *Peer) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.storeLocked(p)
+}
+
+// storeLocked publishes p as the latest record of its node, in the node's
+// slot, and returns that slot and whether it is new (the node joined). It
+// is the last step of every way into the table (announcements,
+// this node's own record, Store): it keeps FirstSeen within an
+// incarnation, raises byPower's bound and tells the slot's local
+// estimates that an announcement arrived.
+func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
+	if slot = t.slots[p.Name]; slot == nil {
+		t.insertLocked(p)
+		return t.slots[p.Name], true
+	}
+	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
+		p.FirstSeen = cur.FirstSeen
+	}
+	t.raiseBoundLocked(p)
+	slot.cur.Store(p)
+	slot.local.announced(&p.Figures)
+	return slot, false
+}
+
+func (t *Table) insertLocked(p *Peer) {
+	slot := &Slot{name: p.Name}
+	slot.cur.Store(p)
+	slot.local.announced(&p.Figures)
+	t.slots[p.Name] = slot
+	t.publishLocked()
+}
+
+// publishLocked rebuilds the sorted view after a join or an eviction.
+func (t *Table) publishLocked() {
+	v := make(peerView, 0, len(t.slots))
+	bound := 0.0
+	for _, s := range t.slots {
+		v = append(v, s)
+		bound = max(bound, announcedPower(s.cur.Load()))
+	}
+	t.bound.Store(math.Float64bits(bound))
+	slices.SortFunc(v, func(a, b *Slot) int { return strings.Compare(a.name, b.name) })
+	t.view.Store(&v)
+}
+
+// evictOldestLocked removes the least recently heard peer if it is older
+// than maxAge, to make room for a new one; live peers are never displaced,
+// so a flood of new names cannot push out the real cluster.
+func (t *Table) evictOldestLocked(now time.Time, maxAge time.Duration) bool {
+	if now.Before(t.noStaleUntil) {
+		return false
+	}
+	var oldest *Slot
+	var oldestAt time.Time
+	for _, s := range t.slots {
+		p := s.cur.Load()
+		if p.Self {
+			continue
+		}
+		if oldest == nil || p.ReceivedAt.Before(oldestAt) {
+			oldest, oldestAt = s, p.ReceivedAt
+		}
+	}
+	if oldest == nil {
+		return false
+	}
+	if now.Sub(oldestAt) <= maxAge {
+		t.noStaleUntil = oldestAt.Add(maxAge)
+		return false
+	}
+	delete(t.slots, oldest.name)
+	t.publishLocked()
+	return true
+}
+
+// Sweep evicts peers silent for longer than the limits' EvictAfter and
+// returns them.
+func (t *Table) Sweep(now time.Time) []*Peer {
+	evictAfter := t.limits.Load().EvictAfter
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var gone []*Peer
+	for name, s := range t.slots {
+		if p := s.cur.Load(); !p.Self && p.Age(now) > evictAfter {
+			delete(t.slots, name)
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) > 0 {
+		t.publishLocked()
+	}
+	return gone
+}
+
+// DropStaleSelf drops self entries whose name is not selfName: after a
+// reload that renamed this node, the old self record must not linger as a
+// live peer.
+func (t *Table) DropStaleSelf(selfName string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := false
+	for name, s := range t.slots {
+		if s.cur.Load().Self && name != selfName {
+			delete(t.slots, name)
+			changed = true
+		}
+	}
+	if changed {
+		t.publishLocked()
+	}
+}

@@ -1,0 +1,183 @@
+package candidacy
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
+)
+
+var (
+	t0      = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	srcAddr = netip.MustParseAddrPort("127.0.0.9:4445")
+)
+
+func testLimits() Limits {
+	return Limits{
+		MaxPeers: 8, ReplayWindow: 10 * time.Second, MaxAge: 3 * time.Second,
+		EvictAfter: time.Minute, SelfName: "me", SelfAdvertise: "127.0.0.1:80", Incarnation: 1,
+	}
+}
+
+func annAt(node string, inc, seq uint64, sent time.Time) *wire.Announcement {
+	return &wire.Announcement{Node: node, Cluster: "demo", Incarnation: inc, Seq: seq, SentAt: sent.UnixNano(), Advertise: "127.0.0.2:80"}
+}
+
+func TestTableAcceptOrder(t *testing.T) {
+	tests := []struct {
+		name  string
+		first *wire.Announcement
+		then  *wire.Announcement
+		at    time.Time
+		want  error // nil or the rejection
+	}{
+		{"next sequence", annAt("a", 7, 1, t0), annAt("a", 7, 2, t0.Add(time.Second)), t0.Add(time.Second), nil},
+		{"same sequence replayed", annAt("a", 7, 5, t0), annAt("a", 7, 5, t0), t0, ErrReplay},
+		{"older sequence", annAt("a", 7, 5, t0), annAt("a", 7, 4, t0), t0, ErrReplay},
+		{"restart: new incarnation, later", annAt("a", 7, 500, t0), annAt("a", 8, 1, t0.Add(time.Second)), t0.Add(time.Second), nil},
+		{"old incarnation replayed after restart", annAt("a", 8, 1, t0.Add(time.Second)), annAt("a", 7, 500, t0), t0.Add(time.Second), ErrReplay},
+		{"sent too long ago", annAt("a", 7, 1, t0), annAt("a", 7, 2, t0), t0.Add(11 * time.Second), ErrOutOfWindow},
+		{"sent in the future", annAt("a", 7, 1, t0), annAt("a", 7, 2, t0.Add(11*time.Second)), t0, ErrOutOfWindow},
+		{"our own echo", annAt("b", 7, 1, t0), annAt("me", 1, 9, t0), t0, ErrOwn},
+		{"another process uses our name", annAt("b", 7, 1, t0), annAt("me", 2, 9, t0), t0, ErrDuplicateID},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			if _, err := tab.Accept(tt.first, srcAddr, time.Unix(0, tt.first.SentAt)); err != nil {
+				t.Fatalf("first: %v", err)
+			}
+			_, err := tab.Accept(tt.then, srcAddr, tt.at)
+			if err != tt.want {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			if err == nil {
+				if p := tab.Lookup(tt.then.Node).Peer(); p.Seq != tt.then.Seq || p.Incarnation != tt.then.Incarnation {
+					t.Errorf("table holds seq %d inc %d, want the new announcement", p.Seq, p.Incarnation)
+				}
+			}
+		})
+	}
+}
+
+func TestTableFirstSeenKeptWithinIncarnation(t *testing.T) {
+	tab := NewTable(testLimits())
+	mustAccept(t, tab, annAt("a", 7, 1, t0), t0)
+	mustAccept(t, tab, annAt("a", 7, 2, t0.Add(time.Second)), t0.Add(time.Second))
+	if got := tab.Lookup("a").Peer().FirstSeen; !got.Equal(t0) {
+		t.Errorf("FirstSeen %v, want %v (same incarnation)", got, t0)
+	}
+	mustAccept(t, tab, annAt("a", 8, 1, t0.Add(2*time.Second)), t0.Add(2*time.Second))
+	if got := tab.Lookup("a").Peer().FirstSeen; !got.Equal(t0.Add(2 * time.Second)) {
+		t.Errorf("FirstSeen %v after restart, want the restart time", got)
+	}
+}
+
+func TestTableSweepEvictsSilentPeers(t *testing.T) {
+	tab := NewTable(testLimits())
+	tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0})
+	mustAccept(t, tab, annAt("old", 1, 1, t0), t0)
+	mustAccept(t, tab, annAt("new", 1, 1, t0.Add(50*time.Second)), t0.Add(50*time.Second))
+
+	gone := tab.Sweep(t0.Add(61 * time.Second))
+	if len(gone) != 1 || gone[0].Name != "old" {
+		t.Fatalf("evicted %v, want [old]", names(gone))
+	}
+	if got := viewNames(tab); fmt.Sprint(got) != "[me new]" {
+		t.Errorf("table %v, want [me new]: self is never evicted", got)
+	}
+}
+
+func TestTableViewSortedAndStable(t *testing.T) {
+	tab := NewTable(testLimits())
+	for _, n := range []string{"c", "a", "b"} {
+		mustAccept(t, tab, annAt(n, 1, 1, t0), t0)
+	}
+	before := tab.Peers()
+	mustAccept(t, tab, annAt("b", 1, 2, t0), t0)
+	if got := viewNames(tab); fmt.Sprint(got) != "[a b c]" {
+		t.Errorf("view %v, want sorted [a b c]", got)
+	}
+	if &before[0] != &tab.Peers()[0] {
+		t.Error("an update of a known peer rebuilt the view; only joins and evictions should")
+	}
+}
+
+// A full table takes a new name only by evicting a stale entry; live
+// entries are never displaced.
+func TestTableFullEvictsOnlyStale(t *testing.T) {
+	l := testLimits()
+	l.MaxPeers = 3
+	tab := NewTable(l)
+	mustAccept(t, tab, annAt("a", 1, 1, t0), t0)
+	mustAccept(t, tab, annAt("b", 1, 1, t0.Add(2*time.Second)), t0.Add(2*time.Second))
+	mustAccept(t, tab, annAt("c", 1, 1, t0.Add(2*time.Second)), t0.Add(2*time.Second))
+
+	now := t0.Add(2 * time.Second)
+	if _, err := tab.Accept(annAt("d", 1, 1, now), srcAddr, now); err != ErrTableFull {
+		t.Fatalf("got %v, want table_full while every entry is live", err)
+	}
+	now = t0.Add(4 * time.Second) // a is 4s old > maxAge 3s; b and c are 2s old
+	if _, err := tab.Accept(annAt("d", 1, 1, now), srcAddr, now); err != nil {
+		t.Fatalf("got %v, want d to replace the stale a", err)
+	}
+	if got := viewNames(tab); fmt.Sprint(got) != "[b c d]" {
+		t.Errorf("table %v, want [b c d]", got)
+	}
+}
+
+func mustAccept(t *testing.T, tab *Table, a *wire.Announcement, now time.Time) {
+	t.Helper()
+	if _, err := tab.Accept(a, srcAddr, now); err != nil {
+		t.Fatalf("accept %s seq %d: %v", a.Node, a.Seq, err)
+	}
+}
+
+func viewNames(tab *Table) []string {
+	var out []string
+	for _, s := range tab.Peers() {
+		out = append(out, s.name)
+	}
+	return out
+}
+
+func names(ps []*Peer) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// The power bound byPower samples against stays at or above every peer's
+// power: raised by announcements, recomputed when the view changes.
+func TestPowerBound(t *testing.T) {
+	n := newTestNode(tp("a", 0, spd(1000)), tp("b", 0, spd(2000)))
+	if b := n.table.powerBound(); b != 200 {
+		t.Fatalf("bound %v, want 200 (capacity 100 x speed 2)", b)
+	}
+	n.table.UpdateSelf(tp("me", 0, spd(1000))) // joins: the view is rebuilt
+	n.table.UpdateSelf(tp("me", 0, spd(8000))) // an update: only the raise can see it
+	if b := n.table.powerBound(); b != 800 {
+		t.Errorf("bound %v after a faster self, want 800", b)
+	}
+}
+
+// A reload that renames the node ("me" to "me2") leaves no orphan self
+// entry: the old config's send loop, which runs until the old config
+// stops, can no longer publish its record once the new name is set.
+func TestRenameLeavesNoOrphanSelf(t *testing.T) {
+	tab := NewTable(testLimits())
+	tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0})
+	l := testLimits()
+	l.SelfName = "me2"
+	tab.SetLimits(&l)
+	tab.DropStaleSelf("me2")
+	tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, Seq: 2, ReceivedAt: t0.Add(time.Second)}) // the old loop
+	tab.UpdateSelf(&Peer{Name: "me2", Incarnation: 1, ReceivedAt: t0.Add(time.Second)})
+	if got := viewNames(tab); fmt.Sprint(got) != "[me2]" {
+		t.Errorf("view %v, want [me2] only", got)
+	}
+}
