@@ -10,8 +10,10 @@ import (
 )
 
 // byCookie's cookie values, signed with the key derived from the cluster
-// key, so clients cannot steer themselves to a node of their choice: the
-// `backhand` directive sets them, the chain checks them.
+// key: the `backhand` directive sets them, the chain checks them. A client
+// cannot make up a cookie for a node, but a value is the same for every
+// client and never expires, so a client can return to (or pass around)
+// any node whose cookie it has once been given.
 
 // cookieValueFor is "<node>.<hex MAC of node>"; without a cluster key, just
 // the node name.
@@ -32,7 +34,8 @@ func cookieMAC(key []byte, name string) []byte {
 // CookieNode checks a cookie value and returns the node it names: the
 // chain's byCookie reads it through candidacy.Cookies.
 func (n *node) CookieNode(v string) (string, bool) {
-	key := n.keys.Load().cookie
+	keys := n.keys.Load()
+	key := keys.cookie
 	if key == nil {
 		return v, v != ""
 	}
@@ -42,7 +45,15 @@ func (n *node) CookieNode(v string) (string, bool) {
 	}
 	name, mac := v[:i], v[i+1:]
 	got, err := hex.DecodeString(mac)
-	return name, err == nil && hmac.Equal(got, cookieMAC(key, name))
+	if err != nil {
+		return "", false
+	}
+	for _, k := range append([][]byte{key}, keys.acceptedCookies...) {
+		if hmac.Equal(got, cookieMAC(k, name)) {
+			return name, true // accept_keys' cookies too, while a key rotates
+		}
+	}
+	return "", false
 }
 
 // Interface guards

@@ -62,6 +62,7 @@ type Candidates struct {
 	predict Predict // how estimates account for the age of announcements
 
 	decision decision // what the chain decided beyond the list's order
+	salt     uint64   // peerUniform's, drawn at its first use in a run
 }
 
 // decision is what a chain decides besides the order of its list: how the
@@ -178,6 +179,24 @@ func (c *Candidates) shuffleByPower() {
 // choices with a probability use.
 func (c *Candidates) uniform() float64 {
 	return (float64(c.rnd(1<<30)) + 1) / (1 << 30)
+}
+
+// peerUniform is a random float64 in (0, 1] for the named peer, the same
+// every time within one run of the chain: a filter that draws for a peer
+// (slowStart) then decides once per peer, whether the list draws its
+// members one by one (a window after a shuffle) or evaluates them all.
+func (c *Candidates) peerUniform(name string) float64 {
+	if c.salt == 0 {
+		c.salt = uint64(c.rnd(1<<62)) | 1
+	}
+	h := c.salt
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint64(name[i])) * 0x100000001b3 // FNV-1a over the salt
+	}
+	h ^= h >> 33 // splitmix64's finaliser spreads the bits
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return (float64(h>>34) + 1) / (1 << 30)
 }
 
 // weightedKey is a random sort key for a weighted shuffle

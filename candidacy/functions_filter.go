@@ -233,17 +233,21 @@ func (Off) Candidates(c *Candidates) { c.decision.off = true }
 // SlowStart ramps up new peers: a peer first heard (in its current
 // incarnation, so a restart counts) less than Window ago stays a candidate
 // only with probability max(MinWeight, (age/Window)^(1/Aggression)), as in
-// Envoy's slow start, so it is not flooded while its caches are cold.
-// Written `slowStart <window> [<aggression> [<min weight>]]`.
+// Envoy's slow start, so it is not flooded while its caches are cold. The
+// draw is made once per peer and request, so the probability is the same
+// whatever functions follow. Written
+// `slowStart <window> [<aggression> [<min weight>]]`.
 type SlowStart struct {
 	// Window is how long the ramp lasts. Required.
 	Window caddy.Duration `json:"window"`
 	// Aggression shapes the ramp: 1 is linear, larger ramps faster at
-	// first. Default: 1.
-	Aggression float64 `json:"aggression,omitempty"`
-	// MinWeight is the least probability a new peer is kept with, 0-1.
-	// Default: 0.1.
-	MinWeight float64 `json:"min_weight,omitempty"`
+	// first; it must be positive. Default: 1.
+	Aggression *float64 `json:"aggression,omitempty"`
+	// MinWeight is the least probability a new peer is kept with, 0-1 (0:
+	// a peer heard just now gets nothing). Default: 0.1.
+	MinWeight *float64 `json:"min_weight,omitempty"`
+
+	aggression, minWeight float64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -253,19 +257,20 @@ func (SlowStart) CaddyModule() caddy.ModuleInfo {
 
 // Provision fills the defaults and checks the ranges.
 func (f *SlowStart) Provision(caddy.Context) error {
-	if f.Aggression == 0 {
-		f.Aggression = 1
+	f.aggression, f.minWeight = 1, 0.1
+	if f.Aggression != nil {
+		f.aggression = *f.Aggression
 	}
-	if f.MinWeight == 0 {
-		f.MinWeight = 0.1
+	if f.MinWeight != nil {
+		f.minWeight = *f.MinWeight
 	}
 	switch {
 	case f.Window <= 0:
 		return fmt.Errorf("slowStart: window must be positive, got %v", time.Duration(f.Window))
-	case f.Aggression < 0 || math.IsNaN(f.Aggression):
-		return fmt.Errorf("slowStart: aggression must be positive, got %v", f.Aggression)
-	case f.MinWeight < 0 || f.MinWeight > 1 || math.IsNaN(f.MinWeight):
-		return fmt.Errorf("slowStart: min weight must be 0-1, got %v", f.MinWeight)
+	case !(f.aggression > 0) || math.IsInf(f.aggression, 0):
+		return fmt.Errorf("slowStart: aggression must be a positive number, got %v", f.aggression)
+	case !(f.minWeight >= 0 && f.minWeight <= 1):
+		return fmt.Errorf("slowStart: min weight must be 0-1, got %v", f.minWeight)
 	}
 	return nil
 }
@@ -278,7 +283,7 @@ func (f *SlowStart) admits(c *Candidates, p *Peer) bool {
 		return true
 	}
 	w := f.rampWeight(c.now.Sub(p.FirstSeen))
-	return w >= 1 || c.uniform() <= w
+	return w >= 1 || c.peerUniform(p.Name) <= w
 }
 
 // rampWeight is the share of its traffic a peer gets after age.
@@ -287,7 +292,7 @@ func (f *SlowStart) rampWeight(age time.Duration) float64 {
 		return 1
 	}
 	t := max(float64(age), 0) / float64(f.Window)
-	return max(f.MinWeight, math.Pow(t, 1/f.Aggression))
+	return max(f.minWeight, math.Pow(t, 1/f.aggression))
 }
 
 // UnmarshalCaddyfile reads `slowStart <window> [<aggression> [<min weight>]]`.
@@ -302,13 +307,13 @@ func (f *SlowStart) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("slowStart: window %q: %v", args[0], err)
 	}
 	f.Window = caddy.Duration(dur)
-	for i, dst := range []*float64{&f.Aggression, &f.MinWeight} {
+	for i, dst := range []**float64{&f.Aggression, &f.MinWeight} {
 		if len(args) > i+1 {
 			v, err := strconv.ParseFloat(args[i+1], 64)
 			if err != nil {
 				return d.Errf("slowStart: %q is not a number", args[i+1])
 			}
-			*dst = v
+			*dst = &v
 		}
 	}
 	return nil

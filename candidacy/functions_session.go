@@ -2,6 +2,7 @@ package candidacy
 
 import (
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -26,8 +27,9 @@ func init() {
 // (e.g. PHPSESSID=7f000001...). bySession reads the id from the first Cookie
 // header, or else from the query argument of the same name, decodes the
 // address, and if a candidate's advertised address has that IP, it becomes
-// the only candidate; otherwise the list is left as it is.
-// `bySession [name]`.
+// the only candidate; otherwise the list is left as it is. A peer that
+// advertises a DNS name matches by the address its announcements come
+// from. `bySession [name]`.
 type BySession struct {
 	// Name is the cookie or query argument. Default: PHPSESSID.
 	Name string `json:"name,omitempty"`
@@ -45,12 +47,21 @@ func (f *BySession) Candidates(c *Candidates) {
 		return
 	}
 	for i, x := range c.All() {
-		if hostIP(x.Peer.Advertise) == ip {
+		if peerIP(x.Peer) == ip {
 			c.list[0] = c.list[i]
 			c.list = c.list[:1]
 			return
 		}
 	}
+}
+
+// peerIP is the IP address a peer advertises, or, when it advertises a
+// DNS name, the one its announcements come from (zero for this node).
+func peerIP(p *Peer) netip.Addr {
+	if a := hostIP(p.Advertise); a.IsValid() {
+		return a
+	}
+	return p.Source.Addr().Unmap()
 }
 
 func (f *BySession) name() string {
@@ -93,6 +104,9 @@ func cookieValue(header, name string) (string, bool) {
 	for part := range strings.SplitSeq(header, ";") {
 		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if ok && k == name {
+			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1] // a quoted cookie value (RFC 6265)
+			}
 			return v, true
 		}
 	}
@@ -114,9 +128,11 @@ func hostIP(hostport string) netip.Addr {
 
 // ByCookie keeps a client with the node that served it first, by a cookie
 // that backhand sets and signs itself (HMAC-SHA256 with a key derived from
-// the cluster key, so clients cannot steer themselves to a node of their
-// choice): when the request carries a valid cookie naming a candidate, that
-// candidate becomes the only one. The `backhand` directive sets the cookie
+// the cluster key): when the request carries a valid cookie naming a
+// candidate, that candidate becomes the only one. A client cannot make up
+// a cookie for a node; but a node's cookie is the same for every client
+// and never expires, so a client can return to (or share) any node whose
+// cookie it was once given. The `backhand` directive sets the cookie
 // (HttpOnly, SameSite=Lax, Path=/) whenever the winner differs from it; in
 // a plain reverse_proxy it is only read, so the application or another
 // handler must set it (with this node's signing, which needs the
@@ -161,6 +177,15 @@ func (f *ByCookie) Candidates(c *Candidates) {
 	}
 }
 
+// Validate checks that the name is a cookie name (an HTTP token), which
+// http.SetCookie would otherwise drop silently.
+func (f *ByCookie) Validate() error {
+	if err := (&http.Cookie{Name: f.name(), Value: "x"}).Valid(); err != nil {
+		return fmt.Errorf("byCookie: name %q is not a cookie name: %v", f.name(), err)
+	}
+	return nil
+}
+
 // UnmarshalCaddyfile reads `byCookie [name]`.
 func (f *ByCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return optionalArg(d, &f.Name)
@@ -168,6 +193,7 @@ func (f *ByCookie) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ Function = (*BySession)(nil)
-	_ Function = (*ByCookie)(nil)
+	_ Function        = (*BySession)(nil)
+	_ Function        = (*ByCookie)(nil)
+	_ caddy.Validator = (*ByCookie)(nil)
 )

@@ -1,10 +1,12 @@
 package candidacy
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -202,6 +204,30 @@ func TestBySessionCookieHeader(t *testing.T) {
 	}
 }
 
+// bySession reads a quoted cookie value, and matches a peer that
+// advertises a DNS name by the address its announcements come from.
+func TestBySessionQuotedAndNamedPeers(t *testing.T) {
+	n := newTestNode(tp("a", 0, adv("127.0.0.2:80")), tp("web-b", 0, adv("web-b.example:80"), func(p *Peer) {
+		p.Source = netip.MustParseAddrPort("10.1.2.3:4445")
+	}))
+	s := policy(n, &BySession{Name: "SID"})
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Add("Cookie", `SID="0a010203ffff"`)
+	if got := chainNames(s, r, 1); !slices.Equal(got, fig("web-b")) {
+		t.Errorf("got %v, want [web-b]: the quoted id names 10.1.2.3, where web-b's announcements come from", got)
+	}
+}
+
+// byCookie refuses a name that is not a cookie name, which the directive's
+// http.SetCookie would drop without a word.
+func TestByCookieName(t *testing.T) {
+	for name, ok := range map[string]bool{"": true, "backhand": true, "my-node_1": true, "bad name": false, "a;b": false, "é": false} {
+		if err := (&ByCookie{Name: name}).Validate(); (err == nil) != ok {
+			t.Errorf("byCookie %q: %v, want ok %v", name, err, ok)
+		}
+	}
+}
+
 func TestRedirectFormat(t *testing.T) {
 	tests := []struct{ format, want string }{
 		{"%S", "www-1.datacenter-3"},
@@ -247,6 +273,55 @@ func TestSlowStartRamp(t *testing.T) {
 	if share := float64(kept) / rounds; share < 0.45 || share > 0.55 {
 		t.Errorf("kept %.3f of the time, want about 0.5", share)
 	}
+}
+
+// One slowStart, whatever follows it: the keep probability of a new peer
+// is the same whether a window draws the list's members one by one (lazy)
+// or the whole list is evaluated (byLogWindow, eager): a peer rejected once
+// is not drawn again and kept. With one old and one new peer kept with
+// probability 0.05, the new one wins 0.05 x 1/2 of the time on both paths
+// (the lazy path once gave it 0.092 against 0.050).
+func TestSlowStartOneSemantics(t *testing.T) {
+	newPeer := tp("new", 0, func(p *Peer) { p.FirstSeen = now })
+	f := mustProvision(&SlowStart{Window: caddy.Duration(10 * time.Second), MinWeight: ptr(0.05)})
+	const rounds = 40000
+	for name, chain := range map[string][]Function{
+		"lazy":  {f, &ByRandom{}, &ByWindow{N: 1}},
+		"eager": {f, &ByRandom{}, &ByLogWindow{}},
+	} {
+		s := policy(newTestNode(tp("old", 0), newPeer), chain...)
+		won := 0
+		for i := range rounds {
+			if got := chainNames(s, nil, uint64(i)); len(got) > 0 && got[0] == "new" {
+				won++
+			}
+		}
+		if share := float64(won) / rounds; share < 0.020 || share > 0.030 {
+			t.Errorf("%s: the new peer won %.4f of the time, want 0.025", name, share)
+		}
+	}
+	// Zero is honoured, not replaced by the default: a min weight of 0
+	// keeps a peer heard just now out; an aggression of 0 is refused.
+	s := policy(newTestNode(tp("old", 0), newPeer), mustProvision(&SlowStart{Window: caddy.Duration(10 * time.Second), MinWeight: ptr(0.0)}))
+	for i := range 100 {
+		if got := chainNames(s, nil, uint64(i)); slices.Contains(got, "new") {
+			t.Fatalf("min weight 0: the peer heard just now is a candidate: %v", got)
+		}
+	}
+	if err := (&SlowStart{Window: caddy.Duration(time.Second), Aggression: ptr(0.0)}).Provision(caddy.Context{}); err == nil {
+		t.Error("aggression 0 accepted")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%T%s", v, b)
 }
 
 // byRandom must be uniform: over 4 peers, each comes first a quarter of the
@@ -504,7 +579,7 @@ func TestUnmarshalFunctions(t *testing.T) {
 		{"byTag cgi images", &ByTag{Tags: []string{"cgi", "images"}}, ""},
 		{"bySession JSESSIONID", &BySession{Name: "JSESSIONID"}, ""},
 		{"byCookie", &ByCookie{}, ""},
-		{"slowStart 30s 2 0.2", &SlowStart{Window: caddy.Duration(30 * time.Second), Aggression: 2, MinWeight: 0.2}, ""},
+		{"slowStart 30s 2 0.2", &SlowStart{Window: caddy.Duration(30 * time.Second), Aggression: ptr(2.0), MinWeight: ptr(0.2)}, ""},
 		{"HTTPRedirectToName %S.%-2H.%-1H", &HTTPRedirectToName{Format: "%S.%-2H.%-1H"}, ""},
 	}
 	for _, tt := range tests {
@@ -522,8 +597,8 @@ func TestUnmarshalFunctions(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, _ := unmarshalFunctionModule(caddyfile.NewTestDispenser(tt.line), name)
-			if fmt.Sprintf("%#v", got) != fmt.Sprintf("%#v", tt.want) {
-				t.Errorf("got %#v, want %#v", got, tt.want)
+			if g, w := mustJSON(t, got), mustJSON(t, tt.want); g != w {
+				t.Errorf("got %s, want %s", g, w)
 			}
 		})
 	}
