@@ -104,6 +104,9 @@ func (s *Selection) Provision(ctx caddy.Context) error {
 	if err := s.loadChain(ctx); err != nil {
 		return err
 	}
+	if err := s.chain.FollowByAge(s.MaxAge != 0); err != nil {
+		return errOption("lb_policy backhand", "%v", err)
+	}
 	if s.FallbackRaw == nil {
 		s.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.RandomSelection{}, "policy", "random", nil)
 	}

@@ -39,6 +39,25 @@ type Chain struct {
 	Timed func(took time.Duration)
 }
 
+// FollowByAge makes the list start from the peers that the chain's byAge
+// allows, when one allows older peers than MaxAge (mod_backhand's `byAge
+// 10` would otherwise be a silent no-op under a 3 s max_age). With
+// explicit set (the policy's own max_age was configured) such a byAge is
+// an error instead, since the two contradict each other.
+func (c *Chain) FollowByAge(explicit bool) error {
+	for _, f := range c.Functions {
+		a, ok := f.(*ByAge)
+		if !ok || time.Duration(a.MaxAge) <= c.MaxAge {
+			continue
+		}
+		if explicit {
+			return fmt.Errorf("byAge %v allows older peers than the policy's max_age %v: raise max_age or lower byAge", time.Duration(a.MaxAge), c.MaxAge)
+		}
+		c.MaxAge = time.Duration(a.MaxAge)
+	}
+	return nil
+}
+
 // timingSample is how many runs of a chain one timed run stands for.
 const timingSample = 8
 

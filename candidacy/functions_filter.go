@@ -19,7 +19,7 @@ import (
 func init() {
 	for _, f := range []caddy.Module{
 		new(ByAge), new(ByHostname), new(ByTag), new(RemoveSelf), new(AddSelf),
-		new(Off), new(SlowStart),
+		new(Off), new(BackhandOff), new(SlowStart),
 	} {
 		caddy.RegisterModule(f)
 	}
@@ -58,9 +58,11 @@ func optionalArg(d *caddyfile.Dispenser, dst *string) error {
 }
 
 // ByAge keeps the peers heard from within MaxAge (mod_backhand's
-// `byAge [seconds]`). The list already starts with the live peers only
-// (heard within the policy's max_age), so byAge matters when it is
-// stricter. Written `byAge 6s` or, as in mod_backhand, `byAge 6` (seconds).
+// `byAge [seconds]`). The list starts with the peers heard within the
+// policy's max_age; a byAge that allows older peers than that makes the
+// list start from them (unless the policy's max_age is set: then the
+// combination is refused). Written `byAge 6s` or, as in mod_backhand,
+// `byAge 6` (seconds).
 type ByAge struct {
 	// MaxAge is the age limit. Default: the policy's max_age.
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
@@ -80,6 +82,14 @@ func (f *ByAge) Candidates(c *Candidates) {
 
 func (f *ByAge) admits(c *Candidates, p *Peer) bool {
 	return p.Fresh(c.now, time.Duration(f.MaxAge))
+}
+
+// Validate refuses a negative age (0 is the policy's max_age).
+func (f *ByAge) Validate() error {
+	if f.MaxAge < 0 {
+		return fmt.Errorf("byAge: max_age must be positive, got %v", time.Duration(f.MaxAge))
+	}
+	return nil
 }
 
 // UnmarshalCaddyfile reads `byAge [duration | seconds]`.
@@ -229,6 +239,15 @@ func (Off) CaddyModule() caddy.ModuleInfo {
 
 // Candidates applies the function.
 func (Off) Candidates(c *Candidates) { c.decision.off = true }
+
+// BackhandOff is off under mod_backhand's name, `backhand_off`, so that
+// its configurations translate line by line.
+type BackhandOff struct{ Off }
+
+// CaddyModule returns the Caddy module information.
+func (BackhandOff) CaddyModule() caddy.ModuleInfo {
+	return fnInfo("backhand_off", func() caddy.Module { return new(BackhandOff) })
+}
 
 // SlowStart ramps up new peers: a peer first heard (in its current
 // incarnation, so a restart counts) less than Window ago stays a candidate

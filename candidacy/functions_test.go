@@ -643,3 +643,36 @@ func TestByCookie(t *testing.T) {
 		c.Release()
 	}
 }
+
+// A byAge that allows older peers than the policy's max_age makes the list
+// start from them (it was a silent no-op), unless max_age was configured
+// (then it is refused); a negative byAge is refused; backhand_off is off.
+func TestByAgeAndTheStartingList(t *testing.T) {
+	c := &Chain{Functions: []Function{&ByAge{MaxAge: caddy.Duration(10 * time.Second)}, &ByRandom{}}, MaxAge: 3 * time.Second}
+	if err := c.FollowByAge(false); err != nil || c.MaxAge != 10*time.Second {
+		t.Errorf("implicit max_age: %v, max_age %v; want the list to start from byAge's 10s", err, c.MaxAge)
+	}
+	c.MaxAge = 3 * time.Second
+	if err := c.FollowByAge(true); err == nil || !strings.Contains(err.Error(), "byAge 10s allows older peers than the policy's max_age 3s") {
+		t.Errorf("explicit max_age: %v, want the combination refused", err)
+	}
+	old := tp("old", 8*time.Second)
+	s := policy(newTestNode(tp("a", 0), old), &ByAge{MaxAge: caddy.Duration(10 * time.Second)})
+	s.MaxAge = 3 * time.Second
+	if err := s.FollowByAge(false); err != nil {
+		t.Fatal(err)
+	}
+	if got := chainNames(s, nil, 1); !slices.Contains(got, "old") {
+		t.Errorf("byAge 10s: %v, want the peer heard 8s ago on the list", got)
+	}
+	if err := (&ByAge{MaxAge: caddy.Duration(-time.Second)}).Validate(); err == nil {
+		t.Error("byAge -1s accepted")
+	}
+	if _, ok := any(new(BackhandOff)).(Function); !ok {
+		t.Fatal("backhand_off is no candidacy function")
+	}
+	s = policy(newTestNode(tp("a", 0)), new(BackhandOff), &ByRandom{})
+	if got := chainNames(s, nil, 1); got != nil {
+		t.Errorf("backhand_off: %v, want served locally", got)
+	}
+}
