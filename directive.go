@@ -5,6 +5,7 @@ import (
 
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -91,7 +92,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.policy, _ = h.proxy.LoadBalancing.SelectionPolicy.(*Selection)
 	if h.policy == nil {
-		return errOption("backhand", "the proxy's selection policy must be backhand")
+		return errModule("backhand", "the proxy's selection policy must be backhand")
 	}
 	return nil
 }
@@ -107,7 +108,7 @@ func withBackhandDefaults(raw json.RawMessage) (json.RawMessage, error) {
 		}
 	}
 	if len(rp.Upstreams) > 0 {
-		return nil, errOption("backhand", "proxy: static upstreams are not allowed; requests go to the cluster's peers")
+		return nil, errModule("backhand", "proxy: static upstreams are not allowed; requests go to the cluster's peers")
 	}
 	if rp.DynamicUpstreamsRaw == nil {
 		rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(&Upstreams{}, "source", "backhand", nil)
@@ -314,7 +315,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	d.Reset()
 	rp := new(reverseproxy.Handler)
 	if err := rp.UnmarshalCaddyfile(d); err != nil {
-		return nil, err
+		return nil, explainSubdirective(err)
 	}
 	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
 		return nil, err
@@ -334,6 +335,22 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 		return nil, err
 	}
 	return &Handler{ProxyRaw: raw}, nil
+}
+
+// explainSubdirective turns reverse_proxy's "unrecognized subdirective
+// byRandm" for a line of the directive's block into what the user meant:
+// a candidacy function, named, with the closest known one.
+func explainSubdirective(err error) error {
+	msg := err.Error()
+	i := strings.Index(msg, "unrecognized subdirective ")
+	if i < 0 {
+		return err
+	}
+	name, _, _ := strings.Cut(msg[i+len("unrecognized subdirective "):], ",")
+	if s := candidacy.Suggest(name); s != "" {
+		return fmt.Errorf("backhand: unknown candidacy function %q (did you mean %s?): %w", name, s, err)
+	}
+	return fmt.Errorf("backhand: %q is neither a candidacy function, a policy option (max_age, keep, predict, fallback) nor a reverse_proxy subdirective: %w", name, err)
 }
 
 // isPolicyLine reports whether a line of the directive's block belongs to

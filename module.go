@@ -425,8 +425,14 @@ func backhandApp(ctx caddy.Context, module string) (*App, error) {
 	return v.(*App), nil
 }
 
-// errOption is the error for a bad value of option (or a module's
-// directive name): "backhand: <option>: <message>".
+// errModule is the error for a bad option of a module other than the app,
+// named as the user wrote it: "lb_policy backhand: keep must be ...".
+func errModule(module string, format string, args ...any) error {
+	return fmt.Errorf(module+": "+format, args...)
+}
+
+// errOption is the error for a bad value of one of the app's options:
+// "backhand: <option>: <message>".
 func errOption(option string, format string, args ...any) error {
 	return fmt.Errorf("backhand: %s: "+format, append([]any{option}, args...)...)
 }

@@ -61,6 +61,7 @@ type Selection struct {
 	fallback reverseproxy.Selector
 	node     *node
 	keep     int
+	what     string // how errors name it: "lb_policy backhand", or "backhand" in the directive
 }
 
 const (
@@ -78,7 +79,8 @@ func (Selection) CaddyModule() caddy.ModuleInfo {
 
 // Provision loads the chain and the fallback policy.
 func (s *Selection) Provision(ctx caddy.Context) error {
-	app, err := backhandApp(ctx, "lb_policy backhand")
+	s.what = policyName(ctx)
+	app, err := backhandApp(ctx, s.what)
 	if err != nil {
 		return err
 	}
@@ -89,34 +91,46 @@ func (s *Selection) Provision(ctx caddy.Context) error {
 		s.chain.MaxAge = time.Duration(app.MaxAge)
 	}
 	if s.chain.MaxAge < 0 {
-		return errOption("lb_policy backhand", "max_age must be positive, got %v", s.chain.MaxAge)
+		return errModule(s.what, "max_age must be positive, got %v", s.chain.MaxAge)
 	}
 	if s.chain.Predict, err = candidacy.ParsePredict(s.Predict); err != nil {
-		return errOption("lb_policy backhand", "%v", err)
+		return errModule(s.what, "%v", err)
 	}
 	s.keep = s.Keep
 	if s.keep == 0 {
 		s.keep = defaultKeep
 	}
 	if s.keep < 1 || s.keep > maxKeep {
-		return errOption("lb_policy backhand", "keep must be 1-%d, got %d", maxKeep, s.Keep)
+		return errModule(s.what, "keep must be 1-%d, got %d", maxKeep, s.Keep)
 	}
 	if err := s.loadChain(ctx); err != nil {
 		return err
 	}
 	if err := s.chain.FollowByAge(s.MaxAge != 0); err != nil {
-		return errOption("lb_policy backhand", "%v", err)
+		return errModule(s.what, "%v", err)
 	}
 	if s.FallbackRaw == nil {
 		s.FallbackRaw = caddyconfig.JSONModuleObject(reverseproxy.RandomSelection{}, "policy", "random", nil)
 	}
 	mod, err := ctx.LoadModule(s, "FallbackRaw")
 	if err != nil {
-		return fmt.Errorf("lb_policy backhand: loading fallback policy: %v", err)
+		return fmt.Errorf("%s: loading fallback policy: %v", s.what, err)
 	}
 	s.fallback = mod.(reverseproxy.Selector)
 	s.warnWithoutPeers(ctx)
 	return nil
+}
+
+// policyName is how errors name the policy: as the user wrote it, the
+// `backhand` directive's block or `lb_policy backhand`.
+func policyName(ctx caddy.Context) string {
+	mods := ctx.Modules()
+	if len(mods) >= 3 {
+		if _, ok := mods[len(mods)-3].(*Handler); ok {
+			return "backhand"
+		}
+	}
+	return "lb_policy backhand"
 }
 
 // warnWithoutPeers warns when the policy is not fed by `dynamic backhand`:
@@ -144,12 +158,12 @@ func (s *Selection) loadChain(ctx caddy.Context) error {
 	}
 	mods, err := ctx.LoadModule(s, "ChainRaw")
 	if err != nil {
-		return fmt.Errorf("lb_policy backhand: loading candidacy functions: %v", err)
+		return fmt.Errorf("%s: candidacy chain: %v", s.what, err)
 	}
 	for _, m := range mods.([]any) {
 		f, ok := m.(candidacy.Function)
 		if !ok {
-			return fmt.Errorf("lb_policy backhand: module %T is not a candidacy function", m)
+			return fmt.Errorf("%s: module %T is not a candidacy function", s.what, m)
 		}
 		s.chain.Functions = append(s.chain.Functions, f)
 	}

@@ -82,13 +82,13 @@ func (s *Status) Provision(ctx caddy.Context) error {
 // validate checks the options and fills defaults.
 func (s *Status) validate() error {
 	if s.SlowStart < 0 {
-		return errOption("backhand_status", "slow_start must not be negative, got %v", time.Duration(s.SlowStart))
+		return errModule("backhand_status", "slow_start must not be negative, got %v", time.Duration(s.SlowStart))
 	}
 	if s.Refresh == 0 {
 		s.Refresh = caddy.Duration(defaultStatusRefresh)
 	}
 	if time.Duration(s.Refresh) < minStatusRefresh {
-		return errOption("backhand_status", "refresh must be at least %v, got %v", minStatusRefresh, time.Duration(s.Refresh))
+		return errModule("backhand_status", "refresh must be at least %v, got %v", minStatusRefresh, time.Duration(s.Refresh))
 	}
 	return nil
 }

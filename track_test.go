@@ -204,7 +204,7 @@ func TestProvisionErrors(t *testing.T) {
 		{"http.reverse_proxy.selection_policies.backhand", `{"max_age":"-1s"}`, "max_age must be positive"},
 		{"http.reverse_proxy.selection_policies.backhand", `{"predict":"maybe"}`, `predict: want off, blend or decay, got "maybe"`},
 		{"http.reverse_proxy.selection_policies.backhand", `{"keep":9}`, "keep must be 1-8, got 9"},
-		{"http.reverse_proxy.selection_policies.backhand", `{"chain":[{"function":"nosuch"}]}`, "loading candidacy functions"},
+		{"http.reverse_proxy.selection_policies.backhand", `{"chain":[{"function":"nosuch"}]}`, "lb_policy backhand: candidacy chain"},
 		{"http.reverse_proxy.selection_policies.backhand", `{"fallback":{"policy":"nosuch"}}`, "loading fallback policy"},
 		{"http.reverse_proxy.upstreams.backhand", `{"max_age":"-1s"}`, "dynamic backhand: max_age must be positive"},
 		{"http.reverse_proxy.upstreams.backhand", `{"name":"("}`, `dynamic backhand: name "("`},

@@ -70,12 +70,12 @@ func (u *Upstreams) Provision(ctx caddy.Context) error {
 		u.maxAge = time.Duration(app.MaxAge)
 	}
 	if u.maxAge < 0 {
-		return errOption("dynamic backhand", "max_age must be positive, got %v", u.maxAge)
+		return errModule("dynamic backhand", "max_age must be positive, got %v", u.maxAge)
 	}
 	if u.Name != "" {
 		re, err := regexp.Compile(u.Name)
 		if err != nil {
-			return errOption("dynamic backhand", "name %q: %v", u.Name, err)
+			return errModule("dynamic backhand", "name %q: %v", u.Name, err)
 		}
 		u.name = re
 	}
@@ -98,7 +98,7 @@ func (u *Upstreams) linkPolicy(h *reverseproxy.Handler) error {
 		u.policy = s
 	case nil:
 		if namesModule(h.LoadBalancing.SelectionPolicyRaw, "policy", "backhand") {
-			return errOption("dynamic backhand", "the reverse_proxy's lb_policy backhand is not provisioned before its upstream source; this Caddy version is not supported")
+			return errModule("dynamic backhand", "the reverse_proxy's lb_policy backhand is not provisioned before its upstream source; this Caddy version is not supported")
 		}
 	}
 	return nil

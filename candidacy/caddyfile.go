@@ -82,7 +82,7 @@ func (cfg *ChainConfig) UnmarshalLine(d *caddyfile.Dispenser) error {
 func unmarshalFunction(d *caddyfile.Dispenser, name string) (json.RawMessage, error) {
 	modID := "backhand.functions." + name
 	if _, err := caddy.GetModule(modID); err != nil {
-		return nil, d.Errf("unknown candidacy function or option %q", name)
+		return nil, d.Err(unknownFunction(name))
 	}
 	mod, err := caddyfile.UnmarshalModule(d, modID)
 	if err != nil {
