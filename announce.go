@@ -44,7 +44,9 @@ type announcer struct {
 	latency  latencyEWMA
 
 	rejectLog *rate.Limiter // debug logs of rejected datagrams
-	sendLog   *rate.Limiter // warnings about failed sends
+	warnMu    sync.Mutex
+	warned    map[string]time.Time // when each misconfigured peer was last warned of, by reason and source
+	sendLog   *rate.Limiter        // warnings about failed sends
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 }
@@ -62,6 +64,7 @@ func bindAnnouncer(app *App) (*announcer, error) {
 		resolved:  map[string][]netip.AddrPort{},
 		system:    gather.New(""),
 		rejectLog: rate.NewLimiter(rate.Every(time.Second), 10),
+		warned:    map[string]time.Time{},
 		sendLog:   rate.NewLimiter(rate.Every(10*time.Second), 3),
 	}
 	if app.AppReport != nil {
@@ -462,6 +465,10 @@ func (an *announcer) receive(b []byte, from netip.AddrPort, vs []*wire.Signer, a
 // rejected logs a rejection at debug level, rate-limited so that a flood
 // cannot flood the log. Counting is receivedCounts' job.
 func (an *announcer) rejected(r rejectReason, from netip.AddrPort, a *wire.Announcement) {
+	if a != nil && misconfigured(r) {
+		an.warnMisconfigured(r, from, a)
+		return
+	}
 	if !an.logger.Core().Enabled(zap.DebugLevel) || !an.rejectLog.Allow() {
 		return
 	}
@@ -470,6 +477,51 @@ func (an *announcer) rejected(r rejectReason, from netip.AddrPort, a *wire.Annou
 		fields = append(fields, zap.String("node", a.Node), zap.String("cluster", a.Cluster))
 	}
 	an.logger.Debug("announcement rejected", fields...)
+}
+
+// misconfigured reports whether a rejection points at a peer whose config
+// or clock disagrees with this node's (rather than at noise or a flood),
+// so that an operator should hear of it.
+func misconfigured(r rejectReason) bool {
+	switch r {
+	case rejectOutOfWindow, rejectWrongCluster, rejectAdvertiseDenied, rejectDuplicateID:
+		return true
+	}
+	return false
+}
+
+// warnMisconfigured logs, at warn level and at most once per interval for
+// each reason and source, why a peer's announcements are refused: a clock
+// outside replay_window (with by how much), another cluster, an address
+// outside advertise_allow, or this node's own name.
+func (an *announcer) warnMisconfigured(r rejectReason, from netip.AddrPort, a *wire.Announcement) {
+	now := time.Now()
+	key := r.String() + " " + from.Addr().String()
+	an.warnMu.Lock()
+	if len(an.warned) > 1024 {
+		clear(an.warned) // a flood of sources: forget, rather than grow
+	}
+	last, seen := an.warned[key]
+	if seen && now.Sub(last) < time.Duration(an.app.Interval) {
+		an.warnMu.Unlock()
+		return
+	}
+	an.warned[key] = now
+	an.warnMu.Unlock()
+	fields := []zap.Field{zap.String("reason", r.String()), zap.Stringer("from", from), zap.String("node", a.Node), zap.String("cluster", a.Cluster)}
+	switch r {
+	case rejectOutOfWindow:
+		skew := time.Unix(0, a.SentAt).Sub(now)
+		fields = append(fields, zap.Duration("clock_ahead_by", skew), zap.Duration("replay_window", time.Duration(an.app.ReplayWindow)))
+		an.logger.Warn("announcements rejected: the peer's clock is outside replay_window of this node's (synchronise the clocks)", fields...)
+	case rejectWrongCluster:
+		an.logger.Warn("announcements rejected: the peer announces another cluster", fields...)
+	case rejectAdvertiseDenied:
+		fields = append(fields, zap.String("advertise", a.Advertise), zap.Strings("advertise_allow", an.app.AdvertiseAllow))
+		an.logger.Warn("announcements rejected: the peer advertises an address outside advertise_allow", fields...)
+	case rejectDuplicateID:
+		an.logger.Warn("announcements rejected: another process announces this node's name", fields...)
+	}
 }
 
 func (an *announcer) destinations() *[]netip.AddrPort {

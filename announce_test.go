@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +14,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/time/rate"
 
 	"github.com/caddy-backhand/backhand/candidacy"
 	"github.com/caddy-backhand/backhand/internal/wire"
@@ -303,4 +307,38 @@ func TestKeyRotation(t *testing.T) {
 	reload(&a, config("a", "127.0.0.1", pa, newKey))
 	reload(&b, config("b", "127.0.0.3", pb, newKey))
 	check("the old key dropped")
+}
+
+// A peer whose clock is outside replay_window is refused, and the operator
+// hears why, with the skew, at warn level and at most once per interval
+// for that peer; the refusals are counted as out_of_window.
+func TestClockSkewWarnsOncePerInterval(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	app := &App{Name: "a", Cluster: "t", InsecureNoKey: true, Advertise: "127.0.0.1:80", Interval: caddy.Duration(time.Hour), logger: zap.New(core)}
+	app.setDefaults()
+	if err := app.compile(); err != nil {
+		t.Fatal(err)
+	}
+	app.node = newNode()
+	app.node.table.SetLimits(app.tableLimits())
+	an := &announcer{app: app, node: app.node, logger: app.logger, rejectLog: rate.NewLimiter(rate.Inf, 1), warned: map[string]time.Time{}}
+	now := time.Now()
+	for i := range 5 {
+		a := wire.Announcement{Cluster: "t", Node: "b", Incarnation: 1, Seq: uint64(i + 1), SentAt: now.Add(time.Minute).UnixNano(), Advertise: "127.0.0.2:80"}
+		b, err := a.Encode(nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		an.receive(b, netip.MustParseAddrPort("127.0.0.2:4445"), []*wire.Signer{nil}, new(wire.Announcement), now)
+	}
+	if got := app.node.received.rejects[rejectOutOfWindow].Load(); got != 5 {
+		t.Errorf("%d out_of_window rejections counted, want 5", got)
+	}
+	warns := logs.FilterMessageSnippet("outside replay_window").All()
+	if len(warns) != 1 || warns[0].Level != zapcore.WarnLevel {
+		t.Fatalf("%d warnings (%v), want one, at warn level", len(warns), warns)
+	}
+	if skew, ok := warns[0].ContextMap()["clock_ahead_by"].(time.Duration); !ok || skew < 59*time.Second || skew > time.Minute {
+		t.Errorf("clock_ahead_by %v, want about a minute", warns[0].ContextMap()["clock_ahead_by"])
+	}
 }
