@@ -64,7 +64,6 @@ func bindAnnouncer(app *App) (*announcer, error) {
 		resolved:  map[string][]netip.AddrPort{},
 		system:    gather.New(""),
 		rejectLog: rate.NewLimiter(rate.Every(time.Second), 10),
-		warned:    map[string]time.Time{},
 		sendLog:   rate.NewLimiter(rate.Every(10*time.Second), 3),
 	}
 	if app.AppReport != nil {
@@ -498,8 +497,8 @@ func (an *announcer) warnMisconfigured(r rejectReason, from netip.AddrPort, a *w
 	now := time.Now()
 	key := r.String() + " " + from.Addr().String()
 	an.warnMu.Lock()
-	if len(an.warned) > 1024 {
-		clear(an.warned) // a flood of sources: forget, rather than grow
+	if an.warned == nil || len(an.warned) > 1024 {
+		an.warned = map[string]time.Time{} // a flood of sources: forget, rather than grow
 	}
 	last, seen := an.warned[key]
 	if seen && now.Sub(last) < time.Duration(an.app.Interval) {

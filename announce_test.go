@@ -321,7 +321,7 @@ func TestClockSkewWarnsOncePerInterval(t *testing.T) {
 	}
 	app.node = newNode()
 	app.node.table.SetLimits(app.tableLimits())
-	an := &announcer{app: app, node: app.node, logger: app.logger, rejectLog: rate.NewLimiter(rate.Inf, 1), warned: map[string]time.Time{}}
+	an := &announcer{app: app, node: app.node, logger: app.logger, rejectLog: rate.NewLimiter(rate.Inf, 1)}
 	now := time.Now()
 	for i := range 5 {
 		a := wire.Announcement{Cluster: "t", Node: "b", Incarnation: 1, Seq: uint64(i + 1), SentAt: now.Add(time.Minute).UnixNano(), Advertise: "127.0.0.2:80"}
