@@ -2,6 +2,7 @@ package backhand
 
 import (
 	"encoding/json"
+	"errors"
 
 	"fmt"
 	"net/http"
@@ -198,7 +199,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	st.releaseBusy() // backhand_track's count: a peer serves it, not this node
 	tw := &startedWriter{ResponseWriter: w}
 	err := h.proxyOnce(tw, r, next, st)
-	if err != nil && !tw.started && r.Context().Err() == nil {
+	if err != nil && !tw.started && r.Context().Err() == nil && mayRepeat(r, err) {
 		h.logger.Warn("every peer tried failed; serving locally", zap.Error(err))
 		st.servedHere()
 		h.node.decisions.record(outcomeFailedOver)
@@ -211,6 +212,28 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		}
 	}
 	return err
+}
+
+// mayRepeat reports whether a request whose forward failed with err may
+// be served here after all: when repeating it is harmless (a safe or
+// idempotent method), or when it never reached a peer (the last attempt
+// failed to connect: reverse_proxy retries a request with a body only
+// after such errors, so none before it reached a peer either). A POST
+// that a peer may have served is not served a second time: the client
+// gets the proxy's error.
+func mayRepeat(r *http.Request, err error) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	var dial reverseproxy.DialError
+	if errors.As(err, &dial) {
+		return true
+	}
+	// No peer was available to try at all (reverse_proxy's unexported
+	// errNoUpstream, a 503).
+	var herr caddyhttp.HandlerError
+	return errors.As(err, &herr) && herr.StatusCode == http.StatusServiceUnavailable && strings.Contains(herr.Error(), "no upstreams available")
 }
 
 // proxyOnce runs reverse_proxy over the planned peers and finishes the

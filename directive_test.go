@@ -496,3 +496,65 @@ func TestTrackCountsFailedOverAsServed(t *testing.T) {
 		t.Errorf("served %d, forwarded %d; want 1 and 0", done, fwd)
 	}
 }
+
+// A POST is served here after a failed forward only when it never reached
+// a peer (every attempt failed to connect): one that a peer may have
+// served, whose answer was lost, fails with the proxy's error instead of
+// being served twice. A GET is served here either way.
+func TestDirectiveRepeatsOnlyWhatIsSafe(t *testing.T) {
+	for _, tt := range []struct {
+		name, method string
+		peerAnswers  bool // the peer accepts the connection, reads the request, then breaks it
+		here         bool
+	}{
+		{"POST, peer unreachable", "POST", false, true},
+		{"POST, peer reached", "POST", true, false},
+		{"GET, peer reached", "GET", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUnitApp(t, deadAddr(t))
+			addr := deadAddr(t)
+			if tt.peerAnswers {
+				addr = hangUpAfterRequest(t)
+			}
+			u.peer("a", addr)
+			h := u.directive(`{"load_balancing":{"retries":1}}`, byNames{"a"})
+			local := &site{name: "local"}
+			r, w, cancel := caddyRequest(tt.method, "/")
+			defer cancel()
+			err := h.ServeHTTP(w, r, local)
+			if here := local.count() == 1; here != tt.here {
+				t.Fatalf("served here %v (error %v), want %v", here, err, tt.here)
+			}
+			if !tt.here && err == nil {
+				t.Error("no error for a POST that a peer may have served")
+			}
+		})
+	}
+}
+
+// hangUpAfterRequest listens on loopback and closes every connection once
+// it has read a request from it, without answering: a peer that received
+// the request and died.
+func hangUpAfterRequest(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
