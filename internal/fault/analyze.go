@@ -189,6 +189,8 @@ func p99(xs []time.Duration) time.Duration {
 
 func fmtDur(d time.Duration) string {
 	switch {
+	case d == -2:
+		return "-"
 	case d < 0:
 		return "never"
 	case d == 0:
@@ -236,7 +238,7 @@ func (r *Report) Line() string {
 }
 
 func fmtOpt(d, rec time.Duration) string {
-	if rec == 0 {
+	if rec == 0 || d == -2 {
 		return "-"
 	}
 	return fmtDur(d)

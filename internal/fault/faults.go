@@ -29,6 +29,9 @@ type faultSpec struct {
 	prepare func(*env) string           // before the cluster starts; a reason to skip
 	run     func(context.Context, *runState) error
 	after   func(context.Context, *runState) // once the load has ended
+	// cluster-wide faults have no faulty node: no stop, candidate or
+	// share figures.
+	clusterWide bool
 }
 
 var faults = []faultSpec{
@@ -40,11 +43,11 @@ var faults = []faultSpec{
 		length: func(o Options) time.Duration { return o.PartitionFor }, run: runPartitionAnnounce},
 	{name: "partition-http", desc: "the node's advertised HTTP address cut (new connections refused, open ones black-holed), announcements working",
 		length: func(o Options) time.Duration { return o.PartitionFor }, run: runPartitionHTTP},
-	{name: "loss30", desc: "30% of the announcements dropped on every link",
+	{name: "loss30", clusterWide: true, desc: "30% of the announcements dropped on every link",
 		length: func(o Options) time.Duration { return o.LossFor }, run: runLoss(0.3)},
-	{name: "loss90", desc: "90% of the announcements dropped on every link",
+	{name: "loss90", clusterWide: true, desc: "90% of the announcements dropped on every link",
 		length: func(o Options) time.Duration { return o.LossFor }, run: runLoss(0.9)},
-	{name: "reload", desc: "POST /load of two valid configs alternately on every Caddy every -reload-every, one invalid among them",
+	{name: "reload", clusterWide: true, desc: "POST /load of two valid configs alternately on every Caddy every -reload-every, one invalid among them",
 		length: func(o Options) time.Duration { return o.ReloadFor }, run: runReload},
 	{name: "restart", desc: "the node's Caddy stopped (SIGTERM) and started again: a new incarnation",
 		length: func(o Options) time.Duration { return 5 * time.Second }, run: runRestart},
@@ -52,7 +55,7 @@ var faults = []faultSpec{
 		length: func(o Options) time.Duration { return o.DrainMax }, run: runDrain},
 	{name: "skew", desc: "the node's clock behind by -skew > replay_window (its announcements delayed by a relay)",
 		length: func(o Options) time.Duration { return o.SkewFor }, prepare: prepareSkew, run: runSkew},
-	{name: "soak", desc: "load with a reload of every Caddy every -soak-reload; resources at start and end",
+	{name: "soak", clusterWide: true, desc: "load with a reload of every Caddy every -soak-reload; resources at start and end",
 		length: func(o Options) time.Duration { return o.SoakFor }, run: runSoak},
 }
 
@@ -190,19 +193,21 @@ func (s *runState) storm(ctx context.Context, d, every time.Duration, invalid bo
 	e := s.e
 	end := s.now() + d
 	nodes := e.allNodes()
-	badAt := int(d/every) / 2
+	badDone := false
 	var okLoads, failLoads, rejected, harmed int
 	var firstErr string
 	var mu sync.Mutex
 	for k := 0; s.now() < end; k++ {
 		tick := s.now()
+		sendBad := invalid && !badDone && tick >= end-d/2
+		badDone = badDone || sendBad
 		var wg sync.WaitGroup
 		for i, n := range nodes {
 			wg.Go(func() {
 				a, b, bad := e.reloadConfigs(i)
 				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				if invalid && k == badAt {
+				if sendBad {
 					_, before, _ := n.AdminGet(rctx, "/config/")
 					err := n.Load(rctx, bad)
 					_, after, _ := n.AdminGet(rctx, "/config/")

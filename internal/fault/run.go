@@ -27,6 +27,8 @@ type Options struct {
 	Post    float64       // share of POSTs
 	Timeout time.Duration // the clients' timeout
 
+	MaxOutstanding int // requests in flight at most; later arrivals are dropped (and counted)
+
 	Interval, MaxAge time.Duration // announcement interval, max_age (0: plugin defaults)
 	GracePeriod      time.Duration // Caddy's grace_period
 	BalancerRetries  int           // lb_retries of the balancer
@@ -55,32 +57,34 @@ type Options struct {
 // minutes for every default fault in both deployments).
 func DefaultOptions() Options {
 	return Options{
-		Faults:       DefaultFaults,
-		Deployments:  []string{Directive, Balancer},
-		Nodes:        4,
-		Workers:      8,
-		Mean:         20 * time.Millisecond,
-		Load:         0.7,
-		Post:         0.2,
-		Timeout:      20 * time.Second,
-		GracePeriod:  3 * time.Second,
-		MaxAge:       3 * time.Second,
-		Interval:     time.Second,
-		Warmup:       3 * time.Second,
-		Before:       8 * time.Second,
-		After:        10 * time.Second,
-		DeathFor:     10 * time.Second,
-		HangFor:      10 * time.Second,
-		PartitionFor: 12 * time.Second,
-		LossFor:      time.Minute,
-		ReloadFor:    time.Minute,
-		ReloadEvery:  time.Second,
-		DrainMax:     20 * time.Second,
-		SkewFor:      12 * time.Second,
-		Skew:         5 * time.Second,
-		ReplayWindow: 2 * time.Second,
-		SoakFor:      10 * time.Minute,
-		SoakReload:   10 * time.Second,
+		Faults:      DefaultFaults,
+		Deployments: []string{Directive, Balancer},
+		Nodes:       4,
+		Workers:     8,
+		Mean:         80 * time.Millisecond,
+		Load:        0.7,
+		Post:        0.2,
+		Timeout:     20 * time.Second,
+
+		MaxOutstanding: 3000,
+		GracePeriod:    3 * time.Second,
+		MaxAge:         3 * time.Second,
+		Interval:       time.Second,
+		Warmup:         3 * time.Second,
+		Before:         8 * time.Second,
+		After:          10 * time.Second,
+		DeathFor:       10 * time.Second,
+		HangFor:        10 * time.Second,
+		PartitionFor:   12 * time.Second,
+		LossFor:        time.Minute,
+		ReloadFor:      time.Minute,
+		ReloadEvery:    time.Second,
+		DrainMax:       20 * time.Second,
+		SkewFor:        12 * time.Second,
+		Skew:           5 * time.Second,
+		ReplayWindow:   2 * time.Second,
+		SoakFor:        10 * time.Minute,
+		SoakReload:     10 * time.Second,
 
 		BalancerRetries: 2,
 	}
@@ -297,7 +301,7 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 	}
 	stop := make(chan struct{})
 	load := Load{URLs: e.urls(), Rate: o.Rate(), From: 0, To: horizon, PostShare: o.Post,
-		Timeout: o.Timeout, MaxOutstanding: 20000, Seed: uint64(time.Now().UnixNano()), Prefix: f.name + "-", Stop: stop}
+		Timeout: o.Timeout, MaxOutstanding: o.MaxOutstanding, Seed: uint64(time.Now().UnixNano()), Prefix: f.name + "-", Stop: stop}
 	var results []Result
 	done := make(chan struct{})
 	go func() { results = load.Run(ctx, e.start); close(done) }()
@@ -324,5 +328,8 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 		f.after(ctx, s)
 	}
 	s.analyze(results)
+	if f.clusterWide {
+		rep.StopAfter, rep.CandidateAfter, rep.ShareAfter, rep.SentLate = -2, -2, -2, 0
+	}
 	return rep
 }
