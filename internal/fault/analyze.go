@@ -27,6 +27,16 @@ func (s *runState) analyze(results []Result) {
 			posts[k] += v
 		}
 	}
+	who := map[string][]string{} // id -> the applications that served it
+	for _, a := range e.apps {
+		all, _ := a.Served()
+		for k, v := range all {
+			for range v {
+				who[k] = append(who[k], a.name)
+			}
+		}
+	}
+	var dupNotes []string
 	r.Failures = map[string]int{}
 	for _, x := range results {
 		r.Requests++
@@ -47,12 +57,24 @@ func (s *runState) analyze(results []Result) {
 			r.Lost++
 		}
 		if n := served[x.ID]; n > 1 {
+			if len(dupNotes) < 4 {
+				m := "GET"
+				if x.Post {
+					m = "POST"
+				}
+				dupNotes = append(dupNotes, fmt.Sprintf("%s %s due %.2fs: served by %s, client saw %s after %v",
+					m, x.ID, x.Due.Seconds(), strings.Join(who[x.ID], " and "), x.KindLabel(), x.Lat.Round(time.Millisecond)))
+			}
 			if x.Post {
 				r.DupPost++
 			} else {
 				r.DupGet++
 			}
 		}
+	}
+
+	for _, n := range dupNotes {
+		r.note("served twice: %s", n)
 	}
 
 	// Latencies by phase (by due time), failures included with their time.
@@ -144,7 +166,36 @@ func (s *runState) analyze(results []Result) {
 			r.CandidateAfter = t - r.Recover
 		}
 		r.ShareAfter = s.shareAfter(r.Recover)
+		r.note("node%d's share of the arrivals per 2 s from the recovery (fair: %.0f%%): %s", e.victim+1, 100/float64(len(e.apps)), s.shares(r.Recover, 2*time.Second))
 	}
+}
+
+// shares is the victim's share of the arrivals in consecutive windows of
+// win from rec, as percentages.
+func (s *runState) shares(rec, win time.Duration) string {
+	e := s.e
+	tl := make([][]int64, len(e.apps))
+	for i, a := range e.apps {
+		tl[i] = a.Arrivals()
+	}
+	w := int(win / bucket)
+	var parts []string
+	for b := int(rec / bucket); b+w <= len(tl[0]) && len(parts) < 12; b += w {
+		var mine, all int64
+		for i := range tl {
+			for k := b; k < b+w; k++ {
+				all += tl[i][k]
+				if i == e.victim {
+					mine += tl[i][k]
+				}
+			}
+		}
+		if all == 0 {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%.0f%%", 100*float64(mine)/float64(all)))
+	}
+	return strings.Join(parts, " ")
 }
 
 // shareAfter is the time from rec to the end of the first 1 s window in

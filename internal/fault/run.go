@@ -61,7 +61,7 @@ func DefaultOptions() Options {
 		Deployments: []string{Directive, Balancer},
 		Nodes:       4,
 		Workers:     8,
-		Mean:         80 * time.Millisecond,
+		Mean:        80 * time.Millisecond,
 		Load:        0.7,
 		Post:        0.2,
 		Timeout:     20 * time.Second,
