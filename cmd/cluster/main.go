@@ -18,11 +18,15 @@
 // start too. Admin APIs are on 127.0.0.1:2019 on, announcements on UDP
 // 4445 at each node's address. It
 // waits until every node sees all the others, prints the URLs, and runs
-// until Ctrl-C or SIGTERM, then stops every node. If a node dies, it stops
-// the others too and keeps the logs.
+// until Ctrl-C or SIGTERM, then stops every node. If a node dies (try
+// kill -9 on its pid, printed at start), it reports the death, keeps the
+// others serving, and starts the node again (a new incarnation) when you
+// type r and Enter, or by itself after -restart (e.g. -restart 10s). See
+// FAULTS.md for a failover walk-through.
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -30,7 +34,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"reflect"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +48,7 @@ func main() {
 type options struct {
 	cluster.Demo
 	keepLogs bool
+	restart  time.Duration
 }
 
 func parseFlags() options {
@@ -54,6 +59,7 @@ func parseFlags() options {
 	flag.IntVar(&o.UDPPort, "udp-port", o.UDPPort, "UDP port announcements are received on, at each node's address")
 	flag.StringVar(&o.Key, "key", "", "shared announcement key, at least 16 bytes (default: a random 32-hex key)")
 	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the logs and Caddyfiles after stopping")
+	flag.DurationVar(&o.restart, "restart", 0, "start a node that died again after this long (0: only when you type r and Enter)")
 	flag.DurationVar(&o.Interval, "interval", o.Interval, "announcement interval")
 	flag.StringVar(&o.Policy, "policy", o.Policy, "lb_policy of the entry point: backhand (the plugin's own balancing), or one of Caddy's, e.g. round_robin or least_conn")
 	flag.DurationVar(&o.Work, "work", o.Work, "mean time each node's application takes per request (exponentially distributed);\n0: no application, the app sites answer at once with Caddy's respond")
@@ -65,6 +71,9 @@ func parseFlags() options {
 func (o options) check() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", flag.Args())
+	}
+	if o.restart < 0 {
+		return fmt.Errorf("restart %v: negative", o.restart)
 	}
 	return o.Validate()
 }
@@ -161,7 +170,7 @@ func run() int {
 
 	fmt.Printf("\nbackhand cluster %q is up: %d nodes, interval %v\n", "local", len(nodes), o.Interval)
 	for i, n := range nodes {
-		fmt.Printf("  %-7s app %s  admin %s  sees %s\n", n.Name(), n.Config.AppURL(), n.Config.AdminURL(), views[i].Summary())
+		fmt.Printf("  %-7s pid %-7d app %s  admin %s  sees %s\n", n.Name(), n.Pid(), n.Config.AppURL(), n.Config.AdminURL(), views[i].Summary())
 	}
 	if o.Work > 0 {
 		fmt.Printf("Each node's app takes ~%v per request (exponentially distributed; -work): its app site proxies to\nits application, run by this program at the node's address, port %d (e.g. %s).\n",
@@ -197,21 +206,108 @@ func run() int {
 		fmt.Printf(" (removed on exit; keep them with -keep-logs)")
 	}
 	fmt.Println()
-	fmt.Printf("\nPress Ctrl-C to stop.\n")
+	fmt.Printf("\nPress Ctrl-C to stop. Kill a node to see the others take over (e.g. kill -9 %d, %s's Caddy);\n", nodes[len(nodes)-1].Pid(), nodes[len(nodes)-1].Name())
+	if o.restart > 0 {
+		fmt.Printf("a node that dies is started again after %v (or type r and Enter).\n", o.restart)
+	} else {
+		fmt.Printf("type r and Enter to start a node that died again.\n")
+	}
+	return supervise(ctx, stop, bin, dir, o, nodes)
+}
 
-	// Wait for a signal or for a node to die.
-	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
-	for _, n := range nodes {
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(n.Done())})
+// supervise runs until ctx ends: it reports a node that dies, keeps the
+// others serving, and starts the dead ones again on "r" + Enter or after
+// o.restart. nodes is updated in place, so that the caller stops the new
+// processes.
+func supervise(ctx context.Context, stop func(), bin, dir string, o options, nodes []*cluster.Node) int {
+	died := make(chan int)
+	watch := func(i int, n *cluster.Node) {
+		go func() {
+			select {
+			case <-n.Done():
+				select {
+				case died <- i:
+				case <-ctx.Done():
+				}
+			case <-ctx.Done():
+			}
+		}()
 	}
-	chosen, _, _ := reflect.Select(cases)
-	if chosen > 0 {
-		n := nodes[chosen-1]
-		return fail(fmt.Errorf("%s exited unexpectedly (%v); stopping the others. Its log ends:\n%s",
-			n.Name(), n.ExitErr(), n.LogTail(20)))
+	for i, n := range nodes {
+		watch(i, n)
 	}
-	// A second Ctrl-C now kills the runner, and with it the nodes.
-	stop()
-	fmt.Printf("\nstopping %d nodes ...\n", len(nodes))
-	return 0
+	restart := make(chan struct{}, 1)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if strings.TrimSpace(sc.Text()) == "r" {
+				select {
+				case restart <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	dead := map[int]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			// A second Ctrl-C now kills the runner, and with it the nodes.
+			stop()
+			fmt.Printf("\nstopping %d nodes ...\n", len(nodes))
+			return 0
+		case i := <-died:
+			n := nodes[i]
+			dead[i] = true
+			fmt.Printf("\n%s (pid %d) died: %v. Its log ends:\n%s\n", n.Name(), n.Pid(), n.ExitErr(), indent(n.LogTail(5)))
+			alive := len(nodes) - len(dead)
+			if o.Mode == "entry" && i == 0 {
+				fmt.Printf("It was the entry point: %s no longer answers; the other %d nodes keep serving on their app sites.\n", nodes[0].Config.EntryURL(), alive)
+			} else {
+				fmt.Printf("The other %d nodes keep serving; their peers drop %s once its last announcement is older than max_age\n(3 intervals), or at once after a request to it fails.\n", alive, n.Name())
+			}
+			if o.restart > 0 {
+				fmt.Printf("Starting it again in %v (or type r and Enter).\n", o.restart)
+				time.AfterFunc(o.restart, func() {
+					select {
+					case restart <- struct{}{}:
+					default:
+					}
+				})
+			} else {
+				fmt.Printf("Type r and Enter to start it again.\n")
+			}
+		case <-restart:
+			if len(dead) == 0 {
+				fmt.Printf("every node is running\n")
+				continue
+			}
+			for i := range nodes {
+				if !dead[i] {
+					continue
+				}
+				n, err := cluster.Start(bin, dir, nodes[i].Config, nil)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "restarting %s: %v\n", nodes[i].Name(), err)
+					continue
+				}
+				nodes[i] = n
+				delete(dead, i)
+				if err := n.WaitReady(ctx, 30*time.Second); err != nil {
+					fmt.Fprintf(os.Stderr, "%v\n", err)
+				}
+				watch(i, n)
+				inc := ""
+				if v, err := n.Peers(ctx); err == nil {
+					inc = " incarnation " + v.Incarnation
+				}
+				fmt.Printf("%s started again: pid %d%s; its peers list it live from its first announcement.\n", n.Name(), n.Pid(), inc)
+			}
+		}
+	}
+}
+
+// indent indents every line of s by four spaces.
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
 }

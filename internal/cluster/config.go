@@ -101,6 +101,16 @@ type NodeConfig struct {
 	// GracePeriod bounds Caddy's graceful shutdown (the grace_period
 	// global option). Default: 2s.
 	GracePeriod time.Duration
+
+	// Advertise, if set (host:port), is the address the node advertises
+	// instead of AppAddr: e.g. a relay in front of the app site, which a
+	// fault-injection harness can cut.
+	Advertise string
+
+	// Wrap, if set, is a command that Caddy runs under: Start executes
+	// Wrap[0] with Wrap[1:] followed by Caddy's own command line (e.g.
+	// faketime -f +30s).
+	Wrap []string
 }
 
 // Host is the node's loopback address, 127.0.0.<Index>.
@@ -116,6 +126,14 @@ func (c NodeConfig) NodeName() string {
 
 // AppAddr is host:port of the app site, which the node advertises.
 func (c NodeConfig) AppAddr() string { return net.JoinHostPort(c.Host(), strconv.Itoa(c.HTTPPort)) }
+
+// AdvertiseAddr is Advertise or, if unset, AppAddr.
+func (c NodeConfig) AdvertiseAddr() string {
+	if c.Advertise != "" {
+		return c.Advertise
+	}
+	return c.AppAddr()
+}
 
 // AppURL is the URL of the app site.
 func (c NodeConfig) AppURL() string { return "http://" + c.AppAddr() + "/" }
@@ -207,7 +225,7 @@ func (c NodeConfig) Caddyfile() string {
 	w(1, "backhand {")
 	w(2, "name %s", c.NodeName())
 	w(2, "cluster %s", cluster)
-	w(2, "advertise %s", c.AppAddr())
+	w(2, "advertise %s", c.AdvertiseAddr())
 	if c.Multicast != "" {
 		w(2, "listen udp/:%d", c.UDPPort)
 		w(2, "multicast %s ttl 1", c.Multicast)

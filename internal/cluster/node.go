@@ -84,6 +84,9 @@ func Start(bin, dir string, cfg NodeConfig, ns *Netns) (*Node, error) {
 		"XDG_DATA_HOME="+filepath.Join(nodeDir, "data"))
 
 	args := []string{bin, "run", "--config", caddyfile, "--adapter", "caddyfile"}
+	if len(cfg.Wrap) > 0 {
+		args = append(append([]string{}, cfg.Wrap...), args...)
+	}
 	if ns != nil {
 		args = append([]string{"ip", "netns", "exec", ns.Name}, args...)
 	}
@@ -163,6 +166,27 @@ func (n *Node) signal(sig syscall.Signal) error {
 		return nil
 	}
 	return err
+}
+
+// Signal sends sig to the node's process group (e.g. SIGSTOP and SIGCONT
+// to freeze and resume it); it does nothing once the process has exited.
+func (n *Node) Signal(sig syscall.Signal) error {
+	if err := n.signal(sig); err != nil {
+		return fmt.Errorf("cluster: signalling %s: %w", n.Name(), err)
+	}
+	return nil
+}
+
+// AdminGet makes a GET request to the admin API (path from the root,
+// e.g. "/debug/vars") and returns the status and body.
+func (n *Node) AdminGet(ctx context.Context, path string) (int, []byte, error) {
+	return n.adminDo(ctx, http.MethodGet, path, "", nil)
+}
+
+// AdminPost makes a POST request without a body to the admin API (e.g.
+// "/backhand/drain") and returns the status and body.
+func (n *Node) AdminPost(ctx context.Context, path string) (int, []byte, error) {
+	return n.adminDo(ctx, http.MethodPost, path, "", nil)
 }
 
 // Stop asks Caddy to shut down (SIGTERM) and, if it has not exited after

@@ -19,6 +19,8 @@ type PeersView struct {
 	Accepted    uint64         `json:"announcements_accepted"`
 	Rejected    map[string]int `json:"announcements_rejected"`
 	Peers       []PeerView     `json:"peers"`
+	Draining    bool           `json:"draining"`
+	AdminDrain  bool           `json:"admin_drain"`
 
 	// Decisions counts this node's balancing decisions by outcome (local,
 	// forwarded, redirected, fallback, failed_over) since it started.
@@ -46,6 +48,9 @@ type PeerView struct {
 	// SentByThisNode is how many requests the viewing node has proxied to
 	// this peer since it started.
 	SentByThisNode uint64 `json:"sent_by_this_node"`
+
+	// InFlightFromThisNode is how many of those are in flight now.
+	InFlightFromThisNode int64 `json:"in_flight_from_this_node"`
 
 	// ObservedLatencyMS is the viewing node's estimate of this peer's
 	// response time; nil until it has sent the peer a request.
