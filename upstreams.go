@@ -174,23 +174,36 @@ func (u *Upstreams) offer(st *requestState, c []candidacy.Candidate) []*reversep
 // all returns upstreams for every live peer that passes the filters.
 func (u *Upstreams) all(r *http.Request) []*reverseproxy.Upstream {
 	now := time.Now()
+	out := u.within(u.maxAge, now)
+	if len(out) == 0 {
+		// No peer heard within max_age: announcements are being lost, or
+		// every node restarted at once. A peer still in the table (heard
+		// within evict_after) is likelier up than not, and reverse_proxy
+		// retries one that is not; an empty pool would fail every request.
+		out = u.within(u.table.Limits().EvictAfter, now)
+	}
+	markBackhanded(r, u.table)
+	return out
+}
+
+// within returns upstreams for every peer heard within maxAge that passes
+// the filters, in one allocation.
+func (u *Upstreams) within(maxAge time.Duration, now time.Time) []*reverseproxy.Upstream {
 	view := u.table.Peers()
 	n := 0
 	for _, s := range view {
-		if u.keepAt(s.Peer(), now) {
+		if u.keepWithin(s.Peer(), now, maxAge) {
 			n++
 		}
 	}
 	ups := make([]reverseproxy.Upstream, n)
 	out := make([]*reverseproxy.Upstream, 0, n)
 	for _, s := range view {
-		p := s.Peer()
-		if len(out) < n && u.keepAt(p, now) {
+		if p := s.Peer(); len(out) < n && u.keepWithin(p, now, maxAge) {
 			ups[len(out)].Dial = p.Advertise
 			out = append(out, &ups[len(out)])
 		}
 	}
-	markBackhanded(r, u.table)
 	return out
 }
 
@@ -205,12 +218,13 @@ func (s *sourceScope) Admits(p *candidacy.Peer, now time.Time) bool {
 	if u.MaxAge == 0 {
 		return u.passes(p)
 	}
-	return u.keepAt(p, now)
+	return u.keepWithin(p, now, u.maxAge)
 }
 
-// keepAt reports whether p is a live candidate under this source's filters.
-func (u *Upstreams) keepAt(p *candidacy.Peer, now time.Time) bool {
-	return p.Usable(now, u.maxAge) && u.passes(p)
+// keepWithin reports whether p, heard within maxAge, is a candidate under
+// this source's filters.
+func (u *Upstreams) keepWithin(p *candidacy.Peer, now time.Time, maxAge time.Duration) bool {
+	return p.Usable(now, maxAge) && u.passes(p)
 }
 
 // passes applies the source's own filters.

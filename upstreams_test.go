@@ -3,6 +3,7 @@ package backhand
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"slices"
 	"strings"
@@ -369,5 +370,23 @@ func TestTrackCountsProxiedRequests(t *testing.T) {
 	}
 	if u.n.stats.busy.Load() != 0 {
 		t.Errorf("busy %d after the requests", u.n.stats.busy.Load())
+	}
+}
+
+// When no peer has been heard within max_age (announcements lost, or all
+// nodes restarted at once), `dynamic backhand` offers the peers still in
+// the table rather than none, which would fail every request with 503 (the
+// fault harness: 90% announcement loss); while one is live, only the live.
+func TestSourceFallsBackToStalePeers(t *testing.T) {
+	n := testNode(heardPeer("a", "127.0.0.2:80", 5*time.Second), heardPeer("b", "127.0.0.3:80", 10*time.Second))
+	src := &Upstreams{node: n, table: n.table, maxAge: 3 * time.Second}
+	ups, err := src.GetUpstreams(httptest.NewRequest("GET", "/", nil))
+	if err != nil || len(ups) != 2 {
+		t.Fatalf("every peer stale: %d upstreams (%v), want both still in the table", len(ups), err)
+	}
+	n.table.Store(heardPeer("c", "127.0.0.4:80", 0))
+	ups, _ = src.GetUpstreams(httptest.NewRequest("GET", "/", nil))
+	if len(ups) != 1 || ups[0].Dial != "127.0.0.4:80" {
+		t.Errorf("with c live: %v, want c only", ups)
 	}
 }
