@@ -257,7 +257,7 @@ func (st *requestState) handlerEnds() {
 
 // choose records that s serves the request from now on, counting it in
 // flight there. A previous choice failed (Caddy retries only failed
-// attempts): it is no candidate until it announces again, and its count
+// attempts): it is no candidate for a while (Slot.Failed), and its count
 // drops without a latency sample, since a fast failure is no sign of
 // speed. When no handler finishes the request, the end of ctx does.
 func (st *requestState) choose(ctx context.Context, s *candidacy.Slot, now time.Time, stats *localStats) {
@@ -289,7 +289,7 @@ func (st *requestState) choose(ctx context.Context, s *candidacy.Slot, now time.
 // itself, reached through its own site: it learns its speed from the
 // requests it serves, without the hop). A peer that failed (the route
 // ended in an error, or broke off) takes no sample and is no candidate
-// until it announces again, as a failed attempt that Caddy retried. Later
+// for a while, as a failed attempt that Caddy retried. Later
 // calls do nothing.
 func (st *requestState) finish(now time.Time, failed bool) {
 	if st == nil {

@@ -130,7 +130,7 @@ func (c *Candidates) filter(f peerFilter) {
 // passes reports whether the peer of slot s, p, survives the live-peer rule
 // and the pending filters.
 func (c *Candidates) passes(s *Slot, p *Peer) bool {
-	if !c.live(p) || (len(c.tried) > 0 && slices.Contains(c.tried, s)) || (!p.Self && s.local.failedSince(p.ReceivedAt)) {
+	if !c.live(p) || (len(c.tried) > 0 && slices.Contains(c.tried, s)) || (!p.Self && s.local.shunned(p, c.now, c.maxAge)) {
 		return false
 	}
 	if c.scope != nil && !c.scope.Admits(p, c.now) {

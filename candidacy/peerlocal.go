@@ -18,7 +18,8 @@ type peerLocal struct {
 	loadHWM    atomic.Uint32 // highest Load1000 announced (byCost's load_hwm)
 	latency    peakEWMA
 	times      responseTimes
-	failedAt   atomic.Int64 // when an attempt from this node to the peer last failed, Unix ns
+	failedAt   atomic.Int64  // when an attempt from this node to the peer last failed, Unix ns
+	failedInc  atomic.Uint64 // the peer's incarnation then
 
 	// What the peer's last announcement showed beyond this node's own
 	// requests (others' share: other entry points, direct traffic), and its
@@ -81,15 +82,32 @@ func (l *peerLocal) sentSinceAnnounce() int64 {
 	return max(l.inflight.Load()-l.atAnnounce.Load(), 0)
 }
 
-// failed records that an attempt from this node to the peer failed (Caddy
-// retried it elsewhere).
-func (l *peerLocal) failed(now time.Time) { l.failedAt.Store(now.UnixNano()) }
+// failed records that an attempt from this node to the peer, in its
+// incarnation inc, failed (Caddy retried it elsewhere).
+func (l *peerLocal) failed(now time.Time, inc uint64) {
+	l.failedInc.Store(inc)
+	l.failedAt.Store(now.UnixNano())
+}
 
-// failedSince reports whether an attempt to the peer failed after t, its
-// last announcement: such a peer is no candidate until it announces again,
-// so that a node that just died does not take a place in every window
-// until it ages out.
+// failedSince reports whether an attempt to the peer failed after t.
 func (l *peerLocal) failedSince(t time.Time) bool { return l.failedAt.Load() > t.UnixNano() }
+
+// shunned reports whether p is no candidate because an attempt to it
+// failed: since its last announcement, or, in this incarnation, within
+// hold (the policy's max_age). A node that died does not take a place in
+// every window until it ages out; one whose announcements still arrive but
+// whose HTTP does not answer (a partition) is not tried again at every
+// announcement; a restarted node (a new incarnation) is a candidate at once.
+func (l *peerLocal) shunned(p *Peer, now time.Time, hold time.Duration) bool {
+	at := l.failedAt.Load()
+	switch {
+	case at == 0:
+		return false
+	case at > p.ReceivedAt.UnixNano():
+		return true
+	}
+	return l.failedInc.Load() == p.Incarnation && now.UnixNano()-at < int64(hold)
+}
 
 func (l *peerLocal) begin() {
 	l.inflight.Add(1)
@@ -156,9 +174,9 @@ func (s *Slot) Begin() { s.local.begin() }
 func (s *Slot) End(d time.Duration, now time.Time, sample bool) { s.local.end(d, now, sample) }
 
 // Failed records that an attempt from this node to the peer failed at now:
-// the peer is no candidate until it announces again, so that a node that
-// just died does not take a place in every window until it ages out.
-func (s *Slot) Failed(now time.Time) { s.local.failed(now) }
+// the peer is no candidate for max_age, or until it restarts (see
+// shunned).
+func (s *Slot) Failed(now time.Time) { s.local.failed(now, s.cur.Load().Incarnation) }
 
 // FailedSince reports whether an attempt to the peer failed after t.
 func (s *Slot) FailedSince(t time.Time) bool { return s.local.failedSince(t) }
