@@ -20,6 +20,8 @@ type peerLocal struct {
 	times      responseTimes
 	failedAt   atomic.Int64  // when an attempt from this node to the peer last failed, Unix ns
 	failedInc  atomic.Uint64 // the peer's incarnation then
+	repeatAt   atomic.Int64  // when it last failed again after being taken back, Unix ns
+	repeatGap  atomic.Int64  // how long after the failure before it, ns
 
 	// What the peer's last announcement showed beyond this node's own
 	// requests (others' share: other entry points, direct traffic), and its
@@ -82,22 +84,32 @@ func (l *peerLocal) sentSinceAnnounce() int64 {
 	return max(l.inflight.Load()-l.atAnnounce.Load(), 0)
 }
 
-// failed records that an attempt from this node to the peer, in its
-// incarnation inc, failed (Caddy retried it elsewhere).
-func (l *peerLocal) failed(now time.Time, inc uint64) {
-	l.failedInc.Store(inc)
+// failed records that an attempt from this node to the peer p (its
+// record now) failed (Caddy retried it elsewhere). A failure after the
+// peer had been taken back following an earlier one (an announcement came
+// in between) is a repeat: see shunned.
+func (l *peerLocal) failed(now time.Time, p *Peer) {
+	prev := l.failedAt.Load()
+	if prev != 0 && prev < p.ReceivedAt.UnixNano() && l.failedInc.Load() == p.Incarnation {
+		l.repeatGap.Store(now.UnixNano() - prev)
+		l.repeatAt.Store(now.UnixNano())
+	}
+	l.failedInc.Store(p.Incarnation)
 	l.failedAt.Store(now.UnixNano())
 }
 
 // failedSince reports whether an attempt to the peer failed after t.
 func (l *peerLocal) failedSince(t time.Time) bool { return l.failedAt.Load() > t.UnixNano() }
 
-// shunned reports whether p is no candidate because an attempt to it
-// failed: since its last announcement, or, in this incarnation, within
-// hold (the policy's max_age). A node that died does not take a place in
-// every window until it ages out; one whose announcements still arrive but
-// whose HTTP does not answer (a partition) is not tried again at every
-// announcement; a restarted node (a new incarnation) is a candidate at once.
+// shunned reports whether p is no candidate because attempts to it
+// failed. After a failure it waits for the peer's next announcement, so a
+// node that just died does not take a place in every window until it ages
+// out, while one that only dropped a connection (a reload closes idle
+// keep-alive connections) is back within an interval. When it fails again
+// once taken back, within hold (the policy's max_age) of the previous
+// failure, in the same incarnation, its announcements say nothing about
+// its HTTP (a partition): it waits for hold after that repeat instead. A
+// restarted node (a new incarnation) is a candidate at once.
 func (l *peerLocal) shunned(p *Peer, now time.Time, hold time.Duration) bool {
 	at := l.failedAt.Load()
 	switch {
@@ -105,8 +117,11 @@ func (l *peerLocal) shunned(p *Peer, now time.Time, hold time.Duration) bool {
 		return false
 	case at > p.ReceivedAt.UnixNano():
 		return true
+	case l.failedInc.Load() != p.Incarnation:
+		return false
 	}
-	return l.failedInc.Load() == p.Incarnation && now.UnixNano()-at < int64(hold)
+	repeat := l.repeatAt.Load()
+	return repeat != 0 && l.repeatGap.Load() < int64(hold) && now.UnixNano()-repeat < int64(hold)
 }
 
 func (l *peerLocal) begin() {
@@ -174,9 +189,10 @@ func (s *Slot) Begin() { s.local.begin() }
 func (s *Slot) End(d time.Duration, now time.Time, sample bool) { s.local.end(d, now, sample) }
 
 // Failed records that an attempt from this node to the peer failed at now:
-// the peer is no candidate for max_age, or until it restarts (see
+// the peer is no candidate until its next announcement, or, if it fails
+// again once taken back, for max_age; a restart ends either (see
 // shunned).
-func (s *Slot) Failed(now time.Time) { s.local.failed(now, s.cur.Load().Incarnation) }
+func (s *Slot) Failed(now time.Time) { s.local.failed(now, s.cur.Load()) }
 
 // FailedSince reports whether an attempt to the peer failed after t.
 func (s *Slot) FailedSince(t time.Time) bool { return s.local.failedSince(t) }
