@@ -199,28 +199,21 @@ func (st *requestState) offer(c []candidacy.Candidate, ups []*reverseproxy.Upstr
 	}
 }
 
-// offeredPeer returns the peer behind up if pool is the pool offered on
-// this attempt (the same upstream values, not only the same addresses:
-// the policy may also see pools from other sources).
-func (st *requestState) offeredPeer(pool reverseproxy.UpstreamPool, up *reverseproxy.Upstream) *candidacy.Slot {
-	if st == nil || len(pool) != st.nOffered {
+// offerFor returns what this attempt offered, each upstream with the peer
+// behind it, if pool is that offer (the same upstream values, not only the
+// same addresses: the policy may also see pools from other sources);
+// else nil.
+func (st *requestState) offerFor(pool reverseproxy.UpstreamPool) []offering {
+	if st == nil || len(pool) == 0 || len(pool) != st.nOffered {
 		return nil
 	}
-	var slot *candidacy.Slot
-	for i, o := range st.offered[:st.nOffered] {
+	offer := st.offered[:st.nOffered]
+	for i, o := range offer {
 		if pool[i] != o.up {
 			return nil
 		}
-		if o.up == up {
-			slot = o.slot
-		}
 	}
-	return slot
-}
-
-// isOffered reports whether pool is the pool offered on this attempt.
-func (st *requestState) isOffered(pool reverseproxy.UpstreamPool) bool {
-	return len(pool) > 0 && st.offeredPeer(pool, pool[0]) != nil
+	return offer
 }
 
 // wasTried reports whether s was already tried by this request.

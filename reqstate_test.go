@@ -114,7 +114,7 @@ func TestRequestStateBasics(t *testing.T) {
 	if nilState.claimCounting(roleTrack) != roleTrack || !nilState.claimRecording(rolePolicy) || nilState.countedHere() {
 		t.Error("without a state every module must count and record alone")
 	}
-	if nilState.takePlan() != nil || nilState.wasTried(nil) || nilState.offeredPeer(nil, nil) != nil {
+	if nilState.takePlan() != nil || nilState.wasTried(nil) || nilState.offerFor(nil) != nil {
 		t.Error("a nil state has a plan or tried peers")
 	}
 	nilState.offer(nil, nil)

@@ -186,11 +186,11 @@ func (s *Selection) evaluate(run candidacy.Run) *candidacy.Candidates {
 // and its candidates are matched to the pool by advertised address.
 func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
 	st := ensureState(r)
-	if st.isOffered(pool) {
-		for _, up := range pool {
-			if up.Available() {
-				s.chose(r, st, st.offeredPeer(pool, up), time.Now())
-				return up
+	if offer := st.offerFor(pool); offer != nil {
+		for _, o := range offer {
+			if o.up.Available() {
+				s.chose(r, st, o.slot, time.Now())
+				return o.up
 			}
 		}
 		return s.fallbackSelect(pool, r, w)

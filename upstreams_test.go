@@ -112,12 +112,13 @@ func TestOfferedPoolByIdentity(t *testing.T) {
 	st.plan(candidatesOf(n, byNames{"b", "a"})) // the directive planned b first
 	offered := withHosts(must(src.GetUpstreams(r)))
 	same := withHosts([]*reverseproxy.Upstream{{Dial: offered[0].Dial}, {Dial: offered[1].Dial}})
-	if !st.isOffered(offered) || st.isOffered(same) || st.isOffered(offered[:1]) || st.isOffered(append(slices.Clone(offered), same[0])) || st.isOffered(nil) {
-		t.Fatalf("isOffered: offered %v, same addresses %v, shorter %v, longer %v; want only the offered pool",
-			st.isOffered(offered), st.isOffered(same), st.isOffered(offered[:1]), st.isOffered(append(slices.Clone(offered), same[0])))
+	isOffered := func(pool []*reverseproxy.Upstream) bool { return st.offerFor(pool) != nil }
+	if !isOffered(offered) || isOffered(same) || isOffered(offered[:1]) || isOffered(append(slices.Clone(offered), same[0])) || isOffered(nil) {
+		t.Fatalf("offerFor: offered %v, same addresses %v, shorter %v, longer %v; want only the offered pool",
+			isOffered(offered), isOffered(same), isOffered(offered[:1]), isOffered(append(slices.Clone(offered), same[0])))
 	}
-	if st.offeredPeer(same, same[0]) != nil || st.offeredPeer(offered, same[0]) != nil {
-		t.Error("a peer found behind an upstream that was not offered")
+	if o := st.offerFor(offered); o[0].slot.Name() != "b" || o[1].slot.Name() != "a" {
+		t.Errorf("the offer's peers are %s, %s; want b, a (the plan's order)", o[0].slot.Name(), o[1].slot.Name())
 	}
 	if got := s.Select(same, r, nil); got != same[1] {
 		t.Errorf("pool of other upstreams: chose %v, want the chain's first, a (%s)", got, same[1].Dial)

@@ -47,7 +47,13 @@ type Hop struct {
 // hashes the marker. It is safe for concurrent use. A nil HopSigner (no
 // cluster key) makes and accepts unsigned markers.
 type HopSigner struct {
-	macs sync.Pool // of hash.Hash
+	macs sync.Pool // of *hopMAC
+}
+
+// hopMAC is a pooled HMAC state with the buffer its message is built in.
+type hopMAC struct {
+	h   hash.Hash
+	msg []byte
 }
 
 // NewHopSigner returns the hop marker signer keyed by the cluster's shared
@@ -57,7 +63,7 @@ func NewHopSigner(secret []byte) *HopSigner {
 		return nil
 	}
 	key := deriveKey(secret, hopLabel)
-	return &HopSigner{macs: sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+	return &HopSigner{macs: sync.Pool{New: func() any { return &hopMAC{h: hmac.New(sha256.New, key)} }}}
 }
 
 // Mark returns the marker for h on a request with method and target (the
@@ -81,15 +87,14 @@ func (s *HopSigner) Mark(h Hop, method, target string) string {
 }
 
 // sum is the marker MAC of body bound to method and target: the first
-// hopMACLen bytes of its HMAC. The three are hashed as one message built
-// on the stack (a short target needs no allocation).
+// hopMACLen bytes of its HMAC. The three are hashed as one message, built
+// in the pooled state's buffer.
 func (s *HopSigner) sum(body []byte, method, target string, out *[sha256.Size]byte) []byte {
-	var buf [512]byte
-	msg := append(append(append(append(append(buf[:0], body...), 0), method...), 0), target...)
-	m := s.macs.Get().(hash.Hash)
-	m.Reset()
-	m.Write(msg)
-	m.Sum(out[:0])
+	m := s.macs.Get().(*hopMAC)
+	m.msg = append(append(append(append(append(m.msg[:0], body...), 0), method...), 0), target...)
+	m.h.Reset()
+	m.h.Write(m.msg)
+	m.h.Sum(out[:0])
 	s.macs.Put(m)
 	return out[:hopMACLen]
 }
