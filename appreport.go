@@ -18,6 +18,9 @@ import (
 	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-backhand/backhand/internal/logtext"
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // maxAppReport is the most of a report that is read, in bytes.
@@ -178,16 +181,16 @@ func (r *appReport) parseToken(tok string) error {
 	if isWeight {
 		return r.parseWeight(tok, v, 1000, 1)
 	}
-	return fmt.Errorf("app_report: unknown token %q", clipForLog(tok, 64))
+	return fmt.Errorf("app_report: unknown token %q", logtext.Clip(tok, 64))
 }
 
 // parseLoad sets the load from v, a number >= 0.
 func (r *appReport) parseLoad(tok, v string) error {
 	x, err := strconv.ParseFloat(v, 64)
 	if (err != nil && !errors.Is(err, strconv.ErrRange)) || math.IsNaN(x) || x < 0 {
-		return fmt.Errorf("app_report: %q: load must be a number >= 0", clipForLog(tok, 64))
+		return fmt.Errorf("app_report: %q: load must be a number >= 0", logtext.Clip(tok, 64))
 	}
-	r.Load1000, r.HasLoad = milli32(x), true
+	r.Load1000, r.HasLoad = wire.Milli32(x), true
 	return nil
 }
 
@@ -195,7 +198,7 @@ func (r *appReport) parseLoad(tok, v string) error {
 func (r *appReport) parseWeight(tok, v string, limit, scale uint64) error {
 	n, err := strconv.ParseUint(v, 10, 16)
 	if err != nil || n > limit {
-		return fmt.Errorf("app_report: %q: weight must be an integer from 0 to %d", clipForLog(tok, 64), limit)
+		return fmt.Errorf("app_report: %q: weight must be an integer from 0 to %d", logtext.Clip(tok, 64), limit)
 	}
 	r.Weight, r.HasWeight = uint16(n*scale), true
 	return nil
@@ -324,26 +327,4 @@ func readAppReportBody(r io.Reader, from string) ([]byte, error) {
 		return nil, fmt.Errorf("app_report: %s: report is larger than %d bytes", from, maxAppReport)
 	}
 	return b, nil
-}
-
-// milli32 returns x*1000 rounded, clamped to the range of uint32; NaN and
-// negative values give 0.
-func milli32(x float64) uint32 {
-	m := math.Round(x * 1000)
-	switch {
-	case !(m > 0):
-		return 0
-	case m >= math.MaxUint32:
-		return math.MaxUint32
-	}
-	return uint32(m)
-}
-
-// clipForLog shortens s to at most n bytes for error messages, so that a huge
-// bad input does not flood the logs.
-func clipForLog(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

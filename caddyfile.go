@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/caddy-backhand/backhand/internal/cfgargs"
 )
 
 func init() {
@@ -73,47 +75,47 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (a *App) unmarshalOption(d *caddyfile.Dispenser) error {
 	switch opt := d.Val(); opt {
 	case "name":
-		return oneString(d, &a.Name)
+		return cfgargs.OneString(d, &a.Name)
 	case "cluster":
-		return oneString(d, &a.Cluster)
+		return cfgargs.OneString(d, &a.Cluster)
 	case "advertise":
-		return oneString(d, &a.Advertise)
+		return cfgargs.OneString(d, &a.Advertise)
 	case "key":
-		return oneString(d, &a.Key)
+		return cfgargs.OneString(d, &a.Key)
 	case "tags":
-		return moreStrings(d, &a.Tags)
+		return cfgargs.MoreStrings(d, &a.Tags)
 	case "listen":
-		return moreStrings(d, &a.Listen)
+		return cfgargs.MoreStrings(d, &a.Listen)
 	case "peers":
-		return moreStrings(d, &a.Peers)
+		return cfgargs.MoreStrings(d, &a.Peers)
 	case "broadcast":
-		return moreStrings(d, &a.Broadcast)
+		return cfgargs.MoreStrings(d, &a.Broadcast)
 	case "accept":
-		return moreStrings(d, &a.Accept)
+		return cfgargs.MoreStrings(d, &a.Accept)
 	case "advertise_allow":
-		return moreStrings(d, &a.AdvertiseAllow)
+		return cfgargs.MoreStrings(d, &a.AdvertiseAllow)
 	case "accept_keys":
-		return moreStrings(d, &a.AcceptKeys)
+		return cfgargs.MoreStrings(d, &a.AcceptKeys)
 	case "interval":
-		return oneDuration(d, &a.Interval)
+		return cfgargs.OneDuration(d, &a.Interval)
 	case "max_age":
-		return oneDuration(d, &a.MaxAge)
+		return cfgargs.OneDuration(d, &a.MaxAge)
 	case "evict_after":
-		return oneDuration(d, &a.EvictAfter)
+		return cfgargs.OneDuration(d, &a.EvictAfter)
 	case "resolve_interval":
-		return oneDuration(d, &a.ResolveInterval)
+		return cfgargs.OneDuration(d, &a.ResolveInterval)
 	case "replay_window":
-		return oneDuration(d, &a.ReplayWindow)
+		return cfgargs.OneDuration(d, &a.ReplayWindow)
 	case "max_peers":
-		return oneInt(d, &a.MaxPeers)
+		return cfgargs.OneInt(d, &a.MaxPeers)
 	case "capacity":
-		return oneInt(d, &a.Capacity)
+		return cfgargs.OneInt(d, &a.Capacity)
 	case "speed":
-		return oneInt(d, &a.Speed)
+		return cfgargs.OneInt(d, &a.Speed)
 	case "insecure_no_key":
-		return flag(d, &a.InsecureNoKey)
+		return cfgargs.Flag(d, &a.InsecureNoKey)
 	case "drain":
-		return flag(d, &a.Drain)
+		return cfgargs.Flag(d, &a.Drain)
 	case "multicast":
 		return a.unmarshalMulticast(d)
 	case "app_report":
@@ -213,19 +215,19 @@ func (u *Upstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		switch opt := d.Val(); opt {
 		case "max_age":
-			if err := oneDuration(d, &u.MaxAge); err != nil {
+			if err := cfgargs.OneDuration(d, &u.MaxAge); err != nil {
 				return err
 			}
 		case "tags":
-			if err := moreStrings(d, &u.Tags); err != nil {
+			if err := cfgargs.MoreStrings(d, &u.Tags); err != nil {
 				return err
 			}
 		case "name":
-			if err := oneString(d, &u.Name); err != nil {
+			if err := cfgargs.OneString(d, &u.Name); err != nil {
 				return err
 			}
 		case "exclude_self":
-			if err := flag(d, &u.ExcludeSelf); err != nil {
+			if err := cfgargs.Flag(d, &u.ExcludeSelf); err != nil {
 				return err
 			}
 		default:
@@ -268,7 +270,7 @@ func (s *Selection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (s *Selection) unmarshalLine(d *caddyfile.Dispenser) error {
 	switch d.Val() {
 	case "keep":
-		return oneInt(d, &s.Keep)
+		return cfgargs.OneInt(d, &s.Keep)
 	case "fallback":
 		if !d.NextArg() {
 			return d.ArgErr()
@@ -283,72 +285,6 @@ func (s *Selection) unmarshalLine(d *caddyfile.Dispenser) error {
 	default:
 		return s.ChainConfig.UnmarshalLine(d)
 	}
-}
-
-// oneString reads the single argument of the option on the line, or says
-// which option wanted one and what it got.
-func oneString(d *caddyfile.Dispenser, dst *string) error {
-	return oneArg(d, dst, "one value")
-}
-
-// oneArg is oneString with what the option wants, for its message.
-func oneArg(d *caddyfile.Dispenser, dst *string, want string) error {
-	opt := d.Val()
-	args := d.RemainingArgs()
-	if len(args) != 1 {
-		return d.Errf("%s: want %s, got %d arguments %q", opt, want, len(args), args)
-	}
-	*dst = args[0]
-	return nil
-}
-
-func moreStrings(d *caddyfile.Dispenser, dst *[]string) error {
-	opt := d.Val()
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return d.Errf("%s: want at least one value", opt)
-	}
-	*dst = append(*dst, args...)
-	return nil
-}
-
-func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	opt := d.Val()
-	var s string
-	if err := oneArg(d, &s, "one duration such as 1s or 500ms"); err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return d.Errf("%s: %q is not a duration: %v", opt, s, err)
-	}
-	if dur <= 0 {
-		return d.Errf("%s: must be positive, got %s", opt, s)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
-}
-
-func oneInt(d *caddyfile.Dispenser, dst *int) error {
-	opt := d.Val()
-	var s string
-	if err := oneArg(d, &s, "one whole number"); err != nil {
-		return err
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return d.Errf("%s: %q is not a whole number", opt, s)
-	}
-	*dst = n
-	return nil
-}
-
-func flag(d *caddyfile.Dispenser, dst *bool) error {
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	*dst = true
-	return nil
 }
 
 // Interface guards

@@ -6,6 +6,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-backhand/backhand/internal/cfgargs"
 )
 
 // ChainConfig is a candidacy chain as configured: `lb_policy backhand`
@@ -59,9 +61,9 @@ func IsChainLine(name string) bool {
 func (cfg *ChainConfig) UnmarshalLine(d *caddyfile.Dispenser) error {
 	switch name := d.Val(); name {
 	case "max_age":
-		return oneDuration(d, &cfg.MaxAge)
+		return cfgargs.OneDuration(d, &cfg.MaxAge)
 	case "predict":
-		if err := oneString(d, &cfg.Predict); err != nil {
+		if err := cfgargs.OneString(d, &cfg.Predict); err != nil {
 			return err
 		}
 		if _, err := ParsePredict(cfg.Predict); err != nil {
@@ -92,41 +94,4 @@ func unmarshalFunction(d *caddyfile.Dispenser, name string) (json.RawMessage, er
 		return nil, d.Errf("module %s is not a candidacy function", modID)
 	}
 	return caddyconfig.JSONModuleObject(mod, "function", name, nil), nil
-}
-
-func oneString(d *caddyfile.Dispenser, dst *string) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
-}
-
-func moreStrings(d *caddyfile.Dispenser, dst *[]string) error {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return d.ArgErr()
-	}
-	*dst = append(*dst, args...)
-	return nil
-}
-
-func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	opt := d.Val()
-	var s string
-	if err := oneString(d, &s); err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return d.Errf("%s: %q is not a duration: %v", opt, s, err)
-	}
-	if dur <= 0 {
-		return d.Errf("%s: must be positive, got %s", opt, s)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
 }

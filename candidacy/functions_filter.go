@@ -9,6 +9,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-backhand/backhand/internal/cfgargs"
 )
 
 // The candidacy functions that filter: they drop candidates and keep the
@@ -154,7 +156,7 @@ func (f *ByHostname) admits(_ *Candidates, p *Peer) bool { return f.re.MatchStri
 // UnmarshalCaddyfile reads `byHostname <regexp>`.
 func (f *ByHostname) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
-	return oneString(d, &f.Pattern)
+	return cfgargs.OneString(d, &f.Pattern)
 }
 
 // ByTag keeps the peers that carry every one of the tags: `byTag cgi`.
@@ -184,7 +186,7 @@ func (f *ByTag) admits(_ *Candidates, p *Peer) bool { return p.HasTags(f.Tags) }
 // UnmarshalCaddyfile reads `byTag <tag...>`.
 func (f *ByTag) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
-	return moreStrings(d, &f.Tags)
+	return cfgargs.MoreStrings(d, &f.Tags)
 }
 
 // RemoveSelf drops this node from the list, for a dedicated balancer that

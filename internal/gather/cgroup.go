@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/caddy-backhand/backhand/internal/logtext"
 )
 
 // cgroupMount is where cgroup v2 (the unified hierarchy) is mounted.
@@ -191,7 +193,7 @@ func parseKeyedUint(b []byte, name, key string) (uint64, error) {
 		}
 		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("cgroup: %s: malformed %s line %q", name, key, clipForLog(line, 80))
+			return 0, fmt.Errorf("cgroup: %s: malformed %s line %q", name, key, logtext.Clip(line, 80))
 		}
 		return n, nil
 	}
@@ -200,14 +202,5 @@ func parseKeyedUint(b []byte, name, key string) (uint64, error) {
 
 // cgroupMalformed is the error for a file whose contents cannot be parsed.
 func cgroupMalformed(name string, b []byte) error {
-	return fmt.Errorf("cgroup: %s: malformed contents %q", name, clipForLog(string(b), 80))
-}
-
-// clipForLog shortens s to at most n bytes for error messages, so that a huge
-// bad input does not flood the logs.
-func clipForLog(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
+	return fmt.Errorf("cgroup: %s: malformed contents %q", name, logtext.Clip(string(b), 80))
 }

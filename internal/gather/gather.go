@@ -16,6 +16,8 @@ import (
 	"github.com/shirou/gopsutil/v4/cpu"
 	"github.com/shirou/gopsutil/v4/load"
 	"github.com/shirou/gopsutil/v4/mem"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // Sample is one sample of the operating system's figures. The fields have
@@ -178,12 +180,12 @@ func (g *Gatherer) sampleHostCPU(f *Sample) error {
 	if l, err := g.host.loadAvg1(); err != nil {
 		errs = append(errs, fmt.Errorf("gather: load average: %w", err))
 	} else {
-		f.Load1000 = milli32(l)
+		f.Load1000 = wire.Milli32(l)
 	}
 	if n, err := g.logicalCPUs(); err != nil {
 		errs = append(errs, err)
 	} else {
-		f.CPUMilli = milli32(float64(n))
+		f.CPUMilli = wire.Milli32(float64(n))
 	}
 	if idle, err := g.hostIdle(); err != nil {
 		errs = append(errs, err)
@@ -235,13 +237,13 @@ func (g *Gatherer) sampleCgroupCPU(now time.Time, quota, period uint64, f *Sampl
 	} else {
 		cpus = min(cpus, float64(n))
 	}
-	f.CPUMilli = milli32(cpus)
+	f.CPUMilli = wire.Milli32(cpus)
 	usage, err := g.cg.cpuUsageUsec()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
 	g.updateCgroupCPU(now, usage, cpus)
-	f.Load1000 = milli32(g.cgLoad)
+	f.Load1000 = wire.Milli32(g.cgLoad)
 	f.CPUIdle1000 = g.cgLastIdle
 	return errors.Join(errs...)
 }
@@ -317,21 +319,8 @@ func (g *Gatherer) sampleCgroupMemory(limit uint64, f *Sample) error {
 	return hostErr
 }
 
-// milli32 returns x*1000 rounded, clamped to the range of uint32; NaN and
-// negative values give 0.
-func milli32(x float64) uint32 {
-	m := math.Round(x * 1000)
-	switch {
-	case !(m > 0):
-		return 0
-	case m >= math.MaxUint32:
-		return math.MaxUint32
-	}
-	return uint32(m)
-}
-
 // share1000 returns the share s (0-1) x1000, rounded and clamped to
 // [0, 1000]; NaN gives 0.
 func share1000(s float64) uint16 {
-	return uint16(min(milli32(s), 1000))
+	return uint16(min(wire.Milli32(s), 1000))
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
 // fakeHost is a host with 4 CPUs, load 1.5 and 8 GiB of memory, 6 GiB
@@ -252,8 +254,8 @@ func TestGatherMilli(t *testing.T) {
 		{math.Inf(1), math.MaxUint32}, {5e6, math.MaxUint32},
 	}
 	for _, tt := range tests {
-		if got := milli32(tt.in); got != tt.want {
-			t.Errorf("milli32(%v) = %d, want %d", tt.in, got, tt.want)
+		if got := wire.Milli32(tt.in); got != tt.want {
+			t.Errorf("Milli32(%v) = %d, want %d", tt.in, got, tt.want)
 		}
 	}
 	if got := share1000(1.7); got != 1000 {

@@ -1,5 +1,7 @@
 package wire
 
+import "math"
+
 // Figures are one node's resources as it announces them to its peers: the
 // fields of mod_backhand's serverstat record, plus what a modern balancer
 // needs (capacity, latency, draining, application-reported load).
@@ -55,4 +57,18 @@ type Figures struct {
 	// HasAppLoad is set.
 	AppLoad1000 uint32
 	HasAppLoad  bool
+}
+
+// Milli32 returns x*1000 rounded, the fixed point of the figures counted in
+// thousandths (Load1000, CPUMilli ...), clamped to the range of uint32;
+// NaN and negative values give 0.
+func Milli32(x float64) uint32 {
+	m := math.Round(x * 1000)
+	switch {
+	case !(m > 0):
+		return 0
+	case m >= math.MaxUint32:
+		return math.MaxUint32
+	}
+	return uint32(m)
 }
