@@ -377,7 +377,7 @@ func TestDirectiveRedirects(t *testing.T) {
 // raw target a client sent cannot make the Location name another host.
 func TestDirectiveRedirectLands(t *testing.T) {
 	u := newUnitApp(t, deadAddr(t))
-	a, aAddr := peerSite(t, "a")
+	_, aAddr := peerSite(t, "a")
 	u.peer("a", aAddr)
 	h := u.directive("", byNames{"a"}, &candidacy.HTTPRedirectToIP{})
 	keys := u.n.keys.Load()
@@ -423,7 +423,6 @@ func TestDirectiveRedirectLands(t *testing.T) {
 	if loc, err := url.Parse(w.Header().Get("Location")); err != nil || loc.Host != aAddr {
 		t.Errorf("Location %q (%v), want host %s", w.Header().Get("Location"), err, aAddr)
 	}
-	_ = a
 }
 
 // byCookie's cookie is set by the directive when the winner differs from

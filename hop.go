@@ -22,11 +22,8 @@ import (
 // hopFor returns the marker the directive's forward of r will carry,
 // without its receiver and time (set per attempt): this node, the client's
 // address and the scheme the client used.
-func hopFor(r *http.Request, self string) *wire.Hop {
-	h := &wire.Hop{From: self, Scheme: "http"}
-	if r.TLS != nil {
-		h.Scheme = "https"
-	}
+func hopFor(r *http.Request, self string) wire.Hop {
+	h := wire.Hop{From: self, Scheme: requestScheme(r)}
 	if ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ip != "" {
 		if _, err := netip.ParseAddr(ip); err == nil {
 			h.Client = ip
@@ -40,10 +37,10 @@ func hopFor(r *http.Request, self string) *wire.Hop {
 // that peer, to r's method and target, and to now. Every attempt marks
 // anew, so a retry to another peer carries a marker for that one.
 func markAttempt(r *http.Request, st *requestState, to string, keys *derivedKeys, now time.Time) {
-	if st == nil || st.hop == nil {
+	if st == nil || st.hop.From == "" {
 		return
 	}
-	h := *st.hop
+	h := st.hop
 	h.To, h.At = to, now
 	r.Header.Set(wire.HopHeader, keys.hop.Mark(h, r.Method, r.URL.RequestURI()))
 }
@@ -127,10 +124,7 @@ func takeHopParam(r *http.Request) (marker, target string) {
 func redirectLocation(r *http.Request, scheme, host, to, self string, keys *derivedKeys, now time.Time) string {
 	u := url.URL{Scheme: scheme, Host: host, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
 	target := u.RequestURI()
-	hop := wire.Hop{From: self, To: to, Scheme: "http", At: now}
-	if r.TLS != nil {
-		hop.Scheme = "https"
-	}
+	hop := wire.Hop{From: self, To: to, Scheme: requestScheme(r), At: now}
 	sep := "?"
 	if u.RawQuery != "" {
 		sep = "&"

@@ -45,8 +45,9 @@ type requestState struct {
 	nTried int
 
 	// hop is the marker the directive asks every attempt to carry (its
-	// receiver and time are set per attempt), nil without the directive.
-	hop *wire.Hop
+	// receiver and time are set per attempt); none without the directive
+	// (From empty: a node always has a name).
+	hop wire.Hop
 
 	// mu guards the fields below it that finish writes: when the
 	// context ends the request, finish runs on another goroutine.

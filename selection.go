@@ -237,7 +237,7 @@ func (s *Selection) fallbackSelect(pool reverseproxy.UpstreamPool, r *http.Reque
 	st := stateOf(r)
 	s.record(st, outcomeFallback)
 	up := s.fallback.Select(pool, r, w)
-	if up != nil && st != nil && st.hop != nil {
+	if up != nil && st != nil && st.hop.From != "" {
 		if p := s.node.table.ByAdvertise(up.Dial); p != nil {
 			markAttempt(r, st, p.Name, s.node.keys.Load(), time.Now())
 		}

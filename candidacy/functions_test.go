@@ -668,9 +668,6 @@ func TestByAgeAndTheStartingList(t *testing.T) {
 	if err := (&ByAge{MaxAge: caddy.Duration(-time.Second)}).Validate(); err == nil {
 		t.Error("byAge -1s accepted")
 	}
-	if _, ok := any(new(BackhandOff)).(Function); !ok {
-		t.Fatal("backhand_off is no candidacy function")
-	}
 	s = policy(newTestNode(tp("a", 0)), new(BackhandOff), &ByRandom{})
 	if got := chainNames(s, nil, 1); got != nil {
 		t.Errorf("backhand_off: %v, want served locally", got)
