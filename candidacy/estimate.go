@@ -2,7 +2,6 @@ package candidacy
 
 import (
 	"math"
-	"time"
 )
 
 // The figures candidacy functions rank by. Announced figures are up to an
@@ -25,18 +24,10 @@ func (c *Candidates) busy(x *Candidate) float64 {
 		}
 		return float64(max(c.liveBusy.Load()-c.selfCounted, own, 0))
 	case c.predict == PredictDecay && x.slot != nil && !x.Peer.Self:
-		tau := time.Duration(x.Peer.Figures.LatencyMicros) * time.Microsecond
-		if tau == 0 {
-			tau = defaultTau
-		}
-		return x.slot.local.decayed(x.Peer.Age(c.now), tau)
+		return x.slot.local.decayed(x.Peer.Age(c.now), float64(x.Peer.Figures.LatencyMicros))
 	}
 	return float64(x.Peer.Figures.Busy) + c.predicted(x)
 }
-
-// defaultTau is the decay time constant for a peer that announces no
-// response time yet.
-const defaultTau = 100 * time.Millisecond
 
 // predicted is what this node added to x's peer since its announcement, or
 // 0 with prediction off.

@@ -109,10 +109,20 @@ func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, curr
 // latencyFloor), without fallback, and whether there is enough evidence
 // for one.
 func (r *responseTimes) learned() (float64, bool) {
+	t, ok := r.typicalMicros()
+	if !ok {
+		return 0, false
+	}
+	return max(t, floorMicros), true
+}
+
+// typicalMicros returns the typical response time in µs as observed,
+// without floor or fallback, and whether there is enough evidence for one.
+func (r *responseTimes) typicalMicros() (float64, bool) {
 	if r.n.Load() < minResponses {
 		return 0, false
 	}
-	return max(loadFloat(&r.typical), floorMicros), true
+	return loadFloat(&r.typical), true
 }
 
 // threshold is the ratio between the recent and the typical time beyond

@@ -1,6 +1,7 @@
 package candidacytest
 
 import (
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -35,17 +36,21 @@ func (b *Board) Announce(p candidacy.Peer) error {
 	return nil
 }
 
-// Refresh updates peer's announced busy figure in place, as a new
-// announcement received at `at` would, without allocating: for simulators
-// that refresh thousands of entries per simulated second. Unlike Announce
-// it must not run while a chain runs over the board.
-func (b *Board) Refresh(peer string, busy uint32, at time.Time) {
+// Refresh updates peer's announced busy figure and, unless 0, its
+// latency (the mean time it serves a request, as it counts busy) in place,
+// as a new announcement received at `at` would, without allocating: for
+// simulators that refresh thousands of entries per simulated second.
+// Unlike Announce it must not run while a chain runs over the board.
+func (b *Board) Refresh(peer string, busy uint32, latency time.Duration, at time.Time) {
 	s := b.table.Lookup(peer)
 	if s == nil {
 		return
 	}
 	p := s.Peer()
 	p.Figures.Busy, p.ReceivedAt = busy, at
+	if latency > 0 {
+		p.Figures.LatencyMicros = uint32(min(latency.Microseconds(), math.MaxUint32))
+	}
 	b.table.Store(p)
 }
 

@@ -45,7 +45,7 @@ func TestChainOverBoard(t *testing.T) {
 	if got := ch.Choose(b, nil, now, rnd); got != "a" {
 		t.Errorf("chose %q after three requests to b, want a", got)
 	}
-	b.Refresh("a", 9, now)
+	b.Refresh("a", 9, 0, now)
 	if got := ch.Choose(b, nil, now, rnd); got != "b" {
 		t.Errorf("chose %q after a announced 9, want b", got)
 	}

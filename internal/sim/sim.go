@@ -67,7 +67,19 @@ type server struct {
 	name  string
 	queue []job // queue[0] is in service
 	head  int
+	// served is the mean time in system of the jobs it served, in units,
+	// an average over the last few hundred: what a real node announces as
+	// its latency (the time it counts each request as busy).
+	served float64
 }
+
+// servedWeight is one departure's weight in server.served: about the
+// share of one request in the five seconds a real node averages over, at
+// a hundred or so requests per second.
+const servedWeight = 1.0 / 512
+
+// latency is the server's announced time per request.
+func (s *server) latency() time.Duration { return time.Duration(s.served * float64(unit)) }
 
 func (s *server) len() int { return len(s.queue) - s.head }
 
@@ -120,14 +132,15 @@ func newState(cfg Config) *state {
 	s := &state{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))}
 	s.servers = make([]server, cfg.Servers)
 	for i := range s.servers {
-		s.servers[i].name = "s" + strconv.Itoa(i)
+		// Start from an M/M/1 queue's mean time in system at this load.
+		s.servers[i].name, s.servers[i].served = "s"+strconv.Itoa(i), 1/max(1-cfg.Load, 0.05)
 	}
 	for k := range cfg.Proxies {
 		b := candidacytest.NewBoard("proxy-" + strconv.Itoa(k))
 		for i := range s.servers {
 			_ = b.Announce(candidacy.Peer{
 				Name: s.servers[i].name, Advertise: "sim:" + strconv.Itoa(i), ReceivedAt: at(0), FirstSeen: at(-1e6),
-				Figures: candidacy.Figures{Capacity: 1, Speed: 1000, CPUMilli: 1000, LatencyMicros: uint32(unit.Microseconds())},
+				Figures: candidacy.Figures{Capacity: 1, Speed: 1000, CPUMilli: 1000, LatencyMicros: uint32(s.servers[i].latency().Microseconds())},
 			})
 		}
 		s.boards = append(s.boards, b)
@@ -231,6 +244,7 @@ func (s *state) depart(i int) {
 		srv.head = 0
 	}
 	d := s.now - j.arrived
+	srv.served += servedWeight * (d - srv.served)
 	if j.proxy >= 0 {
 		s.boards[j.proxy].End(srv.name, time.Duration(d*float64(unit)), at(s.now))
 	}
@@ -249,7 +263,7 @@ func (s *state) announceChange(i int) {
 		return
 	}
 	for _, b := range s.boards {
-		b.Refresh(s.servers[i].name, uint32(s.servers[i].len()), at(s.now))
+		b.Refresh(s.servers[i].name, uint32(s.servers[i].len()), s.servers[i].latency(), at(s.now))
 	}
 }
 
@@ -257,7 +271,7 @@ func (s *state) announceChange(i int) {
 func (s *state) refreshAll() {
 	for _, b := range s.boards {
 		for i := range s.servers {
-			b.Refresh(s.servers[i].name, uint32(s.servers[i].len()), at(s.now))
+			b.Refresh(s.servers[i].name, uint32(s.servers[i].len()), s.servers[i].latency(), at(s.now))
 		}
 	}
 }

@@ -1,0 +1,141 @@
+package candidacy
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// A node that decides for four identical nodes (itself and three peers)
+// gives itself no more than its share, although it counts the requests it
+// serves only while serving them and those it forwards over the whole
+// round trip, hop included (here 8 ms each way on 40 ms of service: a
+// loaded machine). The peers announce once a second what they serve and
+// how long it takes them, as real nodes do.
+func TestSelfShareDespiteTheHop(t *testing.T) {
+	for _, hop := range []time.Duration{0, 8 * time.Millisecond} {
+		counts := simulateWithSelf(t, hop, 6000, 7)
+		total := 0
+		for _, c := range counts {
+			total += c
+		}
+		t.Logf("hop %v each way: %v", hop, counts)
+		for name, c := range counts {
+			if share := float64(c) / float64(total); math.Abs(share/0.25-1) > 0.10 {
+				t.Errorf("hop %v: %s's share %.3f, want 0.25 +-10%%", hop, name, share)
+			}
+		}
+	}
+}
+
+// simulateWithSelf runs the default chain (decay estimate) on node "me"
+// in front of itself and peers p1-p3, each 8 workers with exponential
+// service of 40 ms mean, Poisson arrivals at 70% of the four nodes'
+// capacity; a forwarded request reaches its peer hop after the choice
+// and its response comes back hop after the service ends.
+func simulateWithSelf(t *testing.T, hop time.Duration, requests int, seed uint64) map[string]int {
+	t.Helper()
+	const (
+		workers  = 8
+		service  = 40 * time.Millisecond
+		interval = time.Second
+	)
+	names := []string{"me", "p1", "p2", "p3"}
+	n := newTestNode(tp("me", 0, self), tp("p1", 0), tp("p2", 0), tp("p3", 0))
+	for _, p := range n.table.peers() {
+		pp := *p.cur.Load()
+		pp.Figures.Capacity = workers
+		p.cur.Store(&pp)
+	}
+	s := policy(n, DefaultChain()...)
+	s.Predict = PredictDecay
+	rng := rand.New(rand.NewPCG(seed, 23))
+
+	// Each node: its workers' next free times, the requests in its
+	// system (arrived, not yet served), and a 5 s-like average of the
+	// times it served them in, which it announces.
+	type node struct {
+		free    []time.Time
+		inSys   [][2]time.Time // when each request in the system arrived, and leaves
+		servedµ float64
+	}
+	nodes := map[string]*node{}
+	for _, name := range names {
+		nodes[name] = &node{free: make([]time.Time, workers), servedµ: float64(service.Microseconds())}
+	}
+	type event struct {
+		at   time.Time
+		name string
+		took time.Duration // the round trip this node sees (peers), or the service (self)
+	}
+	var ends []event // responses this node sees end
+	gap := time.Duration(float64(time.Second) / (0.7 * 4 * workers / service.Seconds()))
+	at, nextAnnounce := now, now
+	counts := map[string]int{}
+	for range requests {
+		at = at.Add(time.Duration(rng.ExpFloat64() * float64(gap)))
+		slices.SortFunc(ends, func(a, b event) int { return a.at.Compare(b.at) })
+		for len(ends) > 0 && !ends[0].at.After(at) {
+			e := ends[0]
+			ends = ends[1:]
+			if e.name == "me" {
+				n.busy.Add(-1)
+				n.table.Served(e.took, e.at)
+			} else {
+				n.table.Lookup(e.name).End(e.took, e.at, true)
+			}
+		}
+		for ; !nextAnnounce.After(at); nextAnnounce = nextAnnounce.Add(interval) {
+			for _, name := range names[1:] {
+				nd := nodes[name]
+				nd.inSys = slices.DeleteFunc(nd.inSys, func(r [2]time.Time) bool { return !r[1].After(nextAnnounce) })
+				busy := 0 // the requests it serves: arrived, not yet served
+				for _, r := range nd.inSys {
+					if !r[0].After(nextAnnounce) {
+						busy++
+					}
+				}
+				p := *n.table.Lookup(name).Peer()
+				p.ReceivedAt, p.Figures.Busy = nextAnnounce, uint32(busy)
+				p.Figures.LatencyMicros = uint32(nd.servedµ)
+				n.table.Store(&p)
+			}
+			n.table.UpdateReference(nextAnnounce)
+		}
+		c := s.evaluate(Run{Now: at, Rand: rng.IntN})
+		name := c.First().Peer.Name
+		c.Release()
+		counts[name]++
+
+		arrive := at
+		if name != "me" {
+			arrive = at.Add(hop)
+			n.table.Lookup(name).Begin()
+		} else {
+			n.busy.Add(1)
+		}
+		nd := nodes[name]
+		k := 0
+		for j := range nd.free {
+			if nd.free[j].Before(nd.free[k]) {
+				k = j
+			}
+		}
+		start := arrive
+		if nd.free[k].After(start) {
+			start = nd.free[k]
+		}
+		done := start.Add(time.Duration(rng.ExpFloat64() * float64(service)))
+		nd.free[k] = done
+		nd.inSys = append(nd.inSys, [2]time.Time{arrive, done})
+		nd.servedµ += (float64(done.Sub(arrive).Microseconds()) - nd.servedµ) / 512
+		if name == "me" {
+			ends = append(ends, event{at: done, name: name, took: done.Sub(arrive)})
+		} else {
+			ends = append(ends, event{at: done.Add(hop), name: name, took: done.Add(hop).Sub(at)})
+		}
+	}
+	return counts
+}
