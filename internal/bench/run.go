@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -688,8 +689,17 @@ func (e *env) logCell(c Cell) {
 		fmt.Fprintf(e.log, "   %-24s %3.0f%%  skipped: %s\n", c.Contender, c.Load*100, c.Skipped)
 		return
 	}
-	fmt.Fprintf(e.log, "   %-24s %3.0f%%  %6.0f req/s  p50 %6.1f  p90 %6.1f  p99 %7.1f  p99.9 %7.1f ms  errors %4d  share %s%s\n",
-		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share), fmtRounds(c.P99Rounds)+fmtThirds(c.ThirdsP99))
+	fmt.Fprintf(e.log, "   %-24s %3.0f%%  %6.0f req/s  p50 %6.1f  p90 %6.1f  p99 %7.1f  p99.9 %7.1f ms  errors %4d  share %s  p50 by node %s%s\n",
+		c.Contender, c.Load*100, c.Throughput, c.P50, c.P90, c.P99, c.P999, c.Errors, fmtShare(c.Share), fmtMillis(c.NodeP50), fmtRounds(c.P99Rounds)+fmtThirds(c.ThirdsP99))
+}
+
+// fmtMillis formats figures in milliseconds as a/b/c.
+func fmtMillis(ms []float64) string {
+	out := make([]string, len(ms))
+	for i, x := range ms {
+		out[i] = strconv.FormatFloat(x, 'f', 1, 64)
+	}
+	return strings.Join(out, "/")
 }
 
 func fmtShare(s []float64) string {

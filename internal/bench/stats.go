@@ -37,6 +37,10 @@ type Cell struct {
 	// Share is the fraction of successful requests each node served.
 	Share []float64 `json:"share"`
 
+	// NodeP50 is the median latency of the requests each node served, in
+	// milliseconds: where a cell's median comes from.
+	NodeP50 []float64 `json:"node_p50_ms,omitempty"`
+
 	// CDF is the latency distribution at tail-spaced points, for plots.
 	CDF []CDFPoint `json:"cdf"`
 
@@ -54,6 +58,7 @@ func summarize(samples []Sample, nodes int, measure time.Duration) Cell {
 	var c Cell
 	lat := make([]float64, 0, len(samples))
 	count := make([]int, nodes)
+	byNode := make([][]float64, nodes)
 	for _, s := range samples {
 		if s.At < 0 || s.At >= measure {
 			continue
@@ -66,9 +71,15 @@ func summarize(samples []Sample, nodes int, measure time.Duration) Cell {
 		lat = append(lat, float64(s.Latency)/float64(time.Millisecond))
 		if s.Node >= 0 && s.Node < nodes {
 			count[s.Node]++
+			byNode[s.Node] = append(byNode[s.Node], lat[len(lat)-1])
 		}
 	}
 	slices.Sort(lat)
+	c.NodeP50 = make([]float64, nodes)
+	for i, l := range byNode {
+		slices.Sort(l)
+		c.NodeP50[i] = quantile(l, 0.5)
+	}
 	c.Throughput = float64(len(lat)) / measure.Seconds()
 	c.P50, c.P90, c.P99, c.P999 = quantile(lat, 0.5), quantile(lat, 0.9), quantile(lat, 0.99), quantile(lat, 0.999)
 	if len(lat) > 0 {
