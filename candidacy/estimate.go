@@ -105,7 +105,24 @@ func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 	if !x.Peer.Self && x.Peer.Figures.LatencyMicros > 0 {
 		typical, current = fb, fb*current/typical
 	}
-	return alike(typical, current, ref)
+	typical, current = alike(typical, current, ref)
+	return typical, recovering(typical, current, ref)
+}
+
+// recovering returns the current time, which counts below the typical one
+// only down to the reference (typical and current as alike returns them): a
+// candidate that was slow and answers at the cluster's usual pace again is
+// followed within a few responses instead of the seconds its typical time
+// takes to come down, while a fast recent time of a usual candidate
+// (queueing that has just drained) is not chased.
+func recovering(typical, current, reference float64) float64 {
+	switch {
+	case current >= typical:
+		return current
+	case reference <= 0:
+		return typical
+	}
+	return max(current, min(typical, reference))
 }
 
 // alike ranks a candidate whose typical time lies within sameBand of the

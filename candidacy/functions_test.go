@@ -673,3 +673,45 @@ func TestByAgeAndTheStartingList(t *testing.T) {
 		t.Errorf("backhand_off: %v, want served locally", got)
 	}
 }
+
+// A peer that was slow for seconds and answers at the usual pace again is
+// followed within a few dozen responses, not the seconds its typical time
+// takes to come down; a usual peer's burst of fast answers (a queue that
+// just drained) does not make it look faster than usual.
+func TestByWaitFollowsRecovery(t *testing.T) {
+	n := newTestNode(tp("a", 0, busy(2)), tp("b", 0, busy(1)), tp("c", 0, busy(20)))
+	wait := policy(n, &ByWait{})
+	a, b, c := n.table.Lookup("a"), n.table.Lookup("b"), n.table.Lookup("c")
+	at := now.Add(-time.Minute)
+	for range 400 {
+		at = at.Add(100 * time.Millisecond)
+		for _, s := range []*Slot{a, b, c} {
+			s.local.times.observe(40*time.Millisecond, at)
+		}
+	}
+	for range 80 { // b 8x slower for 4 s
+		at = at.Add(50 * time.Millisecond)
+		b.local.times.observe(320*time.Millisecond, at)
+	}
+	n.table.UpdateReference(at)
+	rank := func() []string { return chainNamesAt(wait, at, 1)[:2] }
+	if got := rank(); !slices.Equal(got, fig("a", "b")) {
+		t.Fatalf("b slow: got %v, want the slow b after a", got)
+	}
+	for range 64 { // b recovers
+		at = at.Add(10 * time.Millisecond)
+		b.local.times.observe(40*time.Millisecond, at)
+	}
+	if got := rank(); !slices.Equal(got, fig("b", "a")) {
+		t.Errorf("b recovered: got %v, want the less busy b first again", got)
+	}
+	// a's queue drains: a burst of fast answers. a (2 in flight) must
+	// still rank after b (1) rather than count as faster than usual.
+	for range 64 {
+		at = at.Add(10 * time.Millisecond)
+		a.local.times.observe(10*time.Millisecond, at)
+	}
+	if got := rank(); !slices.Equal(got, fig("b", "a")) {
+		t.Errorf("a's fast burst: got %v, want b first (a no faster than usual)", got)
+	}
+}
