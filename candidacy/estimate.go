@@ -15,14 +15,16 @@ import (
 func (c *Candidates) busy(x *Candidate) float64 {
 	switch {
 	case x.Peer.Self && c.liveBusy != nil:
-		// The requests served here, or, if more, those that a
-		// reverse_proxy here sent to this node's own site and waits for,
-		// counted over the round trip as for every peer.
+		// The requests served here, raised to the round trip over which
+		// this node counts its requests to every peer (Little's law), or,
+		// if more, those that a reverse_proxy here sent to this node's
+		// own site and waits for, counted over the round trip already.
 		own := int64(0)
 		if x.slot != nil {
 			own = x.slot.local.inflight.Load()
 		}
-		return float64(max(c.liveBusy.Load()-c.selfCounted, own, 0))
+		served := float64(max(c.liveBusy.Load()-c.selfCounted, 0)) * c.table.roundTripFactor()
+		return max(served, float64(own))
 	case c.predict == PredictDecay && x.slot != nil && !x.Peer.Self:
 		return x.slot.local.decayed(x.Peer.Age(c.now), float64(x.Peer.Figures.LatencyMicros))
 	}

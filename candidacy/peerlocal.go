@@ -43,7 +43,7 @@ func (l *peerLocal) announced(f *Figures) {
 	// moment, and a mean of clipped values would credit it with others'
 	// requests that do not exist (which made every peer look busier than
 	// this node itself). The estimate is clipped instead.
-	others := float64(f.Busy) - l.ownAtPeer(float64(own), float64(f.LatencyMicros))
+	others := float64(f.Busy) - float64(own)
 	mean := math.Float64frombits(l.othersMean.Load())
 	n := l.othersN.Add(1)
 	mean += max(othersMeanWeight, 1/float64(n)) * (others - mean)
@@ -67,14 +67,14 @@ func (l *peerLocal) announced(f *Figures) {
 const othersMeanWeight = 0.005
 
 // decayed estimates the peer's requests in flight age after its last
-// announcement: this node's own (ownAtPeer, for a peer that announces
-// servedMicros per request), plus the others' share decaying from what the
-// announcement showed towards its mean (see othersTau).
+// announcement: this node's own, exactly, plus the others' share decaying
+// from what the announcement showed towards its mean (see othersTau; the
+// peer announces servedMicros per request).
 func (l *peerLocal) decayed(age time.Duration, servedMicros float64) float64 {
 	at := math.Float64frombits(l.othersAt.Load())
 	mean := math.Float64frombits(l.othersMean.Load())
 	w := Decay(othersTau(servedMicros, mean)).remaining(age)
-	return l.ownAtPeer(float64(max(l.inflight.Load(), 0)), servedMicros) + max(mean+(at-mean)*w, 0)
+	return float64(max(l.inflight.Load(), 0)) + max(mean+(at-mean)*w, 0)
 }
 
 // othersTau is how long what an announcement showed of the others'
@@ -82,10 +82,11 @@ func (l *peerLocal) decayed(age time.Duration, servedMicros float64) float64 {
 // others send it their next request, the peer's time per request over one
 // more than the others' mean there (Little's law), since the other
 // deciders read the same announcement and act on it. A longer memory (the
-// time per request alone) herded: with ten deciders and announcements 20
-// service times old at 90% load the simulator's mean time rose from 4.05
-// to 6.02 service times, worse than ignoring announcements (4.16). A peer
-// that announces no time per request: defaultTau.
+// time per request alone, which includes the peer's queueing) herded:
+// with ten deciders and announcements 20 service times old at 90% load
+// the simulator's mean time in system was 5.97 service times against 3.60,
+// worse than ignoring announcements (4.27). A peer that announces no time
+// per request: defaultTau.
 func othersTau(servedMicros, othersMean float64) time.Duration {
 	if servedMicros <= 0 {
 		return defaultTau

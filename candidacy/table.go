@@ -75,6 +75,7 @@ type Table struct {
 	// bits; see referenceTime), and self this node's slot: both for the
 	// request path, which must not search for them.
 	reference atomic.Uint64
+	roundTrip atomic.Uint64 // float64 bits: see roundTripFactor
 	self      atomic.Pointer[Slot]
 
 	// noStaleUntil is when the oldest entry of the last full scan turns
@@ -109,11 +110,17 @@ func (t *Table) SetLimits(l *Limits) {
 // unknown.
 func (t *Table) referenceMicros() float64 { return loadFloat(&t.reference) }
 
+// roundTripFactor is how much longer this node counts a request it sends
+// a peer than the peer counts it (see roundTripFactor), at least 1.
+func (t *Table) roundTripFactor() float64 { return max(loadFloat(&t.roundTrip), 1) }
+
 // UpdateReference recomputes the cluster's reference response time (the
-// median of the live peers' typical ones) from the view; the announcer
-// calls it once per interval.
+// median of the live peers' typical ones) and the round-trip factor from
+// the view; the announcer calls it once per interval.
 func (t *Table) UpdateReference(now time.Time) {
-	storeFloat(&t.reference, referenceTime(t.peers(), now, t.limits.Load().MaxAge))
+	view, maxAge := t.peers(), t.limits.Load().MaxAge
+	storeFloat(&t.reference, referenceTime(view, now, maxAge))
+	storeFloat(&t.roundTrip, roundTripFactor(view, now, maxAge))
 }
 
 // powerBound is at least the announced power of every peer in the view.

@@ -54,6 +54,10 @@ func (b *Board) Refresh(peer string, busy uint32, latency time.Duration, at time
 	b.table.Store(p)
 }
 
+// UpdateReference recomputes the cluster's reference response time from
+// what the board holds, as a node's announcer does once per interval.
+func (b *Board) UpdateReference(now time.Time) { b.table.UpdateReference(now) }
+
 // Begin records that this decider sent a request to peer.
 func (b *Board) Begin(peer string) {
 	if s := b.table.Lookup(peer); s != nil {

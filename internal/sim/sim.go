@@ -126,6 +126,8 @@ type state struct {
 	deps    departures
 	now     float64
 	times   []float64
+	// nextReference is when fresh boards next recompute their reference.
+	nextReference float64
 }
 
 func newState(cfg Config) *state {
@@ -212,6 +214,13 @@ func (s *state) prefill() {
 
 // arrive sends one arrival through a random proxy's chain.
 func (s *state) arrive(chain *candidacytest.Chain, rnd func(int) int, counted bool) {
+	if s.cfg.Period == 0 && !s.cfg.LocalOnly && s.now >= s.nextReference {
+		// Fresh boards: the reference time once per time unit.
+		for _, b := range s.boards {
+			b.UpdateReference(at(s.now))
+		}
+		s.nextReference = s.now + 1
+	}
 	k := s.rng.IntN(len(s.boards))
 	name := chain.Choose(s.boards[k], nil, at(s.now), rnd)
 	i := s.index(name, rnd)
@@ -267,12 +276,15 @@ func (s *state) announceChange(i int) {
 	}
 }
 
-// refreshAll is a periodic update: every server's queue reaches every board.
+// refreshAll is a periodic update: every server's queue reaches every
+// board, which then recomputes its reference time as a node does once per
+// interval.
 func (s *state) refreshAll() {
 	for _, b := range s.boards {
 		for i := range s.servers {
 			b.Refresh(s.servers[i].name, uint32(s.servers[i].len()), s.servers[i].latency(), at(s.now))
 		}
+		b.UpdateReference(at(s.now))
 	}
 }
 
