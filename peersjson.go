@@ -40,6 +40,16 @@ type PeersView struct {
 	// process started, by outcome: local, forwarded, redirected, fallback,
 	// failed_over. Every outcome is listed.
 	Decisions map[string]uint64 `json:"decisions"`
+
+	// ReferenceLatencyMS is the cluster's reference response time: the
+	// median of the typical times byWait ranks the live nodes by (times
+	// within 1.25x of it count as equal); 0 while unknown.
+	ReferenceLatencyMS float64 `json:"reference_latency_ms"`
+
+	// RoundTripFactor is how much longer this node counts a request it
+	// sends a peer than the peer counts it (the hop; 1 to 2), by which
+	// byWait raises this node's own count of the requests it serves.
+	RoundTripFactor float64 `json:"round_trip_factor"`
 }
 
 // PeerView is one row of PeersView. Loads are plain numbers (1.5 means a
@@ -116,6 +126,9 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		Draining:    app.Drain || admin,
 		AdminDrain:  admin,
 		Decisions:   make(map[string]uint64, numOutcomes),
+
+		ReferenceLatencyMS: n.table.ReferenceMicros() / 1000,
+		RoundTripFactor:    n.table.RoundTripFactor(),
 	}
 	for r := range numRejectReasons {
 		v.Rejected[r.String()] = int(n.received.rejects[r].Load())

@@ -171,7 +171,9 @@ const scriptedJSON = `{
 	"slow_start_ms": 5000,
 	"draining": false,
 	"admin_drain": false,
-	"decisions": {"failed_over": 0, "fallback": 1, "forwarded": 3, "local": 2, "redirected": 0}
+	"decisions": {"failed_over": 0, "fallback": 1, "forwarded": 3, "local": 2, "redirected": 0},
+	"reference_latency_ms": 0,
+	"round_trip_factor": 1
 }`
 
 // decodeJSON decodes b into generic values, failing the test on error.

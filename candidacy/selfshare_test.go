@@ -139,3 +139,34 @@ func simulateWithSelf(t *testing.T, hop time.Duration, requests int, seed uint64
 	}
 	return counts
 }
+
+// The round-trip factor is the median over live peers of the round trip
+// this node sees over the time the peer announces, between 1 and 2, and 1
+// without evidence.
+func TestRoundTripFactor(t *testing.T) {
+	withLatency := func(ms uint32) func(*Peer) { return func(p *Peer) { p.Figures.LatencyMicros = ms * 1000 } }
+	n := newTestNode(tp("me", 0, self), tp("a", 0, withLatency(40)), tp("b", 0, withLatency(40)),
+		tp("c", 0, withLatency(10)), tp("old", 10*time.Second, withLatency(1)))
+	n.table.UpdateReference(now)
+	if got := n.table.RoundTripFactor(); got != 1 {
+		t.Errorf("without observations: %v, want 1", got)
+	}
+	observe := func(name string, d time.Duration) {
+		for i := range 20 {
+			n.table.Lookup(name).End(d, now.Add(time.Duration(i)*time.Millisecond), true)
+		}
+	}
+	observe("a", 50*time.Millisecond)  // 1.25
+	observe("b", 44*time.Millisecond)  // 1.1
+	observe("c", 40*time.Millisecond)  // 4, clamped in the result only if it is the median
+	observe("old", 9*time.Millisecond) // stale: left out
+	n.table.UpdateReference(now)
+	if got := n.table.RoundTripFactor(); math.Abs(got-1.25) > 0.01 {
+		t.Errorf("factor %v, want the median 1.25", got)
+	}
+	observe("b", 400*time.Millisecond) // b now far slower than it announces
+	n.table.UpdateReference(now.Add(time.Second))
+	if got := n.table.RoundTripFactor(); got != 2 {
+		t.Errorf("factor %v, want the median clamped to 2", got)
+	}
+}

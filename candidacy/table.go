@@ -114,6 +114,15 @@ func (t *Table) referenceMicros() float64 { return loadFloat(&t.reference) }
 // a peer than the peer counts it (see roundTripFactor), at least 1.
 func (t *Table) roundTripFactor() float64 { return max(loadFloat(&t.roundTrip), 1) }
 
+// RoundTripFactor is how much longer this node counts a request it sends
+// a peer than the peer counts it, as last computed by UpdateReference: 1
+// to 2, 1 without evidence. byWait raises this node's own count by it.
+func (t *Table) RoundTripFactor() float64 { return t.roundTripFactor() }
+
+// ReferenceMicros is the cluster's reference response time in µs, as last
+// computed by UpdateReference, 0 while unknown.
+func (t *Table) ReferenceMicros() float64 { return t.referenceMicros() }
+
 // UpdateReference recomputes the cluster's reference response time (the
 // median of the live peers' typical ones) and the round-trip factor from
 // the view; the announcer calls it once per interval.
