@@ -1,0 +1,573 @@
+package backhand
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-backhand/backhand/internal/vip"
+	"github.com/caddy-backhand/backhand/internal/wire"
+)
+
+// VirtualAddresses keeps a set of virtual addresses in service on the
+// live nodes of the cluster (mod_backhand's companion Wackamole; what
+// keepalived's VRRP does beside HAProxy): give every address to
+// round-robin DNS, and when a node dies another one adds its address
+// within max_age, so no share of the clients fails until DNS changes.
+//
+// Every node computes alone, from its peer table, which node should hold
+// each address: rendezvous hashing of (address, node), balanced so that
+// each node holds as many as any other within one. Nodes announce what
+// they hold (in a tag of their announcement), so a node adds an address
+// only once no live node holds it, and removes one as soon as a live peer
+// should hold it. A node that adds an address sends a gratuitous ARP
+// (IPv4) or an unsolicited neighbour advertisement (IPv6).
+//
+// Needs CAP_NET_ADMIN and CAP_NET_RAW: without them the option is refused
+// at start-up with an error in the log that names the missing capability,
+// and the rest of the app runs. Linux only.
+type VirtualAddresses struct {
+	// Addresses are the virtual addresses with their prefix lengths, such
+	// as "10.0.0.10/24" or "fd00::10/64", at most 64. Every node of the
+	// cluster must list the same set, in any order: a node whose set
+	// differs takes no part in the others' assignment.
+	Addresses []string `json:"addresses,omitempty"`
+
+	// Interface is the network interface to add the addresses to, such
+	// as "eth0". Required; it must exist when the app starts.
+	Interface string `json:"interface,omitempty"`
+
+	// HoldersTag limits the holders to the nodes that carry this tag (see
+	// tags). Default: every node with this option.
+	HoldersTag string `json:"holders_tag,omitempty"`
+
+	// Sticky keeps each address on its holder for as long as the holder
+	// is live: a node that joins or recovers takes only addresses that
+	// nobody holds. Fewer moves, but the spread may become uneven.
+	// Default: balanced, a recovered node takes back just enough
+	// addresses to even the spread within one.
+	Sticky bool `json:"sticky,omitempty"`
+
+	set vip.Set
+}
+
+// compile checks the option; each error names what is wrong.
+func (v *VirtualAddresses) compile(tags []string) error {
+	set, err := vip.ParseSet(v.Addresses)
+	if err != nil {
+		return errOption("vip", "addresses: %v", err)
+	}
+	v.set = set
+	switch {
+	case v.Interface == "":
+		return errOption("vip", "interface is required: the network interface to add the addresses to, such as eth0")
+	case strings.ContainsAny(v.Interface, "/ \t") || len(v.Interface) > 15:
+		return errOption("vip", "interface %q is not an interface name", v.Interface)
+	case v.HoldersTag != "" && !wire.ValidTag(v.HoldersTag):
+		return errOption("vip", "holders tag %q must be 1-%d printable bytes without spaces", v.HoldersTag, wire.MaxTagLen)
+	case len(tags) >= wire.MaxTags:
+		return errOption("vip", "needs one of the %d tags of an announcement to announce the addresses it holds: use at most %d tags", wire.MaxTags, wire.MaxTags-1)
+	}
+	for _, t := range tags {
+		if vip.IsTag(t) {
+			return errOption("tags", "%q: tags starting with \"vip:\" are reserved for the vip option", t)
+		}
+	}
+	return nil
+}
+
+// vipStates is the process-level state of the vip option, per cluster:
+// the addresses this process has put on the interface outlive a config,
+// since a reload starts the new app before it stops the old one, and
+// must neither remove nor re-add them.
+var vipStates = caddy.NewUsagePool()
+
+// vipState owns this process's virtual addresses: which it holds, the
+// loop that adds and removes them, and what the status page shows.
+type vipState struct {
+	mu          sync.Mutex
+	run         *vipRun                 // the running config; nil before the first start
+	held        map[netip.Addr]heldAddr // what this process put on the interface
+	listenUntil time.Time               // no acquisitions before: the table is not complete yet
+	prev        []string                // each address's live holders at the previous evaluation, joined
+	stopped     bool                    // released for good: an orderly stop
+	loopCancel  context.CancelFunc
+	loopDone    chan struct{}
+
+	tag      atomic.Pointer[string] // the holdings tag to announce; nil while not taking part
+	disabled atomic.Pointer[string] // why the option is refused (a missing capability)
+	snapshot atomic.Pointer[vipSnapshot]
+	acquired atomic.Uint64
+	released atomic.Uint64
+}
+
+// vipRun is one config's side of the state.
+type vipRun struct {
+	app  *App
+	cfg  *VirtualAddresses
+	link *vip.Link
+}
+
+// heldAddr is an address on the interface and where it is.
+type heldAddr struct {
+	prefix netip.Prefix
+	link   *vip.Link
+}
+
+// vipSnapshot is the last evaluation, for the status page and metrics.
+type vipSnapshot struct {
+	set     vip.Set
+	owners  []string
+	holders [][]string // live holders by address, this node included
+}
+
+func newVIPState() *vipState {
+	return &vipState{held: map[netip.Addr]heldAddr{}}
+}
+
+// provisionVIP takes this config's reference to the process's vip state.
+func (a *App) provisionVIP() error {
+	if a.VIP == nil {
+		return nil
+	}
+	if err := a.VIP.compile(a.Tags); err != nil {
+		return err
+	}
+	val, _, err := vipStates.LoadOrNew(a.Cluster, func() (caddy.Destructor, error) { return newVIPState(), nil })
+	if err != nil {
+		return err
+	}
+	a.vip = val.(*vipState)
+	return nil
+}
+
+// cleanupVIP drops this config's reference; the last one releases the
+// addresses (the option was removed, or the process stops).
+func (a *App) cleanupVIP() error {
+	if a.vip == nil {
+		return nil
+	}
+	_, err := vipStates.Delete(a.Cluster)
+	return err
+}
+
+// openVIP checks what the option needs before the app starts: the
+// capabilities (missing ones refuse the option, not the app) and the
+// interface (missing: the config is wrong, the app fails to start).
+func (a *App) openVIP() (*vip.Link, error) {
+	if a.vip == nil {
+		return nil, nil
+	}
+	missing, err := vip.MissingCapabilities()
+	if err == nil && len(missing) > 0 {
+		err = fmt.Errorf("missing capability %s: grant it (e.g. AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW in the systemd unit, or setcap cap_net_admin,cap_net_raw+ep on the binary)", strings.Join(missing, " and "))
+	}
+	if err != nil {
+		msg := "vip option refused: " + err.Error()
+		a.vip.disabled.Store(&msg)
+		a.logger.Error("vip option refused; the rest of the app runs", zap.Error(err))
+		return nil, nil
+	}
+	link, err := vip.OpenLink(a.VIP.Interface)
+	if err != nil {
+		return nil, errOption("vip", "%v", err)
+	}
+	return link, nil
+}
+
+// startVIP hands the state to this config and starts the loop if it is
+// not running yet.
+func (a *App) startVIP(link *vip.Link) {
+	if a.vip == nil || link == nil {
+		return
+	}
+	a.vip.disabled.Store(nil)
+	a.vip.use(&vipRun{app: a, cfg: a.VIP, link: link})
+}
+
+// use makes r the running config. The first time in this process, the
+// addresses of the set found on the interface are left over from a
+// process that did not stop cleanly: they are removed, and nothing is
+// acquired for max_age plus one interval, until the table holds every
+// live peer. On a reload, addresses that the new config no longer lists,
+// or lists on another interface, are removed; the others stay.
+func (st *vipState) use(r *vipRun) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	log := r.app.logger
+	if st.run == nil {
+		if present, err := r.link.Present(r.cfg.set); err != nil {
+			log.Warn("vip: reading the interface's addresses", zap.Error(err))
+		} else {
+			for i, p := range r.cfg.set {
+				if present.Has(i) {
+					st.remove(r.app, heldAddr{p, r.link}, "left over from a process that did not stop cleanly")
+				}
+			}
+		}
+		interval := time.Duration(r.app.Interval)
+		st.listenUntil = time.Now().Add(time.Duration(r.app.MaxAge) + interval)
+	}
+	for addr, h := range st.held {
+		i := slices.IndexFunc(r.cfg.set, func(p netip.Prefix) bool { return p.Addr() == addr })
+		if i < 0 || r.cfg.set[i] != h.prefix || h.link.Name() != r.link.Name() {
+			st.remove(r.app, h, "no longer configured so (reload)")
+		}
+	}
+	st.run = r
+	st.stopped = false
+	st.publishTag()
+	if st.loopCancel == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		st.loopCancel, st.loopDone = cancel, make(chan struct{})
+		go st.loop(ctx)
+	}
+	log.Info("vip: managing virtual addresses",
+		zap.String("interface", r.link.Name()),
+		zap.Stringers("addresses", r.cfg.set),
+		zap.String("holders_tag", r.cfg.HoldersTag),
+		zap.Bool("sticky", r.cfg.Sticky))
+}
+
+// loop evaluates four times per interval, so that a stale holder is
+// replaced within a quarter interval of going stale.
+func (st *vipState) loop(ctx context.Context) {
+	defer close(st.loopDone)
+	for {
+		st.mu.Lock()
+		period := time.Second / 4
+		if st.run != nil {
+			period = max(time.Duration(st.run.app.Interval)/4, time.Millisecond)
+		}
+		st.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(period):
+		}
+		st.evaluate(time.Now())
+	}
+}
+
+// vipView is what one evaluation reads from the peer table.
+type vipView struct {
+	members []vip.Member
+	others  vip.Holding // what live peers announce holding
+	holders [][]string  // live holders by address, self included
+}
+
+// view reads the table: live peers that take part (they announce a
+// holdings tag of the same set), which of them may hold addresses (not
+// draining, carrying the holders tag), and what each holds.
+func (st *vipState) view(r *vipRun, held vip.Holding, now time.Time) vipView {
+	set, app := r.cfg.set, r.app
+	maxAge := time.Duration(app.MaxAge)
+	v := vipView{holders: make([][]string, len(set))}
+	holderTags := []string{}
+	if r.cfg.HoldersTag != "" {
+		holderTags = []string{r.cfg.HoldersTag}
+	}
+	for _, s := range app.node.table.Peers() {
+		p := s.Peer()
+		if p.Self || !p.Fresh(now, maxAge) {
+			continue
+		}
+		h, ok := set.ParseTag(p.Tags)
+		if !ok {
+			continue
+		}
+		v.others |= h
+		v.addHolders(p.Name, h)
+		if p.Usable(now, maxAge) && p.HasTags(holderTags) {
+			v.members = append(v.members, vip.Member{Name: p.Name, Holds: h})
+		}
+	}
+	v.addHolders(app.Name, held)
+	draining := app.Drain || app.node.draining.Load()
+	if !draining && (r.cfg.HoldersTag == "" || slices.Contains(app.Tags, r.cfg.HoldersTag)) {
+		v.members = append(v.members, vip.Member{Name: app.Name, Holds: held})
+	}
+	return v
+}
+
+func (v *vipView) addHolders(name string, h vip.Holding) {
+	for i := range v.holders {
+		if h.Has(i) {
+			v.holders[i] = append(v.holders[i], name)
+		}
+	}
+}
+
+// holding is what this process holds of set.
+func (st *vipState) holding(set vip.Set) vip.Holding {
+	var h vip.Holding
+	for i, p := range set {
+		if _, ok := st.held[p.Addr()]; ok {
+			h = h.With(i)
+		}
+	}
+	return h
+}
+
+// evaluate runs the assignment and the handover rule once, and adds and
+// removes addresses accordingly.
+func (st *vipState) evaluate(now time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r := st.run
+	if r == nil || st.stopped {
+		return
+	}
+	set, self := r.cfg.set, r.app.Name
+	held := st.holding(set)
+	v := st.view(r, held, now)
+	owners := vip.Assign(set, v.members, r.cfg.Sticky)
+	acquire, release := vip.Plan(owners, self, held, v.others)
+	if now.Before(st.listenUntil) {
+		acquire = 0
+	}
+	changed := false
+	for i, p := range set {
+		switch {
+		case release.Has(i):
+			changed = st.remove(r.app, heldAddr{p, r.link}, st.releaseReason(r, owners[i])) || changed
+		case acquire.Has(i):
+			changed = st.add(r, p, st.acquireReason(r, i, v, now)) || changed
+		}
+	}
+	st.prev = make([]string, len(set))
+	for i, h := range v.holders {
+		st.prev[i] = strings.Join(slices.DeleteFunc(slices.Clone(h), func(n string) bool { return n == self }), ",")
+	}
+	if changed {
+		held = st.holding(set)
+		v.holders = st.view(r, held, now).holders
+		st.publishTag()
+		kickAnnouncer(r.app.node)
+	}
+	st.snapshot.Store(&vipSnapshot{set: set, owners: owners, holders: v.holders})
+}
+
+// releaseReason says why this node lets an address go to owner.
+func (st *vipState) releaseReason(r *vipRun, owner string) string {
+	switch {
+	case r.app.Drain || r.app.node.draining.Load():
+		return "draining: handing it over to " + owner
+	case r.cfg.HoldersTag != "" && !slices.Contains(r.app.Tags, r.cfg.HoldersTag):
+		return "this node lacks the holders tag: handing it over to " + owner
+	}
+	return "rebalancing: " + owner + " is its owner now"
+}
+
+// acquireReason says why this node takes address i: it had no live
+// holder, or its previous holder went stale or handed it over.
+func (st *vipState) acquireReason(r *vipRun, i int, v vipView, now time.Time) string {
+	if i >= len(st.prev) || st.prev[i] == "" {
+		return "its owner now, and no live node holds it"
+	}
+	var stale, handed []string
+	for _, name := range strings.Split(st.prev[i], ",") {
+		if s := r.app.node.table.Lookup(name); s == nil || !s.Peer().Fresh(now, time.Duration(r.app.MaxAge)) {
+			stale = append(stale, name)
+		} else {
+			handed = append(handed, name)
+		}
+	}
+	if len(stale) > 0 {
+		return "its owner now: previous holder " + strings.Join(stale, ",") + " is stale (silent for more than max_age)"
+	}
+	return "its owner now: previous holder " + strings.Join(handed, ",") + " released it"
+}
+
+// add puts p on the interface and tells the link; it reports whether the
+// address was added.
+func (st *vipState) add(r *vipRun, p netip.Prefix, reason string) bool {
+	log := r.app.logger
+	if err := r.link.Add(p); err != nil {
+		log.Error("vip: acquiring an address failed", zap.Stringer("address", p), zap.String("reason", reason), zap.Error(err))
+		return false
+	}
+	st.held[p.Addr()] = heldAddr{p, r.link}
+	st.acquired.Add(1)
+	log.Info("vip: acquired", zap.Stringer("address", p), zap.String("interface", r.link.Name()), zap.String("reason", reason))
+	if err := r.link.Announce(p); err != nil {
+		log.Warn("vip: announcing the move to the link failed; clients learn it when their caches expire", zap.Stringer("address", p), zap.Error(err))
+	}
+	return true
+}
+
+// remove takes an address off its interface; it reports whether this
+// process held it.
+func (st *vipState) remove(app *App, h heldAddr, reason string) bool {
+	log := app.logger
+	if err := h.link.Remove(h.prefix); err != nil {
+		log.Error("vip: releasing an address failed", zap.Stringer("address", h.prefix), zap.String("reason", reason), zap.Error(err))
+		return false
+	}
+	_, had := st.held[h.prefix.Addr()]
+	delete(st.held, h.prefix.Addr())
+	if had {
+		st.released.Add(1)
+	}
+	log.Info("vip: released", zap.Stringer("address", h.prefix), zap.String("interface", h.link.Name()), zap.String("reason", reason))
+	return had
+}
+
+// publishTag sets the holdings tag that the next announcement carries.
+func (st *vipState) publishTag() {
+	if st.run == nil {
+		st.tag.Store(nil)
+		return
+	}
+	t := st.run.cfg.set.Tag(st.holding(st.run.cfg.set))
+	st.tag.Store(&t)
+}
+
+// releaseAll removes every address this process holds, stops acquiring
+// and stops announcing the holdings tag: an orderly stop. It reports
+// whether anything was released.
+func (st *vipState) releaseAll(app *App, reason string) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.stopped = true
+	released := false
+	for _, h := range st.held {
+		released = st.remove(app, h, reason) || released
+	}
+	// Announce no holdings tag from now on: the peers then count this
+	// node out at once instead of waiting for it to go stale.
+	st.tag.Store(nil)
+	return released
+}
+
+// Destruct implements caddy.Destructor: the last config holding the
+// state is gone, so the process stops or the option was removed; the
+// addresses go.
+func (st *vipState) Destruct() error {
+	if st.loopCancel != nil {
+		st.loopCancel()
+		<-st.loopDone
+	}
+	st.mu.Lock()
+	r := st.run
+	st.mu.Unlock()
+	if r != nil {
+		st.releaseAll(r.app, "the vip option is no longer configured, or the process stops")
+	}
+	return nil
+}
+
+// announcedTags are the tags this node announces: the configured ones,
+// plus the holdings tag while the vip option runs.
+func (a *App) announcedTags() []string {
+	if a.vip == nil {
+		return a.Tags
+	}
+	t := a.vip.tag.Load()
+	if t == nil {
+		return a.Tags
+	}
+	return append(slices.Clip(a.Tags), *t)
+}
+
+// kickAnnouncer asks the running send loop to announce now, so that a
+// release reaches the peers at once instead of within one interval.
+func kickAnnouncer(n *node) {
+	select {
+	case n.kick <- struct{}{}:
+	default: // a kick is pending already
+	}
+}
+
+// VIPView is the vip option's part of PeersView.
+type VIPView struct {
+	Interface  string `json:"interface"`
+	Sticky     bool   `json:"sticky"`
+	HoldersTag string `json:"holders_tag,omitempty"`
+	// Error is why the option is refused (a missing capability); then
+	// this node holds no address and takes no part.
+	Error     string           `json:"error,omitempty"`
+	Addresses []VIPAddressView `json:"addresses"`
+	// Acquired and Released count this process's moves.
+	Acquired uint64 `json:"acquired"`
+	Released uint64 `json:"released"`
+}
+
+// VIPAddressView is one virtual address.
+type VIPAddressView struct {
+	Address string `json:"address"`
+	// Holders are the nodes that hold it, by this node's own state and
+	// the live peers' announcements: one, or two for a moment during a
+	// handover or after a partition, none until its owner acquires it.
+	Holders []string `json:"holders"`
+	// Owner is the node that should hold it, by this node's last
+	// assignment.
+	Owner string `json:"owner"`
+}
+
+// vipView builds the VIPView of app, nil without the option.
+func vipViewOf(app *App) *VIPView {
+	if app.vip == nil || app.VIP == nil {
+		return nil
+	}
+	st := app.vip
+	v := &VIPView{
+		Interface:  app.VIP.Interface,
+		Sticky:     app.VIP.Sticky,
+		HoldersTag: app.VIP.HoldersTag,
+		Addresses:  []VIPAddressView{},
+		Acquired:   st.acquired.Load(),
+		Released:   st.released.Load(),
+	}
+	if msg := st.disabled.Load(); msg != nil {
+		v.Error = *msg
+	}
+	snap := st.snapshot.Load()
+	for i, p := range app.VIP.set {
+		av := VIPAddressView{Address: p.String(), Holders: []string{}}
+		if snap != nil && i < len(snap.set) && snap.set[i] == p {
+			av.Owner = snap.owners[i]
+			av.Holders = append(av.Holders, snap.holders[i]...)
+		}
+		v.Addresses = append(v.Addresses, av)
+	}
+	return v
+}
+
+// heldBy lists the addresses of a peer's holdings tag, for its row.
+func heldBy(app *App, tags []string) []string {
+	if app.VIP == nil {
+		return nil
+	}
+	h, ok := app.VIP.set.ParseTag(tags)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for i, p := range app.VIP.set {
+		if h.Has(i) {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+// Interface guards
+var _ caddy.Destructor = (*vipState)(nil)
+
+// withoutVIPTags drops holdings tags from a peer's tags: they are shown
+// as the addresses it holds, not as tags.
+func withoutVIPTags(tags []string) []string {
+	if !slices.ContainsFunc(tags, vip.IsTag) {
+		return tags
+	}
+	return slices.DeleteFunc(slices.Clone(tags), vip.IsTag)
+}
