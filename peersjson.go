@@ -52,7 +52,7 @@ type PeersView struct {
 type PeerView struct {
 	Name        string   `json:"name"`
 	Advertise   string   `json:"advertise"`
-	Tags        []string `json:"tags"` // as configured: the vip option's holdings tag is shown in Holds
+	Tags        []string `json:"tags"`  // as configured: the vip option's holdings tag is shown in Holds
 	State       string   `json:"state"` // self, live, stale, draining or slow-start
 	AgeMS       int64    `json:"age_ms"`
 	Incarnation string   `json:"incarnation"`
