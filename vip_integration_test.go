@@ -627,6 +627,22 @@ func TestIntegrationVIP(t *testing.T) {
 	resp.Body.Close()
 	t.Logf("drain of %s: addresses moved after %v (%v); client failures meanwhile: %d; it still serves on its own address",
 		drained.name, moved.Round(time.Millisecond), h, drainFails)
+	lab.logMoves()
+}
+
+// logMoves logs every node's acquire and release lines, with their
+// reasons.
+func (lab *vipLab) logMoves() {
+	for _, n := range lab.nodes {
+		b, _ := os.ReadFile(filepath.Join(lab.dir, n.name+".log"))
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, `"vip: acquired"`) || strings.Contains(line, `"vip: released"`) || strings.Contains(line, "vip option refused") {
+				var e struct{ Msg, Address, Reason string }
+				_ = json.Unmarshal([]byte(line), &e)
+				lab.t.Logf("%s: %s %s: %s", n.name, e.Msg, e.Address, e.Reason)
+			}
+		}
+	}
 }
 
 // measureKills is the failover measurement of FAULTS.md: with
