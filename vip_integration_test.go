@@ -5,8 +5,13 @@ package backhand_test
 // TestIntegrationVIP runs the vip option for real: three nodes and a
 // client, each in a network namespace of its own, joined by veth pairs to
 // a bridge in a fifth namespace (nothing touches the host's interfaces),
-// each node a real Caddy built with the plugin. It needs root and ip(8):
-// it skips with the reason otherwise, and fails instead when CI=true.
+// each node a real Caddy built with the plugin. It checks one address per
+// node, kill -9 failover within max_age + one interval (and which client
+// requests fail), the balance after a restart with no address on two
+// interfaces, a reload that moves nothing, sticky, drain, an orderly stop,
+// and the refusal without capabilities. About 45 s. It needs root and
+// ip(8) (capsh for the last step): it skips with the reason otherwise,
+// and fails instead when CI=true.
 //
 // With BACKHAND_VIP_KILLS=<n> it also kills a holder n times and prints
 // the distribution of failover times (FAULTS.md, "Virtual addresses"):
@@ -162,7 +167,11 @@ func (lab *vipLab) config(n *vipNode) []byte {
 }
 
 // start runs node n's Caddy in its namespace and waits for its admin API.
-func (lab *vipLab) start(n *vipNode) {
+func (lab *vipLab) start(n *vipNode) { lab.startWith(n) }
+
+// startWith starts n's Caddy through wrapper, a command that runs the
+// rest of its arguments (capsh, to drop capabilities).
+func (lab *vipLab) startWith(n *vipNode, wrapper ...string) {
 	t := lab.t
 	t.Helper()
 	cfgPath := filepath.Join(lab.dir, n.name+".json")
@@ -174,7 +183,8 @@ func (lab *vipLab) start(n *vipNode) {
 		t.Fatal(err)
 	}
 	// ip netns exec execs the command: the process is Caddy itself.
-	cmd := exec.Command("ip", "netns", "exec", n.ns.Name, lab.bin, "run", "--config", cfgPath)
+	args := append([]string{"netns", "exec", n.ns.Name}, wrapper...)
+	cmd := exec.Command("ip", append(args, lab.bin, "run", "--config", cfgPath)...)
 	cmd.Env = append(os.Environ(),
 		"XDG_CONFIG_HOME="+filepath.Join(lab.dir, n.name, "config"),
 		"XDG_DATA_HOME="+filepath.Join(lab.dir, n.name, "data"))
@@ -190,11 +200,14 @@ func (lab *vipLab) start(n *vipNode) {
 }
 
 // kill sends SIGKILL (a crash: no release) and waits for the exit.
-func (lab *vipLab) kill(n *vipNode) {
+func (lab *vipLab) kill(n *vipNode) { lab.signal(n, syscall.SIGKILL) }
+
+// signal sends sig to n's Caddy and waits up to 5 s for its exit.
+func (lab *vipLab) signal(n *vipNode, sig syscall.Signal) {
 	if n.cmd == nil {
 		return
 	}
-	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	_ = n.cmd.Process.Signal(sig)
 	select {
 	case <-n.done:
 	case <-time.After(5 * time.Second):
@@ -627,6 +640,51 @@ func TestIntegrationVIP(t *testing.T) {
 	resp.Body.Close()
 	t.Logf("drain of %s: addresses moved after %v (%v); client failures meanwhile: %d; it still serves on its own address",
 		drained.name, moved.Round(time.Millisecond), h, drainFails)
+
+	// An orderly stop (SIGTERM) releases the addresses and tells the peers
+	// at once: they take over well within max_age.
+	var stopped *vipNode
+	var addr string
+	for _, a := range vipAddrs {
+		if len(h[a]) == 1 && h[a][0] != drained.name {
+			addr, stopped = a, lab.nodes[slices.IndexFunc(lab.nodes, func(n *vipNode) bool { return n.name == h[a][0] })]
+			break
+		}
+	}
+	stopAt := time.Now()
+	lab.signal(stopped, syscall.SIGTERM)
+	if !poll(vipMaxAge, func() bool { h = lab.holders(); return len(h[addr]) == 1 && h[addr][0] != stopped.name }) {
+		lab.dumpLogs()
+		t.Fatalf("orderly stop of %s: %s not taken over within max_age: %v", stopped.name, addr, h)
+	}
+	t.Logf("orderly stop of %s: %s taken over after %v", stopped.name, addr, time.Since(stopAt).Round(time.Millisecond))
+
+	// Without CAP_NET_ADMIN and CAP_NET_RAW the option is refused, with
+	// the capability named, and the node serves as ever, holding nothing.
+	if _, err := exec.LookPath("capsh"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("capsh (libcap2-bin) is missing, which CI must provide")
+		}
+		t.Log("capsh (libcap2-bin) missing: the capability check is not run")
+		lab.logMoves()
+		return
+	}
+	lab.startWith(stopped, "capsh", "--drop=cap_net_admin,cap_net_raw", "--", "-c", `exec "$0" "$@"`)
+	if st := lab.status(stopped); !strings.Contains(st.VIP.Error, "CAP_NET_ADMIN") || !strings.Contains(st.VIP.Error, "CAP_NET_RAW") {
+		t.Errorf("without capabilities: vip.error = %q, want it to name CAP_NET_ADMIN and CAP_NET_RAW", st.VIP.Error)
+	}
+	idx = slices.Index(lab.nodes, stopped) + 1
+	resp, err = c.Get("http://" + vipPrefix + strconv.Itoa(idx) + "/")
+	if err != nil {
+		t.Fatalf("%s without capabilities does not serve: %v", stopped.name, err)
+	}
+	resp.Body.Close()
+	time.Sleep(vipMaxAge + 2*vipInterval)
+	for a, hs := range lab.holders() {
+		if slices.Contains(hs, stopped.name) || len(hs) != 1 {
+			t.Errorf("%s held by %v; %s has no capabilities", a, hs, stopped.name)
+		}
+	}
 	lab.logMoves()
 }
 
@@ -637,9 +695,9 @@ func (lab *vipLab) logMoves() {
 		b, _ := os.ReadFile(filepath.Join(lab.dir, n.name+".log"))
 		for _, line := range strings.Split(string(b), "\n") {
 			if strings.Contains(line, `"vip: acquired"`) || strings.Contains(line, `"vip: released"`) || strings.Contains(line, "vip option refused") {
-				var e struct{ Msg, Address, Reason string }
+				var e struct{ Msg, Address, Reason, Error string }
 				_ = json.Unmarshal([]byte(line), &e)
-				lab.t.Logf("%s: %s %s: %s", n.name, e.Msg, e.Address, e.Reason)
+				lab.t.Logf("%s: %s %s: %s%s", n.name, e.Msg, e.Address, e.Reason, e.Error)
 			}
 		}
 	}
