@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -727,9 +728,9 @@ func (lab *vipLab) measureKills(cl *vipClient) string {
 		lab.waitBalanced(5*time.Second, "after kill "+strconv.Itoa(i+1))
 	}
 	slices.Sort(took)
-	q := func(p float64) time.Duration {
-		return took[min(len(took)-1, int(p*float64(len(took))))].Round(10 * time.Millisecond)
-	}
-	return fmt.Sprintf("failover over %d kills (interval %v, max_age %v): min %v, median %v, p90 %v, max %v; failed requests to the moved address: %d (%.1f per kill, one request per 50 ms)",
-		n, vipInterval, vipMaxAge, took[0].Round(10*time.Millisecond), q(0.5), q(0.9), took[len(took)-1].Round(10*time.Millisecond), failures, float64(failures)/float64(n))
+	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
+	median := (took[(n-1)/2] + took[n/2]) / 2
+	p90 := took[int(math.Ceil(0.9*float64(n)))-1] // nearest rank
+	return fmt.Sprintf("failover over %d kills (interval %v, max_age %v): min %v, median %v, p90 %v, max %v (all: %v); failed requests to the moved address: %d (%.1f per kill, one request per 50 ms)",
+		n, vipInterval, vipMaxAge, r(took[0]), r(median), r(p90), r(took[n-1]), took, failures, float64(failures)/float64(n))
 }
