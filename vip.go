@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/caddy-backhand/backhand/internal/vip"
 	"github.com/caddy-backhand/backhand/internal/wire"
@@ -107,6 +108,9 @@ type vipState struct {
 	snapshot atomic.Pointer[vipSnapshot]
 	acquired atomic.Uint64
 	released atomic.Uint64
+
+	errLog     *rate.Limiter   // failed adds and removals, retried every evaluation
+	mismatched map[string]bool // peers warned of for announcing another set (under mu)
 }
 
 // vipRun is one config's side of the state.
@@ -130,7 +134,11 @@ type vipSnapshot struct {
 }
 
 func newVIPState() *vipState {
-	return &vipState{held: map[netip.Addr]heldAddr{}}
+	return &vipState{
+		held:       map[netip.Addr]heldAddr{},
+		errLog:     rate.NewLimiter(rate.Every(10*time.Second), 3),
+		mismatched: map[string]bool{},
+	}
 }
 
 // provisionVIP takes this config's reference to the process's vip state.
@@ -282,8 +290,10 @@ func (st *vipState) view(r *vipRun, held vip.Holding, now time.Time) vipView {
 		}
 		h, ok := set.ParseTag(p.Tags)
 		if !ok {
+			st.warnMismatch(app, p.Name, p.Tags)
 			continue
 		}
+		delete(st.mismatched, p.Name)
 		v.others |= h
 		v.addHolders(p.Name, h)
 		if p.Usable(now, maxAge) && p.HasTags(holderTags) {
@@ -296,6 +306,18 @@ func (st *vipState) view(r *vipRun, held vip.Holding, now time.Time) vipView {
 		v.members = append(v.members, vip.Member{Name: app.Name, Holds: held})
 	}
 	return v
+}
+
+// warnMismatch warns, once per peer, of a live peer that runs the vip
+// option with another set of addresses: it takes no part in this node's
+// assignment, so both may hold an address.
+func (st *vipState) warnMismatch(app *App, name string, tags []string) {
+	if st.mismatched[name] || !slices.ContainsFunc(tags, vip.IsTag) {
+		return
+	}
+	st.mismatched[name] = true
+	app.logger.Warn("vip: a peer announces another set of virtual addresses; every node must list the same set",
+		zap.String("peer", name), zap.Stringers("addresses", app.VIP.set))
 }
 
 func (v *vipView) addHolders(name string, h vip.Holding) {
@@ -392,7 +414,9 @@ func (st *vipState) acquireReason(r *vipRun, i int, v vipView, now time.Time) st
 func (st *vipState) add(r *vipRun, p netip.Prefix, reason string) bool {
 	log := r.app.logger
 	if err := r.link.Add(p); err != nil {
-		log.Error("vip: acquiring an address failed", zap.Stringer("address", p), zap.String("reason", reason), zap.Error(err))
+		if st.errLog.Allow() {
+			log.Error("vip: acquiring an address failed; retrying every evaluation", zap.Stringer("address", p), zap.String("reason", reason), zap.Error(err))
+		}
 		return false
 	}
 	st.held[p.Addr()] = heldAddr{p, r.link}
@@ -409,7 +433,9 @@ func (st *vipState) add(r *vipRun, p netip.Prefix, reason string) bool {
 func (st *vipState) remove(app *App, h heldAddr, reason string) bool {
 	log := app.logger
 	if err := h.link.Remove(h.prefix); err != nil {
-		log.Error("vip: releasing an address failed", zap.Stringer("address", h.prefix), zap.String("reason", reason), zap.Error(err))
+		if st.errLog.Allow() {
+			log.Error("vip: releasing an address failed; retrying every evaluation", zap.Stringer("address", h.prefix), zap.String("reason", reason), zap.Error(err))
+		}
 		return false
 	}
 	_, had := st.held[h.prefix.Addr()]

@@ -8,8 +8,9 @@ package backhand_test
 // each node a real Caddy built with the plugin. It checks one address per
 // node, kill -9 failover within max_age + one interval (and which client
 // requests fail), the balance after a restart with no address on two
-// interfaces, a reload that moves nothing, sticky, drain, an orderly stop,
-// and the refusal without capabilities. About 45 s. It needs root and
+// interfaces, a partition and its healing, a reload that moves nothing,
+// sticky, drain, an orderly stop, and the refusal without capabilities.
+// About a minute. It needs root and
 // ip(8) (capsh for the last step): it skips with the reason otherwise,
 // and fails instead when CI=true.
 //
@@ -556,6 +557,31 @@ func TestIntegrationVIP(t *testing.T) {
 	if double > vipInterval {
 		t.Errorf("an address was on two interfaces for %v, more than one interval", double)
 	}
+	// A partition: one node's bridge port down. Each side sees the other
+	// stale and holds every address it cannot see held (as with
+	// Wackamole and VRRP); once healed, each address is left on one node.
+	cut := lab.nodes[2]
+	ipCmd(t, "-n", lab.bridge, "link", "set", "p-"+cut.name, "down")
+	bothSides := func() bool {
+		h = lab.holders()
+		for _, a := range vipAddrs {
+			if !slices.Contains(h[a], cut.name) || len(h[a]) != 2 {
+				return false
+			}
+		}
+		return true
+	}
+	if !poll(vipMaxAge+3*vipInterval, bothSides) {
+		ipCmd(t, "-n", lab.bridge, "link", "set", "p-"+cut.name, "up")
+		lab.dumpLogs()
+		t.Fatalf("partition of %s: want every address on both sides, got %v", cut.name, h)
+	}
+	t.Logf("partition of %s: both sides hold every address: %v", cut.name, h)
+	healed := time.Now()
+	ipCmd(t, "-n", lab.bridge, "link", "set", "p-"+cut.name, "up")
+	h = lab.waitBalanced(vipMaxAge+vipInterval, "after the partition healed")
+	t.Logf("partition healed: one holder each after %v: %v", time.Since(healed).Round(time.Millisecond), h)
+
 	if extra := lab.measureKills(cl); extra != "" {
 		t.Log(extra)
 	}
