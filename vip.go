@@ -228,7 +228,9 @@ func (st *vipState) use(r *vipRun) {
 		i := slices.IndexFunc(r.cfg.set, func(p netip.Prefix) bool { return p.Addr() == addr })
 		if i < 0 || r.cfg.set[i] != h.prefix || h.link.Name() != r.link.Name() {
 			st.remove(r.app, h, "no longer configured so (reload)")
+			continue
 		}
+		st.held[addr] = heldAddr{h.prefix, r.link} // the same interface, looked up again
 	}
 	st.run = r
 	st.stopped = false
@@ -349,6 +351,7 @@ func (st *vipState) evaluate(now time.Time) {
 		return
 	}
 	set, self := r.cfg.set, r.app.Name
+	st.dropVanished(r)
 	held := st.holding(set)
 	v := st.view(r, held, now)
 	owners := vip.Assign(set, v.members, r.cfg.Sticky)
@@ -376,6 +379,27 @@ func (st *vipState) evaluate(now time.Time) {
 		kickAnnouncer(r.app.node)
 	}
 	st.snapshot.Store(&vipSnapshot{set: set, owners: owners, holders: v.holders})
+}
+
+// dropVanished forgets held addresses that are no longer on the
+// interface (an operator removed them, or the interface went down, which
+// flushes IPv6 addresses): the plan then adds them again if this node
+// still owns them, with a new gratuitous ARP or advertisement.
+func (st *vipState) dropVanished(r *vipRun) {
+	if len(st.held) == 0 {
+		return
+	}
+	present, err := r.link.Present(r.cfg.set)
+	if err != nil {
+		return
+	}
+	for i, p := range r.cfg.set {
+		if h, ok := st.held[p.Addr()]; ok && h.link.Name() == r.link.Name() && !present.Has(i) {
+			delete(st.held, p.Addr())
+			st.released.Add(1)
+			r.app.logger.Warn("vip: an address this node held vanished from the interface", zap.Stringer("address", p), zap.String("interface", r.link.Name()))
+		}
+	}
 }
 
 // releaseReason says why this node lets an address go to owner.

@@ -582,6 +582,15 @@ func TestIntegrationVIP(t *testing.T) {
 	h = lab.waitBalanced(vipMaxAge+vipInterval, "after the partition healed")
 	t.Logf("partition healed: one holder each after %v: %v", time.Since(healed).Round(time.Millisecond), h)
 
+	// An address removed from under the node comes back.
+	owner := lab.holderOf(h, vipAddrs[0])
+	removed := time.Now()
+	ipCmd(t, "-n", owner.ns.Name, "addr", "del", vipAddrs[0], "dev", "eth0")
+	if !poll(2*vipInterval, func() bool { h = lab.holders(); return slices.Equal(h[vipAddrs[0]], []string{owner.name}) }) {
+		t.Errorf("%s removed from %s by hand: not back within two intervals: %v", vipAddrs[0], owner.name, h)
+	}
+	t.Logf("%s removed from %s by hand: back after %v", vipAddrs[0], owner.name, time.Since(removed).Round(time.Millisecond))
+
 	if extra := lab.measureKills(cl); extra != "" {
 		t.Log(extra)
 	}
