@@ -270,8 +270,8 @@ func (st *vipState) loop(ctx context.Context) {
 // vipView is what one evaluation reads from the peer table.
 type vipView struct {
 	members []vip.Member
-	others  vip.Holding // what live peers announce holding
-	holders [][]string  // live holders by address, self included
+	others  vip.Others // what live peers announce holding
+	holders [][]string // live holders by address, self included
 }
 
 // view reads the table: live peers that take part (they announce a
@@ -296,7 +296,11 @@ func (st *vipState) view(r *vipRun, held vip.Holding, now time.Time) vipView {
 			continue
 		}
 		delete(st.mismatched, p.Name)
-		v.others |= h
+		if p.Figures.Draining {
+			v.others.Draining |= h
+		} else {
+			v.others.Active |= h
+		}
 		v.addHolders(p.Name, h)
 		if p.Usable(now, maxAge) && p.HasTags(holderTags) {
 			v.members = append(v.members, vip.Member{Name: p.Name, Holds: h})
@@ -355,7 +359,8 @@ func (st *vipState) evaluate(now time.Time) {
 	held := st.holding(set)
 	v := st.view(r, held, now)
 	owners := vip.Assign(set, v.members, r.cfg.Sticky)
-	acquire, release := vip.Plan(owners, self, held, v.others)
+	draining := r.app.Drain || r.app.node.draining.Load()
+	acquire, release := vip.Plan(owners, self, held, v.others, draining)
 	if now.Before(st.listenUntil) {
 		acquire = 0
 	}

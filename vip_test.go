@@ -59,8 +59,8 @@ func TestVIPView(t *testing.T) {
 	if want := []string{"a", "self"}; !slices.Equal(names, want) {
 		t.Errorf("members %v, want %v", names, want)
 	}
-	if v.others != 0b011 {
-		t.Errorf("others hold %03b, want 011 (a and the draining b; not the stale c)", v.others)
+	if v.others.Active != 0b001 || v.others.Draining != 0b010 {
+		t.Errorf("others hold %+v, want a's 001 active and the draining b's 010 (not the stale c)", v.others)
 	}
 	if want := [][]string{{"a"}, {"b"}, {"self"}}; !slices.EqualFunc(v.holders, want, slices.Equal) {
 		t.Errorf("holders %v, want %v", v.holders, want)

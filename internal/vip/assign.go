@@ -322,22 +322,37 @@ func pairs(s Set, members []Member, keep func(addr, member int) bool) []pair {
 	return ps
 }
 
+// Others is what the other live nodes announce holding.
+type Others struct {
+	Active   Holding // held by live nodes that are not draining
+	Draining Holding // held by live nodes that are draining: they hand over
+}
+
+// All is every address another live node holds.
+func (o Others) All() Holding { return o.Active | o.Draining }
+
 // Plan is the handover rule: what node self should add and remove, given
-// the owners from Assign, what self holds, and what the other live nodes
-// announce holding (others, any live node, member or not).
+// the owners from Assign, what self holds, what the other live nodes
+// announce holding, and whether self is draining.
 //
 // Against two holders at once while views differ, self acquires an
-// address it owns only once no live node announces holding it: the
-// previous holder has released it, or gone stale. Self releases an address
-// as soon as a live node other than itself owns it. An address that no
-// member can own (all draining, say) stays where it is: held is better
-// than unserved.
-func Plan(owners []string, self string, held, others Holding) (acquire, release Holding) {
+// address it owns only once no live, non-draining node announces holding
+// it: the previous holder has released it, or gone stale. Self releases
+// an address as soon as a live node other than itself owns it. An address
+// that no member can own (all draining, say) stays where it is: held is
+// better than unserved.
+//
+// A draining holder is the exception, since it leaves on purpose and can
+// wait: the owner adds the address while the draining node still has it,
+// and the draining node removes it once it sees the owner hold it. The
+// address is on two nodes for about one announcement, and never on none,
+// so a drain fails no request.
+func Plan(owners []string, self string, held Holding, others Others, draining bool) (acquire, release Holding) {
 	for a, o := range owners {
 		switch {
-		case o == self && !held.Has(a) && !others.Has(a):
+		case o == self && !held.Has(a) && !others.Active.Has(a):
 			acquire = acquire.With(a)
-		case o != self && o != "" && held.Has(a):
+		case o != self && o != "" && held.Has(a) && (!draining || others.Active.Has(a)):
 			release = release.With(a)
 		}
 	}
