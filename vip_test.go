@@ -120,3 +120,28 @@ func TestVIPTagsAndView(t *testing.T) {
 		t.Errorf("after releaseAll: tags %v", got)
 	}
 }
+
+// TestVIPMetrics: the moves and the holders of each address, from a
+// pedantic registry as Caddy's.
+func TestVIPMetrics(t *testing.T) {
+	app := vipTestApp(t, "")
+	app.Cluster = "c"
+	app.vip.snapshot.Store(&vipSnapshot{set: app.VIP.set, owners: []string{"a", "self", "a"}, holders: [][]string{{"a"}, {"self"}, {"a", "b"}}})
+	app.vip.acquired.Store(4)
+	app.vip.released.Store(1)
+	mfs := scrape(t, newCollector(func() *App { return app }, time.Now))
+	for _, c := range []struct {
+		name, label, value string
+		want               float64
+	}{
+		{"caddy_backhand_vip_moves_total", "direction", "acquired", 4},
+		{"caddy_backhand_vip_moves_total", "direction", "released", 1},
+		{"caddy_backhand_vip_holders", "address", "fd00::10/64", 2},
+		{"caddy_backhand_vip_holders", "address", "10.0.0.11/24", 1},
+		{"caddy_backhand_vip_holder", "node", "b", 1},
+	} {
+		if got, ok := sample(mfs, c.name, c.label, c.value); !ok || got != c.want {
+			t.Errorf("%s{%s=%q} = %v (present %v), want %v", c.name, c.label, c.value, got, ok, c.want)
+		}
+	}
+}
