@@ -309,6 +309,7 @@ type sample struct {
 	at   time.Time
 	addr string
 	node string
+	err  string // why it failed
 }
 
 // vipClient sends a request to each virtual address every 50 ms from the
@@ -334,12 +335,17 @@ func (lab *vipLab) startClient() *vipClient {
 				case <-tick.C:
 				}
 				s := sample{at: time.Now(), addr: a}
-				if resp, err := c.Get(vipURL(a)); err == nil {
+				resp, err := c.Get(vipURL(a))
+				if err == nil {
 					b, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
 					if resp.StatusCode == http.StatusOK {
 						s.node = string(b)
+					} else {
+						s.err = resp.Status
 					}
+				} else {
+					s.err = err.Error()
 				}
 				cl.mu.Lock()
 				cl.samples = append(cl.samples, s)
@@ -665,6 +671,7 @@ func TestIntegrationVIP(t *testing.T) {
 	for _, s := range cl.since(drainAt) {
 		if s.node == "" {
 			drainFails++
+			t.Logf("drain: request to %s at +%v failed: %s", s.addr, s.at.Sub(drainAt).Round(time.Millisecond), s.err)
 		}
 	}
 	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: lab.client.DialContext, DisableKeepAlives: true}}
