@@ -8,7 +8,8 @@ package backhand_test
 // each node a real Caddy built with the plugin. It checks one address per
 // node, kill -9 failover within max_age + one interval (and which client
 // requests fail), the balance after a restart with no address on two
-// interfaces, a partition and its healing, a reload that moves nothing,
+// interfaces, a partition and its healing, a kill -9 with an immediate
+// restart, a reload that moves nothing,
 // sticky, drain, an orderly stop, and the refusal without capabilities.
 // About a minute. It needs root and
 // ip(8) (capsh for the last step): it skips with the reason otherwise,
@@ -602,6 +603,39 @@ func TestIntegrationVIP(t *testing.T) {
 		t.Errorf("%s removed from %s by hand: not back within two intervals: %v", vipAddrs[0], owner.name, h)
 	}
 	t.Logf("%s removed from %s by hand: back after %v", vipAddrs[0], owner.name, time.Since(removed).Round(time.Millisecond))
+
+	// kill -9 and an immediate restart (a supervisor's): the restarted
+	// process announces no holdings while it listens, so the others take
+	// its address over as soon as they hear its new incarnation, well
+	// before max_age.
+	h = lab.holders()
+	quick := lab.holderOf(h, vipAddrs[1])
+	quickAt := time.Now()
+	lab.kill(quick)
+	lab.start(quick)
+	if !poll(vipMaxAge+vipInterval, func() bool {
+		for _, s := range cl.since(quickAt) {
+			if s.addr == vipAddrs[1] && s.node != "" && s.at.After(quickAt) {
+				return true
+			}
+		}
+		return false
+	}) {
+		lab.dumpLogs()
+		t.Fatalf("kill -9 and restart of %s: %s unanswered for max_age + interval", quick.name, vipAddrs[1])
+	}
+	var back time.Duration
+	for _, s := range cl.since(quickAt) {
+		if s.addr == vipAddrs[1] && s.node != "" {
+			back = s.at.Sub(quickAt)
+			break
+		}
+	}
+	t.Logf("kill -9 and immediate restart of %s: %s answered again after %v", quick.name, vipAddrs[1], back.Round(time.Millisecond))
+	if back >= vipMaxAge {
+		t.Errorf("a quick restart left %s unanswered for %v, not less than max_age", vipAddrs[1], back)
+	}
+	lab.waitBalanced(vipMaxAge+vipInterval+3*time.Second, "after the quick restart")
 
 	if extra := lab.measureKills(cl); extra != "" {
 		t.Log(extra)

@@ -78,9 +78,10 @@ func newVIPState() *vipState {
 
 // use makes r the running config. The first time in this process, the
 // addresses of the set found on the interface are left over from a
-// process that did not stop cleanly: they are removed, and nothing is
-// acquired for max_age plus one interval, until the table holds every
-// live peer. On a reload, addresses that the new config no longer lists,
+// process that did not stop cleanly: they are removed, and the node only
+// listens for max_age plus one interval, until its table holds every live
+// peer: it acquires nothing and announces no holdings tag, so the peers
+// do not count it as a holder yet. On a reload, addresses that the new config no longer lists,
 // or lists on another interface, are removed; the others stay.
 func (st *vipState) use(r *vipRun) {
 	st.mu.Lock()
@@ -230,13 +231,23 @@ func (st *vipState) evaluate(now time.Time) {
 		return
 	}
 	set, self := r.cfg.set, r.app.Name
+	listening := now.Before(st.listenUntil)
+	if !listening && st.tag.Load() == nil {
+		// Done listening: take part from the next announcement on.
+		st.publishTag()
+		kickAnnouncer(r.app.node)
+	}
 	st.dropVanished(r)
 	held := st.holding(set)
 	v := st.view(r, held, now)
+	if listening {
+		// Not a member yet, as the peers see it (no holdings tag).
+		v.members = slices.DeleteFunc(v.members, func(m vip.Member) bool { return m.Name == self })
+	}
 	owners := vip.Assign(set, v.members, r.cfg.Sticky)
 	draining := r.app.Drain || r.app.node.draining.Load()
 	acquire, release := vip.Plan(owners, self, held, v.others, draining)
-	if now.Before(st.listenUntil) {
+	if listening {
 		acquire = 0
 	}
 	changed := false
@@ -351,9 +362,13 @@ func (st *vipState) remove(app *App, h heldAddr, reason string) bool {
 	return had
 }
 
-// publishTag sets the holdings tag that the next announcement carries.
+// publishTag sets the holdings tag that the next announcement carries:
+// none before the first config runs, and none while the node listens
+// after its start, so that the peers do not count on it (a node that
+// restarts quickly would otherwise leave its own addresses unserved
+// until it is done listening: the peers would wait for it to take them).
 func (st *vipState) publishTag() {
-	if st.run == nil {
+	if st.run == nil || time.Now().Before(st.listenUntil) {
 		st.tag.Store(nil)
 		return
 	}
