@@ -564,9 +564,17 @@ func TestIntegrationVIP(t *testing.T) {
 			victim = n
 		}
 	}
+	restartAt := time.Now()
 	double := lab.restart(victim, vipMaxAge+vipInterval+3*time.Second)
 	h = lab.waitBalanced(5*time.Second, "restart")
-	t.Logf("restart of %s: balanced again %v; longest double holding %v", victim.name, h, double)
+	moveFails := map[string]int{}
+	for _, s := range cl.since(restartAt) {
+		if s.node == "" {
+			moveFails[s.addr]++
+		}
+	}
+	t.Logf("restart of %s: balanced again %v; longest double holding %v; failed requests while it took an address back: %v",
+		victim.name, h, double, moveFails)
 	if double > vipInterval {
 		t.Errorf("an address was on two interfaces for %v, more than one interval", double)
 	}
