@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/ipv6"
 	"golang.org/x/time/rate"
 
+	"github.com/caddy-backhand/backhand/internal/vip"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -478,6 +479,9 @@ func (an *announcer) receive(b []byte, from netip.AddrPort, vs []*wire.Signer, a
 	joined, err := an.node.table.Accept(a, from, now)
 	if err == nil {
 		counts.accepts.Add(1)
+		if an.app.vip != nil && slices.ContainsFunc(a.Tags, vip.IsTag) {
+			an.app.vip.poke() // a peer's holdings may have changed: evaluate now
+		}
 	}
 	switch {
 	case errors.Is(err, candidacy.ErrOwn):

@@ -44,6 +44,7 @@ type vipState struct {
 	acquired atomic.Uint64
 	released atomic.Uint64
 
+	pokes      chan struct{}   // a peer announced holdings: evaluate now
 	errLog     *rate.Limiter   // failed adds and removals, retried every evaluation
 	mismatched map[string]bool // peers warned of for announcing another set (under mu)
 }
@@ -71,6 +72,7 @@ type vipSnapshot struct {
 func newVIPState() *vipState {
 	return &vipState{
 		held:       map[netip.Addr]heldAddr{},
+		pokes:      make(chan struct{}, 1),
 		errLog:     rate.NewLimiter(rate.Every(10*time.Second), 3),
 		mismatched: map[string]bool{},
 	}
@@ -123,8 +125,19 @@ func (st *vipState) use(r *vipRun) {
 		zap.Bool("sticky", r.cfg.Sticky))
 }
 
+// poke asks the loop to evaluate now: a peer's announcement with
+// holdings arrived, so an address it released can be taken at once
+// instead of within a quarter interval.
+func (st *vipState) poke() {
+	select {
+	case st.pokes <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
 // loop evaluates four times per interval, so that a stale holder is
-// replaced within a quarter interval of going stale.
+// replaced within a quarter interval of going stale, and at once after
+// each announcement with holdings (poke).
 func (st *vipState) loop(ctx context.Context) {
 	defer close(st.loopDone)
 	for {
@@ -138,6 +151,7 @@ func (st *vipState) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(period):
+		case <-st.pokes:
 		}
 		st.evaluate(time.Now())
 	}
