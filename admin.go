@@ -96,6 +96,11 @@ func handleDrain(drain bool) func(http.ResponseWriter, *http.Request) error {
 			return err
 		}
 		was := app.node.draining.Swap(drain)
+		if app.vip != nil {
+			// Announce at once: the peers start taking the node's
+			// virtual addresses over now, not within an interval.
+			kickAnnouncer(app.node)
+		}
 		st := DrainState{Node: app.Name, Draining: app.Drain || drain, AdminDrain: drain, ConfigDrain: app.Drain}
 		app.logger.Info("drain set through the admin API",
 			zap.String("node", app.Name),

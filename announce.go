@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/ipv6"
 	"golang.org/x/time/rate"
 
+	"github.com/caddy-backhand/backhand/internal/vip"
 	"github.com/caddy-backhand/backhand/internal/wire"
 )
 
@@ -49,6 +50,7 @@ type announcer struct {
 	sendLog   *rate.Limiter        // warnings about failed sends
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	flush     chan chan struct{} // announce now and acknowledge (an orderly stop)
 }
 
 // bindAnnouncer makes the announcer of app and binds its sockets, without
@@ -65,6 +67,7 @@ func bindAnnouncer(app *App) (*announcer, error) {
 		system:    gather.New(""),
 		rejectLog: rate.NewLimiter(rate.Every(time.Second), 10),
 		sendLog:   rate.NewLimiter(rate.Every(10*time.Second), 3),
+		flush:     make(chan chan struct{}),
 	}
 	if app.AppReport != nil {
 		an.reporter = newAppReporter(*app.AppReport)
@@ -235,19 +238,27 @@ func (an *announcer) joinGroups(pc net.PacketConn) error {
 	return nil
 }
 
-// sendLoop announces at once, then every interval with +-10% jitter.
+// sendLoop announces at once, then every interval with +-10% jitter, and
+// at once when the vip option has moved an address (a kick) or the app
+// stops in order (a flush).
 func (an *announcer) sendLoop(ctx context.Context) {
 	interval := time.Duration(an.app.Interval)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var buf []byte
 	for {
+		var ack chan struct{}
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-an.node.kick:
+		case ack = <-an.flush:
 		}
 		buf = an.announce(ctx, time.Now(), buf[:0])
+		if ack != nil {
+			close(ack)
+		}
 		an.evict(time.Now())
 		an.node.table.UpdateReference(time.Now())
 		jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(interval))
@@ -266,7 +277,7 @@ func (an *announcer) announce(ctx context.Context, now time.Time, buf []byte) []
 		Cluster:     app.Cluster,
 		Node:        app.Name,
 		Advertise:   app.advertise,
-		Tags:        app.Tags,
+		Tags:        app.announcedTags(),
 		Figures:     an.gather(ctx, now),
 	}
 	an.node.table.UpdateSelf(&candidacy.Peer{
@@ -291,6 +302,23 @@ func (an *announcer) announce(ctx context.Context, now time.Time, buf []byte) []
 	}
 	an.node.stats.sent.Add(1)
 	return buf
+}
+
+// flushNow has the send loop announce at once, and waits for it up to
+// timeout.
+func (an *announcer) flushNow(timeout time.Duration) {
+	ack := make(chan struct{})
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case an.flush <- ack:
+	case <-t.C:
+		return
+	}
+	select {
+	case <-ack:
+	case <-t.C:
+	}
 }
 
 func (an *announcer) sendTo(buf []byte, to netip.AddrPort) {
@@ -451,6 +479,9 @@ func (an *announcer) receive(b []byte, from netip.AddrPort, vs []*wire.Signer, a
 	joined, err := an.node.table.Accept(a, from, now)
 	if err == nil {
 		counts.accepts.Add(1)
+		if an.app.vip != nil && slices.ContainsFunc(a.Tags, vip.IsTag) {
+			an.app.vip.poke() // a peer's holdings may have changed: evaluate now
+		}
 	}
 	switch {
 	case errors.Is(err, candidacy.ErrOwn):

@@ -56,9 +56,23 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		speed       <n>
 //		drain
 //		app_report  file <path> | url <http://127.0.0.1:port/path> [timeout <duration>]
+//		vip [<address/prefix...>] {
+//			addresses <address/prefix...>
+//			interface <name>
+//			holders   all | tag <tag>
+//			sticky
+//		}
 //	}
 //
 // Options that take lists may be repeated; their values add up.
+//
+// vip keeps virtual addresses (IPv4 and IPv6, with their prefix lengths,
+// e.g. 10.0.0.10/24 fd00::10/64) in service on the live nodes, for
+// round-robin DNS: `interface` is where they go (required); `holders tag
+// <tag>` lets only the nodes with that tag hold them (default: `holders
+// all`); `sticky` keeps an address on its holder while the holder lives,
+// instead of rebalancing when a node recovers. The addresses may be given
+// on the vip line, in the block, or both.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
 	if d.NextArg() {
@@ -120,6 +134,8 @@ func (a *App) unmarshalOption(d *caddyfile.Dispenser) error {
 		return a.unmarshalMulticast(d)
 	case "app_report":
 		return a.unmarshalAppReport(d)
+	case "vip":
+		return a.unmarshalVIP(d)
 	default:
 		return d.Errf("unknown backhand option %q", opt)
 	}
@@ -293,3 +309,52 @@ var (
 	_ caddyfile.Unmarshaler = (*Upstreams)(nil)
 	_ caddyfile.Unmarshaler = (*Selection)(nil)
 )
+
+// unmarshalVIP reads the vip block; a second vip block adds to the first.
+func (a *App) unmarshalVIP(d *caddyfile.Dispenser) error {
+	if a.VIP == nil {
+		a.VIP = new(VirtualAddresses)
+	}
+	v := a.VIP
+	v.Addresses = append(v.Addresses, d.RemainingArgs()...)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "addresses":
+			if err := cfgargs.MoreStrings(d, &v.Addresses); err != nil {
+				return err
+			}
+		case "interface":
+			if err := cfgargs.OneString(d, &v.Interface); err != nil {
+				return err
+			}
+		case "sticky":
+			if err := cfgargs.Flag(d, &v.Sticky); err != nil {
+				return err
+			}
+		case "holders":
+			if err := unmarshalHolders(d, v); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unknown vip option %q (addresses, interface, holders, sticky)", opt)
+		}
+	}
+	if len(v.Addresses) == 0 {
+		return d.Err("vip: no addresses: list them on the vip line or with `addresses`")
+	}
+	return nil
+}
+
+// unmarshalHolders reads `holders all` or `holders tag <tag>`.
+func unmarshalHolders(d *caddyfile.Dispenser, v *VirtualAddresses) error {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && args[0] == "all":
+		v.HoldersTag = ""
+	case len(args) == 2 && args[0] == "tag":
+		v.HoldersTag = args[1]
+	default:
+		return d.Errf("holders: want `all` or `tag <tag>`, got %q", strings.Join(args, " "))
+	}
+	return nil
+}

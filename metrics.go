@@ -15,7 +15,8 @@ import (
 // registry; the collector is registered with each, and its values carry
 // over because they live in the process-level node state.
 //
-// Labels are bounded: reason (14 values), state (4), outcome (5), and
+// Labels are bounded: reason (14 values), state (4), outcome (5),
+// direction (2), address (the vip option's set, at most 64), and
 // peer, whose values are the names in the peer table, which max_peers
 // bounds (self included; a silent peer leaves the series when it is
 // evicted, after evict_after).
@@ -34,6 +35,8 @@ type collector struct {
 	peers, selections        *prometheus.Desc
 	forwarded, chain         *prometheus.Desc
 	draining, observed       *prometheus.Desc
+	vipMoves, vipHolders     *prometheus.Desc
+	vipHolder                *prometheus.Desc
 	perPeer                  []peerGauge
 
 	// app returns the app to report on, nil when none runs; now is the
@@ -77,6 +80,9 @@ func newCollector(app func() *App, now func() time.Time) *collector {
 		chain:      d("chain_duration_seconds", "Time one run of the candidacy chain took, measured on one run in 8."),
 		draining:   d("draining", "1 if this node announces itself as draining from its next announcement on."),
 		observed:   d("peer_observed_latency_seconds", "This node's peak-EWMA estimate of the peer's response time to its proxied requests; absent until it sent one.", "peer"),
+		vipMoves:   d("vip_moves_total", "Virtual addresses this process added (acquired) or removed (released).", "direction"),
+		vipHolders: d("vip_holders", "Nodes holding each virtual address, as this node sees them: 1 is healthy, 0 unserved, 2 a handover or a partition.", "address"),
+		vipHolder:  d("vip_holder", "1 for each virtual address and node that holds it, as this node sees them.", "address", "node"),
 		perPeer: []peerGauge{
 			gauge("load", "Announced load average.", func(p *PeerView) float64 { return p.Load }),
 			gauge("cpus", "Announced CPUs (or the cgroup's CPU quota).", func(p *PeerView) float64 { return p.CPUs }),
@@ -96,7 +102,7 @@ func newCollector(app func() *App, now func() time.Time) *collector {
 // Describe sends every descriptor, so that Caddy's pedantic registry can
 // check what Collect sends.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sent, c.received, c.rejected, c.peers, c.selections, c.forwarded, c.chain, c.draining, c.observed} {
+	for _, d := range []*prometheus.Desc{c.sent, c.received, c.rejected, c.peers, c.selections, c.forwarded, c.chain, c.draining, c.observed, c.vipMoves, c.vipHolders, c.vipHolder} {
 		ch <- d
 	}
 	for _, g := range c.perPeer {
@@ -139,6 +145,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- chainHistogram(c.chain, &n.decisions)
+	if v.VIP != nil {
+		counter(c.vipMoves, float64(v.VIP.Acquired), "acquired")
+		counter(c.vipMoves, float64(v.VIP.Released), "released")
+		for _, a := range v.VIP.Addresses {
+			gauge(c.vipHolders, float64(len(a.Holders)), a.Address)
+			for _, h := range a.Holders {
+				gauge(c.vipHolder, 1, a.Address, h)
+			}
+		}
+	}
 }
 
 // peerStates are the values of the peers metric's state label, all sent

@@ -177,6 +177,10 @@ type App struct {
 	// itself (load, weight, drain), each interval.
 	AppReport *AppReportSource `json:"app_report,omitempty"`
 
+	// VIP keeps a set of virtual addresses in service on the live nodes
+	// of the cluster, for round-robin DNS (see VirtualAddresses).
+	VIP *VirtualAddresses `json:"vip,omitempty"`
+
 	ctx       caddy.Context
 	logger    *zap.Logger
 	node      *node
@@ -191,6 +195,7 @@ type App struct {
 	groups    []multicastDest
 	broadcast []netip.AddrPort
 	announcer *announcer
+	vip       *vipState // the process's vip state, when VIP is set
 }
 
 // MulticastGroup is one multicast destination, e.g. mod_backhand's
@@ -230,6 +235,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.node = val.(*node)
+	if err := a.provisionVIP(); err != nil {
+		return err
+	}
 	registerMetrics(ctx)
 	return nil
 }
@@ -239,6 +247,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 // when they cannot be, Caddy keeps the running config, which must not be
 // left with this one's settings.
 func (a *App) Start() error {
+	link, err := a.openVIP()
+	if err != nil {
+		return err
+	}
 	an, err := bindAnnouncer(a)
 	if err != nil {
 		return err
@@ -249,6 +261,7 @@ func (a *App) Start() error {
 	an.run()
 	a.announcer = an
 	latestApp.Store(a)
+	a.startVIP(link)
 	a.logger.Info("announcing",
 		zap.String("node", a.Name),
 		zap.String("cluster", a.Cluster),
@@ -267,10 +280,15 @@ func (a *App) Start() error {
 }
 
 // Stop stops announcing and closes the sockets. The peer table stays for
-// the next config.
+// the next config. When no newer config has started (an orderly stop, not
+// a reload), the virtual addresses are released first and the peers told
+// at once, so they take them over without waiting for max_age.
 func (a *App) Stop() error {
 	if a.announcer == nil {
 		return nil
+	}
+	if a.vip != nil && latestApp.Load() == a && a.vip.releaseAll(a, "orderly stop") {
+		a.announcer.flushNow(time.Second)
 	}
 	err := a.announcer.stop()
 	a.announcer = nil
@@ -283,8 +301,9 @@ func (a *App) Cleanup() error {
 	if a.node == nil {
 		return nil
 	}
+	vipErr := a.cleanupVIP()
 	_, err := nodes.Delete(a.Cluster)
-	return err
+	return errors.Join(vipErr, err)
 }
 
 func (a *App) tableLimits() *candidacy.Limits {
@@ -316,6 +335,7 @@ type node struct {
 	decisions   decisions
 	draining    atomic.Bool // set through the admin API
 	keys        atomic.Pointer[derivedKeys]
+	kick        chan struct{} // asks the send loop to announce now (the vip option's moves)
 }
 
 func newNode() *node {
@@ -324,6 +344,7 @@ func newNode() *node {
 	n := &node{
 		table:       candidacy.NewTable(candidacy.Limits{MaxPeers: defaultMaxPeers}),
 		incarnation: binary.BigEndian.Uint64(b[:]),
+		kick:        make(chan struct{}, 1),
 	}
 	n.keys.Store(&derivedKeys{hopWindow: defaultReplayWindow})
 	return n

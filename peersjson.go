@@ -50,6 +50,11 @@ type PeersView struct {
 	// sends a peer than the peer counts it (the hop; 1 to 2), by which
 	// byWait raises this node's own count of the requests it serves.
 	RoundTripFactor float64 `json:"round_trip_factor"`
+
+	// VIP is the vip option's state: each virtual address, who holds it
+	// and who should, and this process's moves; omitted without the
+	// option.
+	VIP *VIPView `json:"vip,omitempty"`
 }
 
 // PeerView is one row of PeersView. Loads are plain numbers (1.5 means a
@@ -57,7 +62,7 @@ type PeersView struct {
 type PeerView struct {
 	Name        string   `json:"name"`
 	Advertise   string   `json:"advertise"`
-	Tags        []string `json:"tags"`
+	Tags        []string `json:"tags"`  // as configured: the vip option's holdings tag is shown in Holds
 	State       string   `json:"state"` // self, live, stale, draining or slow-start
 	AgeMS       int64    `json:"age_ms"`
 	Incarnation string   `json:"incarnation"`
@@ -76,6 +81,10 @@ type PeerView struct {
 	Draining    bool     `json:"draining"`
 	AppWeight   *float64 `json:"app_weight,omitempty"` // 0-1, when the application reports one
 	AppLoad     *float64 `json:"app_load,omitempty"`
+
+	// Holds are the virtual addresses the peer announced holding (the vip
+	// option), omitted when none.
+	Holds []string `json:"holds,omitempty"`
 
 	// SentByThisNode is how many requests this node has proxied to the
 	// peer since this process started (0 for peers it never chose).
@@ -137,8 +146,12 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		v.Decisions[o.String()] = n.decisions.outcomes[o].Load()
 	}
 	for _, s := range n.table.Peers() {
-		v.Peers = append(v.Peers, slotRow(s, now, time.Duration(app.MaxAge), opts))
+		row := slotRow(s, now, time.Duration(app.MaxAge), opts)
+		row.Holds = heldBy(app, row.Tags)
+		row.Tags = withoutVIPTags(row.Tags)
+		v.Peers = append(v.Peers, row)
 	}
+	v.VIP = vipViewOf(app)
 	return v
 }
 

@@ -352,7 +352,7 @@ func summaryItems(v PeersView) []summaryItem {
 			drain += " (admin API)"
 		}
 	}
-	return []summaryItem{
+	items := []summaryItem{
 		{"Node", v.Node + " in cluster " + v.Cluster, ""},
 		{"Peers", strings.Join(states, ", "), peersClass},
 		{"Announcements", fmt.Sprintf("%d sent, %d accepted", v.Sent, v.Accepted), ""},
@@ -361,6 +361,34 @@ func summaryItems(v PeersView) []summaryItem {
 		{"Draining", drain, drainClass},
 		{"Max age", fmtAge(v.MaxAgeMS), ""},
 	}
+	if v.VIP != nil {
+		text, class := vipSummary(v.VIP)
+		items = append(items, summaryItem{"Virtual addresses", text, class})
+	}
+	return items
+}
+
+// vipSummary is each virtual address and its holders, then the moves
+// (as the page's script writes it): "10.0.0.10/24 on a, 10.0.0.11/24 on
+// -; 3 acquired, 1 released". An address with no holder or two is a
+// warning; a refused option is an error.
+func vipSummary(v *VIPView) (string, string) {
+	if v.Error != "" {
+		return v.Error, "bad"
+	}
+	class := ""
+	var parts []string
+	for _, a := range v.Addresses {
+		holders := strings.Join(a.Holders, "+")
+		if len(a.Holders) != 1 {
+			class = "warn"
+			if holders == "" {
+				holders = "-"
+			}
+		}
+		parts = append(parts, a.Address+" on "+holders)
+	}
+	return fmt.Sprintf("%s; %d acquired, %d released", strings.Join(parts, ", "), v.Acquired, v.Released), class
 }
 
 // rejectSummary is the total and the non-zero reasons, by name (as the
