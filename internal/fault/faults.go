@@ -17,8 +17,8 @@ import (
 
 // DefaultFaults are the faults of the default run, in order (soak only
 // when asked).
-var DefaultFaults = []string{"death", "hang", "partition-announce", "partition-http", "loss30", "loss90",
-	"reload", "restart", "drain", "skew"}
+var DefaultFaults = []string{"death", "hang", "hang-bounded", "partition-announce", "partition-http", "loss30", "loss90",
+	"reload", "restart", "drain", "skew", "rotate"}
 
 // faultSpec is one fault: its script runs at the fault's time, in the
 // middle of the load, and sets the report's marks.
@@ -39,6 +39,8 @@ var faults = []faultSpec{
 		length: func(o Options) time.Duration { return o.DeathFor }, run: runDeath},
 	{name: "hang", desc: "SIGSTOP of the node's Caddy, SIGCONT after -hang",
 		length: func(o Options) time.Duration { return o.HangFor }, run: runHang},
+	{name: "hang-bounded", desc: "hang, with response_header_timeout (-response-header-timeout, default 2s) on the proxy to peers",
+		length: func(o Options) time.Duration { return o.HangFor }, run: runHang, prepare: prepareHangBounded},
 	{name: "partition-announce", desc: "the node's announcements dropped on every link, HTTP working",
 		length: func(o Options) time.Duration { return o.PartitionFor }, run: runPartitionAnnounce},
 	{name: "partition-http", desc: "the node's advertised HTTP address cut (new connections refused, open ones black-holed), announcements working",
@@ -55,6 +57,8 @@ var faults = []faultSpec{
 		length: func(o Options) time.Duration { return o.DrainMax }, run: runDrain},
 	{name: "skew", desc: "the node's clock behind by -skew > replay_window (its announcements delayed by a relay)",
 		length: func(o Options) time.Duration { return o.SkewFor }, prepare: prepareSkew, run: runSkew},
+	{name: "rotate", clusterWide: true, desc: "a rolling key rotation (accept_keys <new>; key <new>, accept_keys <old>; accept_keys dropped), node by node via POST /load; then the node jumps to a new key without accept_keys (the split)",
+		length: func(o Options) time.Duration { return 40 * time.Second }, run: runRotate},
 	{name: "soak", clusterWide: true, desc: "load with a reload of every Caddy every -soak-reload; resources at start and end",
 		length: func(o Options) time.Duration { return o.SoakFor }, run: runSoak},
 }
@@ -116,6 +120,15 @@ func runHang(ctx context.Context, s *runState) error {
 	s.rep.Recover = s.now()
 	s.rep.DuringEnd = s.rep.Recover
 	return err
+}
+
+// prepareHangBounded bounds the requests to peers by a response header
+// timeout (2 s unless set).
+func prepareHangBounded(e *env) string {
+	if e.o.ResponseHeaderTimeout <= 0 {
+		e.o.ResponseHeaderTimeout = 2 * time.Second
+	}
+	return ""
 }
 
 func runPartitionAnnounce(ctx context.Context, s *runState) error {

@@ -28,10 +28,22 @@ type Options struct {
 	Timeout time.Duration // the clients' timeout
 
 	MaxOutstanding int // requests in flight at most; later arrivals are dropped (and counted)
+	// BrowserResend makes the clients resend a request, whatever its
+	// method, when a kept-alive connection broke before any response
+	// header, as browsers and curl do (Load.BrowserResend).
+	BrowserResend bool
+	// FailureDetails is how many failed requests the notes describe (the
+	// client's error and the nodes' log lines naming the request).
+	FailureDetails int
 
 	Interval, MaxAge time.Duration // announcement interval, max_age (0: plugin defaults)
 	GracePeriod      time.Duration // Caddy's grace_period
 	BalancerRetries  int           // lb_retries of the balancer
+	// ResponseHeaderTimeout, if set, is the response_header_timeout of
+	// the transport that forwards to peers (the directive's block, the
+	// balancer's reverse_proxy): what bounds a request sent to a node
+	// that hangs. The hang-bounded fault sets it (default 2s).
+	ResponseHeaderTimeout time.Duration
 
 	Warmup, Before, After time.Duration // phases around every fault
 
@@ -87,6 +99,7 @@ func DefaultOptions() Options {
 		SoakReload:     10 * time.Second,
 
 		BalancerRetries: 2,
+		FailureDetails:  6,
 	}
 }
 
@@ -138,8 +151,18 @@ type Report struct {
 	MaxLatency                     time.Duration
 	MaxLatencyDuring               time.Duration
 
+	// Windows are parts of the run whose requests are reported on their
+	// own (in the notes): e.g. the steps of a key rotation.
+	Windows []Window
+
 	Notes []string
 	Err   error
+}
+
+// Window is a named part of a run, by due time since the load's start.
+type Window struct {
+	Name     string
+	From, To time.Duration
 }
 
 func (r *Report) note(format string, args ...any) {
@@ -157,6 +180,9 @@ type obs struct {
 	busy        uint32
 	inflight    int64
 	rejected    map[string]int
+	// the observer's estimates of every peer's response time, ms (-1:
+	// none): observed (peak-EWMA) and learned (byWait's typical time)
+	observed, learned map[string]float64
 }
 
 // runState is what a fault script and the analysis share.
@@ -200,6 +226,10 @@ func (s *runState) poll(ctx context.Context) {
 			o := obs{at: s.now(), who: i}
 			if err == nil {
 				o.rejected = v.Rejected
+				o.observed, o.learned = map[string]float64{}, map[string]float64{}
+				for _, p := range v.Peers {
+					o.observed[p.Name], o.learned[p.Name] = msOr(p.ObservedLatencyMS), msOr(p.LearnedLatencyMS)
+				}
 				if p, ok := v.Peer(victim); ok {
 					o.ok, o.state, o.incarnation = true, p.State, p.Incarnation
 					o.sent, o.busy, o.inflight = p.SentByThisNode, p.Busy, p.InFlightFromThisNode
@@ -214,6 +244,13 @@ func (s *runState) poll(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+func msOr(p *float64) float64 {
+	if p == nil {
+		return -1
+	}
+	return *p
 }
 
 // observations returns a copy of the polls.
@@ -301,7 +338,8 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 	}
 	stop := make(chan struct{})
 	load := Load{URLs: e.urls(), Rate: o.Rate(), From: 0, To: horizon, PostShare: o.Post,
-		Timeout: o.Timeout, MaxOutstanding: o.MaxOutstanding, Seed: uint64(time.Now().UnixNano()), Prefix: f.name + "-", Stop: stop}
+		Timeout: o.Timeout, MaxOutstanding: o.MaxOutstanding, Seed: uint64(time.Now().UnixNano()), Prefix: f.name + "-", Stop: stop,
+		BrowserResend: o.BrowserResend}
 	var results []Result
 	done := make(chan struct{})
 	go func() { results = load.Run(ctx, e.start); close(done) }()
