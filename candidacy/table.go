@@ -46,6 +46,43 @@ type Slot struct {
 	name  string
 	cur   atomic.Pointer[Peer]
 	local peerLocal
+
+	// gaps are the silences before the peer's last announcements (a
+	// ring; zero: none yet), for its Patience. Under the table's lock.
+	gaps   [patienceGaps]time.Duration
+	gapsAt int
+}
+
+// How a peer's Patience is learned. An announcement lost on the way (UDP,
+// a congested link) makes the silence before the next one longer; a peer
+// counts as fresh while its silence is below patienceFactor times the
+// longest of its last patienceGaps gaps, if that exceeds max_age, and
+// never beyond evict_after. A steady peer (gaps of one interval) keeps
+// max_age alone, so a node that dies or is cut off still leaves every
+// list within max_age; one whose announcements are mostly lost is still
+// a candidate between two that arrive, instead of herding every request
+// onto the few peers heard last (the fault harness's loss90: with 90%
+// of the announcements lost, one node of four was fresh within max_age).
+// The longest gap, not a mean: the next one is longer with probability
+// 1/(patienceGaps+1) whatever their distribution, twice as long far less
+// often. Gaps are measured within an incarnation (a restart is no loss).
+const (
+	patienceGaps   = 8
+	patienceFactor = 2
+)
+
+// recordGap takes the silence before an announcement of the slot's peer,
+// and returns the peer's patience after it, at most limit.
+func (s *Slot) recordGap(gap, limit time.Duration) time.Duration {
+	s.gaps[s.gapsAt] = gap
+	s.gapsAt = (s.gapsAt + 1) % patienceGaps
+	return s.patience(limit)
+}
+
+// patience is patienceFactor times the longest recorded gap, at most
+// limit.
+func (s *Slot) patience(limit time.Duration) time.Duration {
+	return min(patienceFactor*slices.Max(s.gaps[:]), limit)
 }
 
 // Name is the node name the slot holds.
@@ -237,6 +274,11 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 	}
 	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
 		p.FirstSeen = cur.FirstSeen
+		if !p.Self {
+			p.Patience = slot.recordGap(p.ReceivedAt.Sub(cur.ReceivedAt), t.limits.Load().EvictAfter)
+		}
+	} else if !p.Self {
+		p.Patience = slot.patience(t.limits.Load().EvictAfter)
 	}
 	t.raiseBoundLocked(p)
 	slot.cur.Store(p)

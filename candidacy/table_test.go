@@ -181,3 +181,66 @@ func TestRenameLeavesNoOrphanSelf(t *testing.T) {
 		t.Errorf("view %v, want [me2] only", got)
 	}
 }
+
+// announceEvery feeds the table announcements of node a (incarnation inc)
+// received at each of the offsets from start, and returns the last
+// arrival.
+func announceEvery(t *testing.T, tab *Table, inc uint64, start time.Time, offsets ...time.Duration) time.Time {
+	t.Helper()
+	var at time.Time
+	for i, off := range offsets {
+		at = start.Add(off)
+		mustAccept(t, tab, annAt("a", inc, uint64(i+1), at), at)
+	}
+	return at
+}
+
+func TestTablePatience(t *testing.T) {
+	s := time.Second
+	steady := []time.Duration{0, 1 * s, 2 * s, 3 * s, 4 * s, 5 * s}
+	lossy := []time.Duration{0, 1 * s, 2 * s, 12 * s, 19 * s, 27 * s} // most announcements lost: gaps up to 10 s
+	tests := []struct {
+		name    string
+		offsets []time.Duration
+		age     time.Duration // silence since the last announcement
+		fresh   bool
+	}{
+		// A peer whose announcements arrive every interval still goes
+		// stale after max_age (3 s): a dead node leaves the lists in time.
+		{"steady, within max_age", steady, 3 * s, true},
+		{"steady, silent beyond max_age", steady, 3*s + 100*time.Millisecond, false},
+		// One whose announcements mostly get lost stays fresh between two
+		// that arrive (the old rule, max_age alone, took it for dead).
+		{"lossy, silent for 8 s", lossy, 8 * s, true},
+		{"lossy, silent for twice its longest gap", lossy, 20*s + 100*time.Millisecond, false},
+		// Never beyond evict_after (1 min), whatever the gaps.
+		{"gaps of 50 s, silent for 61 s", []time.Duration{0, 50 * s, 100 * s}, 61 * s, false},
+		{"gaps of 50 s, silent for 59 s", []time.Duration{0, 50 * s, 100 * s}, 59 * s, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			last := announceEvery(t, tab, 7, t0, tt.offsets...)
+			p := tab.Lookup("a").Peer()
+			if got := p.Fresh(last.Add(tt.age), 3*s); got != tt.fresh {
+				t.Errorf("Fresh after %v of silence = %v, want %v (patience %v)", tt.age, got, tt.fresh, p.Patience)
+			}
+			if got := p.Usable(last.Add(tt.age), 3*s); got != tt.fresh {
+				t.Errorf("Usable = %v, want %v", got, tt.fresh)
+			}
+		})
+	}
+}
+
+// A restart is no lost announcement: the silence before a new
+// incarnation's first announcement does not lengthen the patience.
+func TestTablePatienceIgnoresRestarts(t *testing.T) {
+	s := time.Second
+	tab := NewTable(testLimits())
+	announceEvery(t, tab, 7, t0, 0, 1*s, 2*s)
+	back := t0.Add(30 * s)
+	mustAccept(t, tab, annAt("a", 8, 1, back), back)
+	if p := tab.Lookup("a").Peer(); p.Fresh(back.Add(4*s), 3*s) {
+		t.Errorf("restarted peer fresh after 4 s of silence (patience %v), want stale after max_age", p.Patience)
+	}
+}
