@@ -51,6 +51,10 @@ type Slot struct {
 	// ring; zero: none yet), for its Patience. Under the table's lock.
 	gaps   [patienceGaps]time.Duration
 	gapsAt int
+
+	// limits are the table's, for the max_age that tells a silence from
+	// an outage.
+	limits *atomic.Pointer[Limits]
 }
 
 // How a peer's Patience is learned. An announcement lost on the way (UDP,
@@ -275,7 +279,13 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
 		p.FirstSeen = cur.FirstSeen
 		if !p.Self {
-			p.Patience = slot.recordGap(p.ReceivedAt.Sub(cur.ReceivedAt), t.limits.Load().EvictAfter)
+			l := t.limits.Load()
+			if limit := max(l.MaxAge, cur.Patience); p.ReceivedAt.Sub(cur.ReceivedAt) > limit {
+				// The peer was stale until now: responses that spanned
+				// the silence time the outage, not the peer.
+				slot.local.staleUntil.Store(p.ReceivedAt.UnixNano())
+			}
+			p.Patience = slot.recordGap(p.ReceivedAt.Sub(cur.ReceivedAt), l.EvictAfter)
 		}
 	} else if !p.Self {
 		p.Patience = slot.patience(t.limits.Load().EvictAfter)
@@ -287,7 +297,7 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 }
 
 func (t *Table) insertLocked(p *Peer) {
-	slot := &Slot{name: p.Name}
+	slot := &Slot{name: p.Name, limits: &t.limits}
 	slot.cur.Store(p)
 	slot.local.announced(&p.Figures)
 	t.slots[p.Name] = slot

@@ -244,3 +244,40 @@ func TestTablePatienceIgnoresRestarts(t *testing.T) {
 		t.Errorf("restarted peer fresh after 4 s of silence (patience %v), want stale after max_age", p.Patience)
 	}
 }
+
+// A response that spanned a silence in which the peer went stale (a
+// stopped process, a cut link) times the outage, not the peer: it is no
+// sample of its speed, whether it ends before or after the announcement
+// that ends the silence. One that did not is a sample.
+func TestTableNoSampleAcrossOutage(t *testing.T) {
+	s := time.Second
+	tests := []struct {
+		name          string
+		announceAgain bool          // the peer announces again at 10 s, before the response ends
+		took          time.Duration // the response time, ending at 10.01 s
+		sampled       bool
+	}{
+		{"ended while the peer was stale", false, 9 * s, false},
+		{"ended after the announcement that ended the silence", true, 9 * s, false},
+		{"began after the silence", true, 5 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			announceEvery(t, tab, 7, t0, 0, 1*s) // steady, then silent from 1 s
+			if tt.announceAgain {
+				back := t0.Add(10 * s)
+				mustAccept(t, tab, annAt("a", 7, 3, back), back)
+			}
+			slot := tab.Lookup("a")
+			slot.Begin()
+			slot.End(tt.took, t0.Add(10*s+10*time.Millisecond), true)
+			if _, got := slot.ObservedMicros(); got != tt.sampled {
+				t.Errorf("response of %v sampled: %v, want %v", tt.took, got, tt.sampled)
+			}
+			if slot.InFlight() != 0 {
+				t.Errorf("in flight %d after End, want 0", slot.InFlight())
+			}
+		})
+	}
+}
