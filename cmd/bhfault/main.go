@@ -28,7 +28,7 @@ func main() {
 	o := fault.DefaultOptions()
 	faults := flag.String("faults", strings.Join(o.Faults, ","), "faults to run, comma-separated:\n"+fault.FaultHelp())
 	deploy := flag.String("deploy", strings.Join(o.Deployments, ","), "deployments: directive, balancer")
-	quick := flag.Bool("quick", false, "the quick mode's settings (death, restart, drain, reload; short; directive)")
+	quick := flag.Bool("quick", false, "the quick mode's settings (death, restart, drain, reload, rotate; short; directive)")
 	flag.IntVar(&o.Nodes, "nodes", o.Nodes, "app nodes (the last is the faulty one)")
 	flag.IntVar(&o.Workers, "workers", o.Workers, "workers per application")
 	flag.DurationVar(&o.Mean, "mean", o.Mean, "mean service time (exponential)")

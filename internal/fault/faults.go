@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -439,17 +441,86 @@ func resources(ctx context.Context, n *cluster.Node) Resources {
 	return r
 }
 
+// goroutineGroups sums n's goroutines by the first function of their
+// stacks outside the runtime (pprof's debug=1 groups), the largest first,
+// at most max of them.
+func goroutineGroups(ctx context.Context, n *cluster.Node, max int) string {
+	_, body, err := n.AdminGet(ctx, "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return err.Error()
+	}
+	by := map[string]int{}
+	for _, group := range strings.Split(string(body), "\n\n") {
+		lines := strings.Split(group, "\n")
+		k, _, ok := strings.Cut(lines[0], " @ ")
+		count, cerr := strconv.Atoi(k)
+		if !ok || cerr != nil {
+			continue
+		}
+		fn := "?"
+		for _, l := range lines[1:] {
+			f := strings.Fields(l)
+			if len(f) >= 3 && f[0] == "#" && !strings.HasPrefix(f[2], "runtime.") && !strings.HasPrefix(f[2], "internal/poll.") {
+				fn, _, _ = strings.Cut(f[2], "+0x")
+				break
+			}
+		}
+		by[fn] += count
+	}
+	keys := slices.SortedFunc(maps.Keys(by), func(a, b string) int { return by[b] - by[a] })
+	var parts []string
+	for _, k := range keys[:min(max, len(keys))] {
+		parts = append(parts, fmt.Sprintf("%d %s", by[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func runSoak(ctx context.Context, s *runState) error {
 	e := s.e
 	s.rep.Inject = s.now()
-	start := map[string]Resources{}
-	for _, n := range e.allNodes() {
-		start[n.Name()] = resources(ctx, n)
+	nodes := e.allNodes()
+	// Every node's resources at the start and every soakSample, to tell
+	// growth from a plateau.
+	const soakSample = time.Minute
+	series := map[string][]Resources{}
+	sample := func() {
+		for _, n := range nodes {
+			series[n.Name()] = append(series[n.Name()], resources(ctx, n))
+		}
 	}
+	sample()
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(soakSample)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	}()
 	err := s.storm(ctx, e.o.SoakFor, e.o.SoakReload, false)
-	for _, n := range e.allNodes() {
-		end := resources(ctx, n)
-		s.rep.note("%s: start %v; end %v", n.Name(), start[n.Name()], end)
+	close(stop)
+	<-sampled
+	sample()
+	for _, n := range nodes {
+		rs := series[n.Name()]
+		var g, f, h []string
+		for _, r := range rs {
+			g = append(g, strconv.Itoa(r.Goroutines))
+			f = append(f, strconv.Itoa(r.FDs))
+			h = append(h, fmt.Sprintf("%.1f", float64(r.HeapAlloc)/1e6))
+		}
+		s.rep.note("%s: start %v; end %v; per minute: goroutines %s; fds %s; heap MB %s", n.Name(), rs[0], rs[len(rs)-1],
+			strings.Join(g, " "), strings.Join(f, " "), strings.Join(h, " "))
+		s.rep.note("%s: goroutines at the end by function: %s", n.Name(), goroutineGroups(ctx, n, 5))
 	}
 	s.rep.DuringEnd = s.now()
 	return err

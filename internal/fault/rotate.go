@@ -80,6 +80,10 @@ func runRotate(ctx context.Context, s *runState) error {
 	s.rep.note("rotation: %d steps (a POST /load each) in %.1fs, %d with a peer not live or an announcement rejected; slowest step %v (load to every announcement across)",
 		steps, (rotEnd - s.rep.Inject).Seconds(), bad, slowest.Round(time.Millisecond))
 
+	if !e.o.RotateSplit {
+		s.rep.DuringEnd = s.now()
+		return nil
+	}
 	// The negative check: the faulty node jumps to another key.
 	v := e.victim
 	before := allRejected(ctx, nodes)

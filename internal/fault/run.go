@@ -59,6 +59,9 @@ type Options struct {
 	ReplayWindow time.Duration // replay_window in the skew fault
 	SoakFor      time.Duration
 	SoakReload   time.Duration
+	// RotateSplit adds the rotate fault's negative check: a node jumping
+	// to a new key without accept_keys.
+	RotateSplit bool
 
 	Log     io.Writer // progress; nil: none
 	Dir     string    // work directory (default: a temporary one)
@@ -97,17 +100,20 @@ func DefaultOptions() Options {
 		ReplayWindow:   2 * time.Second,
 		SoakFor:        10 * time.Minute,
 		SoakReload:     10 * time.Second,
+		RotateSplit:    true,
 
 		BalancerRetries: 2,
 		FailureDetails:  6,
 	}
 }
 
-// QuickOptions are the quick mode's: death, restart, drain and a reload
-// storm, short, in about 60-90 s.
+// QuickOptions are the quick mode's: death, restart, drain, a reload
+// storm and a key rotation (without its split check), short, in about
+// 90 s.
 func QuickOptions() Options {
 	o := DefaultOptions()
-	o.Faults = []string{"death", "restart", "drain", "reload"}
+	o.Faults = []string{"death", "restart", "drain", "reload", "rotate"}
+	o.RotateSplit = false
 	o.Deployments = []string{Directive}
 	o.Load = 0.5
 	o.Warmup, o.Before, o.After = 2*time.Second, 3*time.Second, 4*time.Second
