@@ -141,7 +141,10 @@ func (s *runState) analyze(results []Result) {
 
 	// A recovered node: when every observer lists it live again (a new
 	// incarnation after a restart), and when it has its share.
-	if r.Recover > 0 {
+	if s.wide && r.Inject > 0 {
+		r.note("%s", s.spread(r.Inject, r.DuringEnd, 5*time.Second))
+	}
+	if r.Recover > 0 && !s.wide {
 		oldInc := ""
 		for _, n := range r.Notes {
 			if v, ok := strings.CutPrefix(n, "old incarnation "); ok {
@@ -216,6 +219,50 @@ func fmtMS(v float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0fms", v)
+}
+
+// spread describes how the applications shared the arrivals from from to
+// to: each one's share of the whole, and the largest share one of them
+// had in each window of win (a herd shows as windows near 100%).
+func (s *runState) spread(from, to, win time.Duration) string {
+	e := s.e
+	tl := make([][]int64, len(e.apps))
+	for i, a := range e.apps {
+		tl[i] = a.Arrivals()
+	}
+	total := make([]int64, len(tl))
+	var all int64
+	var peaks []float64
+	w := int(win / bucket)
+	for b := int(from / bucket); b+w <= min(int(to/bucket), len(tl[0])); b += w {
+		var most, sum int64
+		for i := range tl {
+			var n int64
+			for k := b; k < b+w; k++ {
+				n += tl[i][k]
+			}
+			total[i] += n
+			sum += n
+			most = max(most, n)
+		}
+		all += sum
+		if sum > 0 {
+			peaks = append(peaks, 100*float64(most)/float64(sum))
+		}
+	}
+	var ps []string
+	for _, p := range peaks {
+		ps = append(ps, fmt.Sprintf("%.0f%%", p))
+	}
+	if len(peaks) > 24 {
+		slices.Sort(peaks)
+		ps = []string{fmt.Sprintf("median %.0f%%, max %.0f%% over %d windows", peaks[len(peaks)/2], peaks[len(peaks)-1], len(peaks))}
+	}
+	var parts []string
+	for i, a := range e.apps {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", a.name, 100*float64(total[i])/float64(max(all, 1))))
+	}
+	return fmt.Sprintf("arrivals during the fault: %s; the busiest node's share per %v: %s", strings.Join(parts, ", "), win, strings.Join(ps, " "))
 }
 
 // shares is the victim's share of the arrivals in consecutive windows of

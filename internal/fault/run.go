@@ -193,8 +193,9 @@ type obs struct {
 
 // runState is what a fault script and the analysis share.
 type runState struct {
-	e   *env
-	rep *Report
+	e    *env
+	rep  *Report
+	wide bool // a cluster-wide fault: no faulty node to follow
 
 	mu   sync.Mutex
 	obss []obs
@@ -336,7 +337,7 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 		rep.Err = err
 		return rep
 	}
-	s := &runState{e: e, rep: rep}
+	s := &runState{e: e, rep: rep, wide: f.clusterWide}
 	// The load and the timelines start now.
 	e.start = time.Now()
 	for _, a := range e.apps {
