@@ -309,6 +309,20 @@ func Run(ctx context.Context, o Options) ([]*Report, error) {
 	return reps, nil
 }
 
+// loadAvg is the machine's 1-minute load average (Linux), or "?": the
+// harness shares the machine, and a busy one stretches every latency.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
 func logf(o Options, format string, args ...any) {
 	if o.Log != nil {
 		fmt.Fprintf(o.Log, format+"\n", args...)
@@ -355,9 +369,11 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 	go func() { s.poll(pctx); close(pdone) }()
 
 	err := s.sleepUntil(ctx, o.Warmup+o.Before)
+	loadBefore := loadAvg()
 	if err == nil {
 		err = f.run(ctx, s)
 	}
+	rep.note("machine load average (1 min) at the fault and at its end: %s / %s", loadBefore, loadAvg())
 	if err != nil {
 		rep.Err = err
 	}
