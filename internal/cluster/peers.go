@@ -41,6 +41,7 @@ type PeerView struct {
 	CPUs        float64  `json:"cpus"`
 	Busy        uint32   `json:"busy"`
 	Capacity    uint32   `json:"capacity"`
+	LatencyMS   float64  `json:"latency_ms"` // the peer's own response time, as announced
 	Forwarded   uint64   `json:"forwarded"`
 	Speed       uint32   `json:"speed"`
 	Draining    bool     `json:"draining"`

@@ -205,11 +205,11 @@ func (s *runState) latencyAfter(obss []obs, rec time.Duration) []string {
 			if len(others) > 0 {
 				med = others[len(others)/2]
 			}
-			parts = append(parts, fmt.Sprintf("+%.0fs %s/%s (others %s)", (o.at-rec).Seconds(),
-				fmtMS(o.learned[victim]), fmtMS(o.observed[victim]), fmtMS(med)))
+			parts = append(parts, fmt.Sprintf("+%.0fs %s/%s, announces %s busy %d (others %s)", (o.at-rec).Seconds(),
+				fmtMS(o.learned[victim]), fmtMS(o.observed[victim]), fmtMS(o.announced[victim]), o.busyOf[victim], fmtMS(med)))
 			next += 2 * time.Second
 		}
-		out = append(out, fmt.Sprintf("%s's learned/observed latency of %s from the recovery: %s", n.Name(), victim, strings.Join(parts, ", ")))
+		out = append(out, fmt.Sprintf("%s's learned/observed latency of %s, and what it announces (latency_ms, busy), from the recovery: %s", n.Name(), victim, strings.Join(parts, ", ")))
 	}
 	return out
 }

@@ -189,6 +189,8 @@ type obs struct {
 	// the observer's estimates of every peer's response time, ms (-1:
 	// none): observed (peak-EWMA) and learned (byWait's typical time)
 	observed, learned map[string]float64
+	announced         map[string]float64 // latency_ms: the peer's own response time, as it announces it
+	busyOf            map[string]uint32  // the peer's announced requests in flight
 }
 
 // runState is what a fault script and the analysis share.
@@ -233,9 +235,10 @@ func (s *runState) poll(ctx context.Context) {
 			o := obs{at: s.now(), who: i}
 			if err == nil {
 				o.rejected = v.Rejected
-				o.observed, o.learned = map[string]float64{}, map[string]float64{}
+				o.observed, o.learned, o.announced, o.busyOf = map[string]float64{}, map[string]float64{}, map[string]float64{}, map[string]uint32{}
 				for _, p := range v.Peers {
 					o.observed[p.Name], o.learned[p.Name] = msOr(p.ObservedLatencyMS), msOr(p.LearnedLatencyMS)
+					o.announced[p.Name], o.busyOf[p.Name] = p.LatencyMS, p.Busy
 				}
 				if p, ok := v.Peer(victim); ok {
 					o.ok, o.state, o.incarnation = true, p.State, p.Incarnation
