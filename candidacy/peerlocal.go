@@ -197,13 +197,21 @@ func (s *Slot) End(d time.Duration, now time.Time, sample bool) {
 
 // staleDuring reports whether the peer was stale at some time between
 // from and now: it is now, or the announcement that ended its last stale
-// spell came after from.
+// spell came after from. For this node's own slot: whether its own
+// announcements stopped for longer than max_age meanwhile.
 func (s *Slot) staleDuring(from, now time.Time) bool {
 	p := s.cur.Load()
-	if p.Self || s.limits == nil || s.limits.Load().MaxAge <= 0 {
+	if s.limits == nil || s.limits.Load().MaxAge <= 0 {
 		return false // a table without an age limit (tests, boards)
 	}
-	return !p.Fresh(now, s.limits.Load().MaxAge) || s.local.staleUntil.Load() > from.UnixNano()
+	maxAge := s.limits.Load().MaxAge
+	// For this node's own slot, stale means its announcer stopped: the
+	// process stalled (Table.Stalled).
+	silent := p.Age(now) > maxAge
+	if !p.Self {
+		silent = !p.Fresh(now, maxAge)
+	}
+	return silent || s.local.staleUntil.Load() > from.UnixNano()
 }
 
 // Failed records that an attempt from this node to the peer failed at now:
@@ -248,9 +256,22 @@ func (s *Slot) MarkState(state string) (prev string, changed bool) {
 
 // Served records that this node served a request itself, which took d,
 // into what it knows of its own speed (its slot's response times, as it
-// learns each peer's).
+// learns each peer's), unless the request spanned a stall of this process
+// (see Stalled).
 func (t *Table) Served(d time.Duration, now time.Time) {
-	if s := t.self.Load(); s != nil {
+	if s := t.self.Load(); s != nil && !s.staleDuring(now.Add(-d), now) {
 		s.local.times.observe(d, now)
 	}
+}
+
+// Stalled reports whether this process stalled between from and now: its
+// own announcements stopped for longer than max_age (a SIGSTOP, a
+// debugger, a starved runtime). A request it served across a stall timed
+// the stall, not its speed: the fault harness's hung node announced a
+// latency of 2.3 s for its requests held through a 10 s SIGSTOP, was
+// ranked by it and sent nothing, and without requests the figure never
+// moved.
+func (t *Table) Stalled(from, now time.Time) bool {
+	s := t.self.Load()
+	return s != nil && s.staleDuring(from, now)
 }

@@ -278,6 +278,11 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 	}
 	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
 		p.FirstSeen = cur.FirstSeen
+		if l := t.limits.Load(); p.Self && l.MaxAge > 0 && p.ReceivedAt.Sub(cur.ReceivedAt) > l.MaxAge {
+			// This process did not announce for max_age: it was stopped
+			// (or starved); what it served meanwhile timed the stop.
+			slot.local.staleUntil.Store(p.ReceivedAt.UnixNano())
+		}
 		if !p.Self {
 			l := t.limits.Load()
 			if limit := max(l.MaxAge, cur.Patience); p.ReceivedAt.Sub(cur.ReceivedAt) > limit {

@@ -281,3 +281,42 @@ func TestTableNoSampleAcrossOutage(t *testing.T) {
 		})
 	}
 }
+
+// A request this node served across a stall of its own process (its
+// announcements stopped for longer than max_age: a SIGSTOP) timed the
+// stall: it is no sample of its own speed, whether it ends before or
+// after the first announcement after the stall. One served after it is.
+func TestTableNoSelfSampleAcrossStall(t *testing.T) {
+	s := time.Second
+	tests := []struct {
+		name      string
+		announced bool          // the first announcement after the stall came before the request ended
+		took      time.Duration // ending at 10.01 s
+		sampled   bool
+	}{
+		{"ended before the announcer ran again", false, 9 * s, false},
+		{"ended after it", true, 9 * s, false},
+		{"began after the stall", true, 5 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			for _, at := range []time.Duration{0, 1 * s} {
+				tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0.Add(at)})
+			}
+			if tt.announced {
+				tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0.Add(10 * s)})
+			}
+			end := t0.Add(10*s + 10*time.Millisecond)
+			if got := tab.Stalled(end.Add(-tt.took), end); got == tt.sampled {
+				t.Errorf("Stalled = %v, want %v", got, !tt.sampled)
+			}
+			for range 8 { // enough responses to learn from
+				tab.Served(tt.took, end)
+			}
+			if _, got := tab.Lookup("me").LearnedMicros(); got != tt.sampled {
+				t.Errorf("own speed learnt from a response of %v: %v, want %v", tt.took, got, tt.sampled)
+			}
+		})
+	}
+}
