@@ -117,8 +117,8 @@ func QuickOptions() Options {
 	o.Deployments = []string{Directive}
 	o.Load = 0.5
 	o.Warmup, o.Before, o.After = 2*time.Second, 3*time.Second, 4*time.Second
-	o.DeathFor = 5 * time.Second
-	o.ReloadFor = 8 * time.Second
+	o.DeathFor = 4 * time.Second
+	o.ReloadFor = 6 * time.Second
 	o.DrainMax = 10 * time.Second
 	return o
 }
