@@ -30,7 +30,7 @@ type Peer struct {
 
 	// Patience is the longest silence after which the peer still counts
 	// as fresh, whatever the max_age asked for: learned by the table from
-	// the gaps between its recent announcements (see silenceLimit), so a
+	// the gaps between its recent announcements (see patienceGaps), so a
 	// peer whose announcements are mostly lost on the way is not taken
 	// for dead between two that arrive. 0 (a steady peer): max_age alone.
 	Patience time.Duration

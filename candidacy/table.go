@@ -278,19 +278,16 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 	}
 	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
 		p.FirstSeen = cur.FirstSeen
-		if l := t.limits.Load(); p.Self && l.MaxAge > 0 && p.ReceivedAt.Sub(cur.ReceivedAt) > l.MaxAge {
-			// This process did not announce for max_age: it was stopped
-			// (or starved); what it served meanwhile timed the stop.
+		l, gap := t.limits.Load(), p.ReceivedAt.Sub(cur.ReceivedAt)
+		// A silence beyond what the peer may keep and stay fresh (for this
+		// node itself: its own announcer stopped for max_age, the process
+		// was stopped or starved) ends now: what it served, or was sent,
+		// meanwhile timed the outage, not its speed (staleDuring).
+		if l.MaxAge > 0 && gap > max(l.MaxAge, cur.Patience) {
 			slot.local.staleUntil.Store(p.ReceivedAt.UnixNano())
 		}
 		if !p.Self {
-			l := t.limits.Load()
-			if limit := max(l.MaxAge, cur.Patience); p.ReceivedAt.Sub(cur.ReceivedAt) > limit {
-				// The peer was stale until now: responses that spanned
-				// the silence time the outage, not the peer.
-				slot.local.staleUntil.Store(p.ReceivedAt.UnixNano())
-			}
-			p.Patience = slot.recordGap(p.ReceivedAt.Sub(cur.ReceivedAt), l.EvictAfter)
+			p.Patience = slot.recordGap(gap, l.EvictAfter)
 		}
 	} else if !p.Self {
 		p.Patience = slot.patience(t.limits.Load().EvictAfter)
