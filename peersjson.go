@@ -124,7 +124,7 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		v.Decisions[o.String()] = n.decisions.outcomes[o].Load()
 	}
 	for _, s := range n.table.Peers() {
-		v.Peers = append(v.Peers, slotRow(s, now, time.Duration(app.MaxAge), opts))
+		v.Peers = append(v.Peers, slotRow(s, now, max(time.Duration(app.MaxAge), app.node.table.Patience()), opts))
 	}
 	return v
 }

@@ -118,6 +118,10 @@ type Table struct {
 	reference atomic.Uint64
 	self      atomic.Pointer[Slot]
 
+	// patience is the cluster's (ns; see Patience), recomputed with the
+	// reference once per interval.
+	patience atomic.Int64
+
 	// noStaleUntil is when the oldest entry of the last full scan turns
 	// stale: until then a full table has nothing to evict, so a flood of
 	// new names costs O(1) each instead of a scan of the table.
@@ -155,6 +159,34 @@ func (t *Table) referenceMicros() float64 { return loadFloat(&t.reference) }
 // calls it once per interval.
 func (t *Table) UpdateReference(now time.Time) {
 	storeFloat(&t.reference, referenceTime(t.peers(), now, t.limits.Load().MaxAge))
+	t.patience.Store(int64(medianPatience(t.peers())))
+}
+
+// Patience is the silence every peer is allowed, whatever its own gaps:
+// the median of the peers' own patience. When announcements are being
+// lost on most links, a peer not heard since the loss began has learned
+// no long gap yet, and would be stale until its next announcement got
+// through, which can take tens of seconds (the fault harness's loss90: a
+// balancer herded onto the two nodes heard first); once half the peers
+// show long gaps, the others get the same patience. One peer's own long
+// gap (a partition that healed) does not move the median. 0 while most
+// peers are steady: max_age alone then.
+func (t *Table) Patience() time.Duration { return time.Duration(t.patience.Load()) }
+
+// medianPatience is the median of the Patience of the peers in view, this
+// node left out.
+func medianPatience(view peerView) time.Duration {
+	ps := make([]time.Duration, 0, len(view))
+	for _, s := range view {
+		if p := s.cur.Load(); !p.Self {
+			ps = append(ps, p.Patience)
+		}
+	}
+	if len(ps) == 0 {
+		return 0
+	}
+	slices.Sort(ps)
+	return ps[len(ps)/2]
 }
 
 // powerBound is at least the announced power of every peer in the view.

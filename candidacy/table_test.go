@@ -320,3 +320,45 @@ func TestTableNoSelfSampleAcrossStall(t *testing.T) {
 		})
 	}
 }
+
+// When most peers show long gaps (announcements lost on most links), a
+// peer not heard since the loss began gets their patience (the median)
+// before it has shown a long gap of its own; one peer's long gap does not
+// give it to the others, and a steady cluster keeps max_age alone.
+func TestTableClusterPatience(t *testing.T) {
+	s := time.Second
+	steady := []time.Duration{0, 1 * s, 2 * s, 3 * s}
+	lossy := []time.Duration{0, 1 * s, 2 * s, 12 * s} // a 10 s gap: patience 20 s
+	tests := []struct {
+		name   string
+		others [][]time.Duration // the gaps of the peers b, c, d
+		want   time.Duration
+	}{
+		{"steady cluster", [][]time.Duration{steady, steady, steady}, 2 * s},
+		{"one peer with a long gap", [][]time.Duration{lossy, steady, steady}, 2 * s},
+		{"most peers with long gaps", [][]time.Duration{lossy, lossy, steady}, 20 * s},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0})
+			// a: heard steadily, then silent since 3 s: the loss began.
+			last := announceEvery(t, tab, 7, t0, steady...)
+			for i, gaps := range tt.others {
+				for j, off := range gaps {
+					at := t0.Add(off)
+					mustAccept(t, tab, annAt(string(rune('b'+i)), 7, uint64(j+1), at), at)
+				}
+			}
+			tab.UpdateReference(t0.Add(12 * s))
+			if got := tab.Patience(); got != tt.want {
+				t.Errorf("cluster patience %v, want %v", got, tt.want)
+			}
+			// a, silent for 8 s, is live under the cluster's patience only.
+			now := last.Add(8 * s)
+			if got := tab.Lookup("a").Peer().Usable(now, max(3*s, tab.Patience())); got != (tt.want > 8*s) {
+				t.Errorf("a usable after 8 s of silence: %v, want %v", got, tt.want > 8*s)
+			}
+		})
+	}
+}
