@@ -390,7 +390,7 @@ func (an *announcer) evict(now time.Time) {
 	for _, p := range an.node.table.Sweep(now) {
 		an.logger.Info("peer evicted", zap.String("peer", p.Name), zap.Duration("silent", p.Age(now)))
 	}
-	maxAge := time.Duration(an.app.MaxAge)
+	maxAge := max(time.Duration(an.app.MaxAge), an.node.table.Patience())
 	for _, s := range an.node.table.Peers() {
 		p := s.Peer()
 		state := peerState(p, now, maxAge)

@@ -21,7 +21,12 @@ type localStats struct {
 // served counts a request that this node served itself, which took d:
 // into the latency it announces, and into what it knows of its own speed
 // (its slot's response times, as it learns each peer's).
+// A request served across a stall of this process (Table.Stalled) counts
+// in neither: it timed the stall.
 func (n *node) served(d time.Duration, now time.Time) {
+	if n.table.Stalled(now.Add(-d), now) {
+		return
+	}
 	n.stats.latencyMicros.Add(uint64(max(d, 0).Microseconds()))
 	n.stats.done.Add(1)
 	n.table.Served(d, now)

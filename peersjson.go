@@ -146,7 +146,7 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		v.Decisions[o.String()] = n.decisions.outcomes[o].Load()
 	}
 	for _, s := range n.table.Peers() {
-		row := slotRow(s, now, time.Duration(app.MaxAge), opts)
+		row := slotRow(s, now, max(time.Duration(app.MaxAge), app.node.table.Patience()), opts)
 		row.Holds = heldBy(app, row.Tags)
 		row.Tags = withoutVIPTags(row.Tags)
 		v.Peers = append(v.Peers, row)

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
@@ -270,7 +271,7 @@ func (st *requestState) choose(ctx context.Context, s *candidacy.Slot, now time.
 	}
 	if st.ending == endUnset {
 		st.ending, st.stats = endByContext, stats
-		context.AfterFunc(ctx, func() { st.finish(time.Now(), false) })
+		context.AfterFunc(ctx, func() { st.end(time.Now(), false, answered(ctx)) })
 	}
 	if !st.wasTried(s) && st.nTried < maxTries {
 		st.tried[st.nTried] = s
@@ -285,7 +286,29 @@ func (st *requestState) choose(ctx context.Context, s *candidacy.Slot, now time.
 // ended in an error, or broke off) takes no sample and is no candidate
 // for a while, as a failed attempt that Caddy retried. Later
 // calls do nothing.
-func (st *requestState) finish(now time.Time, failed bool) {
+func (st *requestState) finish(now time.Time, failed bool) { st.end(now, failed, !failed) }
+
+// answered reports whether reverse_proxy had a response for the request
+// whose context is ctx: it sets the upstream latency once response
+// headers come. When the context ends the request (the policy balancing
+// alone), a last attempt that failed (a response header timeout, a
+// connection broken off) is known only by its absence, and its time is
+// no sample of the peer's speed: after a hang bounded by a 2 s
+// response_header_timeout, the balancer ranked the node by its 2 s
+// timeouts and sent it nothing for the 10 s after it recovered. Without
+// a replacer (no Caddy server), the request counts as answered.
+func answered(ctx context.Context) bool {
+	repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return true
+	}
+	_, ok = repl.Get("http.reverse_proxy.upstream.latency")
+	return ok
+}
+
+// end is finish, with whether the time counts as a sample of the
+// chosen peer's speed (not for this node itself, never for a failure).
+func (st *requestState) end(now time.Time, failed, sample bool) {
 	if st == nil {
 		return
 	}
@@ -296,7 +319,7 @@ func (st *requestState) finish(now time.Time, failed bool) {
 		if failed {
 			st.chosen.Failed(now)
 		}
-		st.chosen.End(now.Sub(st.chosenAt), now, !self && !failed)
+		st.chosen.End(now.Sub(st.chosenAt), now, !self && !failed && sample)
 		st.inFlight = false
 		if st.ending == endByContext && !self {
 			st.stats.forwarded.Add(1)

@@ -7,6 +7,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/caddy-backhand/backhand/candidacy"
 )
 
@@ -71,6 +73,47 @@ func TestContextEndsPolicyCount(t *testing.T) {
 			t.Errorf("outcomes %v, want one local more", got)
 		}
 	})
+}
+
+// When the context ends a request that reverse_proxy got no response for
+// (its last attempt timed out or broke off: Caddy sets no upstream
+// latency), the peer's count drops without a sample of its speed, and the
+// peer is not held out either (the context's end may be the client's);
+// with a response, the time is a sample.
+func TestContextEndWithoutResponseIsNoSample(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		response bool
+	}{{"no response", false}, {"response", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				n := testNode(heardPeer("a", "127.0.0.2:80", 0), heardWith("me", "127.0.0.4:80", 0, self))
+				s := policy(n, byNames{"a"})
+				src := &Upstreams{node: n, table: n.table, maxAge: time.Hour, policy: s}
+				r, cancel := countingRequest()
+				repl := caddy.NewReplacer()
+				r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+				before := time.Now()
+				proxyAttempt(t, src, s, r)
+				time.Sleep(2 * time.Second)
+				if tt.response {
+					repl.Set("http.reverse_proxy.upstream.latency", 2*time.Second)
+				}
+				cancel()
+				synctest.Wait()
+				a := n.table.Lookup("a")
+				if a.InFlight() != 0 {
+					t.Errorf("in flight %d after the context ended, want 0", a.InFlight())
+				}
+				if sampled(a) != tt.response {
+					t.Errorf("response time learnt: %v, want %v", sampled(a), tt.response)
+				}
+				if a.FailedSince(before) {
+					t.Errorf("a held out as failed, want it a candidate still")
+				}
+			})
+		})
+	}
 }
 
 // When a handler ends the request, the context's end adds nothing; after

@@ -224,7 +224,7 @@ func (s *sourceScope) Admits(p *candidacy.Peer, now time.Time) bool {
 // keepWithin reports whether p, heard within maxAge, is a candidate under
 // this source's filters.
 func (u *Upstreams) keepWithin(p *candidacy.Peer, now time.Time, maxAge time.Duration) bool {
-	return p.Usable(now, maxAge) && u.passes(p)
+	return p.Usable(now, max(maxAge, u.table.Patience())) && u.passes(p)
 }
 
 // passes applies the source's own filters.

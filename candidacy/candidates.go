@@ -144,10 +144,10 @@ func (c *Candidates) passes(s *Slot, p *Peer) bool {
 	return true
 }
 
-// live is the starting rule: usable under the chain's max_age. (passes
-// also drops a peer this node failed to reach since its last
-// announcement.)
-func (c *Candidates) live(p *Peer) bool { return p.Usable(c.now, c.maxAge) }
+// live is the starting rule: usable under the chain's max_age, or the
+// cluster's patience when that is longer (Table.Patience). (passes also
+// drops a peer this node failed to reach since its last announcement.)
+func (c *Candidates) live(p *Peer) bool { return p.Usable(c.now, max(c.maxAge, c.table.Patience())) }
 
 // shuffle puts the list in uniformly random order.
 func (c *Candidates) shuffle() {

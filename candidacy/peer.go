@@ -27,15 +27,22 @@ type Peer struct {
 	FirstSeen   time.Time      // when this incarnation was first heard (slow start)
 	Source      netip.AddrPort // UDP source; zero for self
 	Self        bool
+
+	// Patience is the longest silence after which the peer still counts
+	// as fresh, whatever the max_age asked for: learned by the table from
+	// the gaps between its recent announcements (see patienceGaps), so a
+	// peer whose announcements are mostly lost on the way is not taken
+	// for dead between two that arrive. 0 (a steady peer): max_age alone.
+	Patience time.Duration
 }
 
 // Age is how long ago the peer was last heard from.
 func (p *Peer) Age(now time.Time) time.Duration { return now.Sub(p.ReceivedAt) }
 
-// Fresh reports whether the peer was heard from within maxAge at now; this
-// node itself always is.
+// Fresh reports whether the peer was heard from within maxAge at now, or
+// within its Patience when that is longer; this node itself always is.
 func (p *Peer) Fresh(now time.Time, maxAge time.Duration) bool {
-	return p.Self || p.Age(now) <= maxAge
+	return p.Self || p.Age(now) <= max(maxAge, p.Patience)
 }
 
 // takesRequests reports whether the peer may be sent new requests: it

@@ -22,6 +22,7 @@ type peerLocal struct {
 	failedInc  atomic.Uint64 // the peer's incarnation then
 	repeatAt   atomic.Int64  // when it last failed again after being taken back, Unix ns
 	repeatGap  atomic.Int64  // how long after the failure before it, ns
+	staleUntil atomic.Int64  // when the announcement came that ended the peer's last stale spell, Unix ns
 
 	// What the peer's last announcement showed beyond this node's own
 	// requests (others' share: other entry points, direct traffic), and its
@@ -223,8 +224,33 @@ func (s *Slot) Begin() { s.local.begin() }
 // End records that a request to the peer ended after d, at now; sample
 // says whether its time counts towards what this node learns of the peer
 // (not for a failure, nor for this node itself reached through its own
-// site).
-func (s *Slot) End(d time.Duration, now time.Time, sample bool) { s.local.end(d, now, sample) }
+// site). Nor does it count when the peer was stale at some time during
+// the request (silent beyond max_age: stopped, cut off): such a time
+// measures the outage, not the peer's speed, and a node that hung for
+// ten seconds would otherwise be ranked last long after it recovered,
+// when no request goes there to correct it.
+func (s *Slot) End(d time.Duration, now time.Time, sample bool) {
+	s.local.end(d, now, sample && !s.staleDuring(now.Add(-d), now))
+}
+
+// staleDuring reports whether the peer was stale at some time between
+// from and now: it is now, or the announcement that ended its last stale
+// spell came after from. For this node's own slot: whether its own
+// announcements stopped for longer than max_age meanwhile.
+func (s *Slot) staleDuring(from, now time.Time) bool {
+	p := s.cur.Load()
+	if s.limits == nil || s.limits.Load().MaxAge <= 0 {
+		return false // a table without an age limit (tests, boards)
+	}
+	maxAge := s.limits.Load().MaxAge
+	// For this node's own slot, stale means its announcer stopped: the
+	// process stalled (Table.Stalled).
+	silent := p.Age(now) > maxAge
+	if !p.Self {
+		silent = !p.Fresh(now, maxAge)
+	}
+	return silent || s.local.staleUntil.Load() > from.UnixNano()
+}
 
 // Failed records that an attempt from this node to the peer failed at now:
 // the peer is no candidate until its next announcement, or, if it fails
@@ -268,9 +294,22 @@ func (s *Slot) MarkState(state string) (prev string, changed bool) {
 
 // Served records that this node served a request itself, which took d,
 // into what it knows of its own speed (its slot's response times, as it
-// learns each peer's).
+// learns each peer's), unless the request spanned a stall of this process
+// (see Stalled).
 func (t *Table) Served(d time.Duration, now time.Time) {
-	if s := t.self.Load(); s != nil {
+	if s := t.self.Load(); s != nil && !s.staleDuring(now.Add(-d), now) {
 		s.local.times.observe(d, now)
 	}
+}
+
+// Stalled reports whether this process stalled between from and now: its
+// own announcements stopped for longer than max_age (a SIGSTOP, a
+// debugger, a starved runtime). A request it served across a stall timed
+// the stall, not its speed: the fault harness's hung node announced a
+// latency of 2.3 s for its requests held through a 10 s SIGSTOP, was
+// ranked by it and sent nothing, and without requests the figure never
+// moved.
+func (t *Table) Stalled(from, now time.Time) bool {
+	s := t.self.Load()
+	return s != nil && s.staleDuring(from, now)
 }

@@ -46,6 +46,47 @@ type Slot struct {
 	name  string
 	cur   atomic.Pointer[Peer]
 	local peerLocal
+
+	// gaps are the silences before the peer's last announcements (a
+	// ring; zero: none yet), for its Patience. Under the table's lock.
+	gaps   [patienceGaps]time.Duration
+	gapsAt int
+
+	// limits are the table's, for the max_age that tells a silence from
+	// an outage.
+	limits *atomic.Pointer[Limits]
+}
+
+// How a peer's Patience is learned. An announcement lost on the way (UDP,
+// a congested link) makes the silence before the next one longer; a peer
+// counts as fresh while its silence is below patienceFactor times the
+// longest of its last patienceGaps gaps, if that exceeds max_age, and
+// never beyond evict_after. A steady peer (gaps of one interval) keeps
+// max_age alone, so a node that dies or is cut off still leaves every
+// list within max_age; one whose announcements are mostly lost is still
+// a candidate between two that arrive, instead of herding every request
+// onto the few peers heard last (the fault harness's loss90: with 90%
+// of the announcements lost, one node of four was fresh within max_age).
+// The longest gap, not a mean: the next one is longer with probability
+// 1/(patienceGaps+1) whatever their distribution, twice as long far less
+// often. Gaps are measured within an incarnation (a restart is no loss).
+const (
+	patienceGaps   = 8
+	patienceFactor = 2
+)
+
+// recordGap takes the silence before an announcement of the slot's peer,
+// and returns the peer's patience after it, at most limit.
+func (s *Slot) recordGap(gap, limit time.Duration) time.Duration {
+	s.gaps[s.gapsAt] = gap
+	s.gapsAt = (s.gapsAt + 1) % patienceGaps
+	return s.patience(limit)
+}
+
+// patience is patienceFactor times the longest recorded gap, at most
+// limit.
+func (s *Slot) patience(limit time.Duration) time.Duration {
+	return min(patienceFactor*slices.Max(s.gaps[:]), limit)
 }
 
 // Name is the node name the slot holds.
@@ -77,6 +118,10 @@ type Table struct {
 	reference atomic.Uint64
 	roundTrip atomic.Uint64 // float64 bits: see roundTripFactor
 	self      atomic.Pointer[Slot]
+
+	// patience is the cluster's (ns; see Patience), recomputed with the
+	// reference once per interval.
+	patience atomic.Int64
 
 	// noStaleUntil is when the oldest entry of the last full scan turns
 	// stale: until then a full table has nothing to evict, so a flood of
@@ -124,12 +169,41 @@ func (t *Table) RoundTripFactor() float64 { return t.roundTripFactor() }
 func (t *Table) ReferenceMicros() float64 { return t.referenceMicros() }
 
 // UpdateReference recomputes the cluster's reference response time (the
-// median of the live peers' typical ones) and the round-trip factor from
-// the view; the announcer calls it once per interval.
+// median of the live peers' typical ones), the round-trip factor and the
+// cluster's patience from the view; the announcer calls it once per
+// interval.
 func (t *Table) UpdateReference(now time.Time) {
 	view, maxAge := t.peers(), t.limits.Load().MaxAge
 	storeFloat(&t.reference, referenceTime(view, now, maxAge))
 	storeFloat(&t.roundTrip, roundTripFactor(view, now, maxAge))
+	t.patience.Store(int64(medianPatience(view)))
+}
+
+// Patience is the silence every peer is allowed, whatever its own gaps:
+// the median of the peers' own patience. When announcements are being
+// lost on most links, a peer not heard since the loss began has learned
+// no long gap yet, and would be stale until its next announcement got
+// through, which can take tens of seconds (the fault harness's loss90: a
+// balancer herded onto the two nodes heard first); once half the peers
+// show long gaps, the others get the same patience. One peer's own long
+// gap (a partition that healed) does not move the median. 0 while most
+// peers are steady: max_age alone then.
+func (t *Table) Patience() time.Duration { return time.Duration(t.patience.Load()) }
+
+// medianPatience is the median of the Patience of the peers in view, this
+// node left out.
+func medianPatience(view peerView) time.Duration {
+	ps := make([]time.Duration, 0, len(view))
+	for _, s := range view {
+		if p := s.cur.Load(); !p.Self {
+			ps = append(ps, p.Patience)
+		}
+	}
+	if len(ps) == 0 {
+		return 0
+	}
+	slices.Sort(ps)
+	return ps[len(ps)/2]
 }
 
 // powerBound is at least the announced power of every peer in the view.
@@ -253,6 +327,19 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 	}
 	if cur := slot.cur.Load(); cur.Incarnation == p.Incarnation {
 		p.FirstSeen = cur.FirstSeen
+		l, gap := t.limits.Load(), p.ReceivedAt.Sub(cur.ReceivedAt)
+		// A silence beyond what the peer may keep and stay fresh (for this
+		// node itself: its own announcer stopped for max_age, the process
+		// was stopped or starved) ends now: what it served, or was sent,
+		// meanwhile timed the outage, not its speed (staleDuring).
+		if l.MaxAge > 0 && gap > max(l.MaxAge, cur.Patience) {
+			slot.local.staleUntil.Store(p.ReceivedAt.UnixNano())
+		}
+		if !p.Self {
+			p.Patience = slot.recordGap(gap, l.EvictAfter)
+		}
+	} else if !p.Self {
+		p.Patience = slot.patience(t.limits.Load().EvictAfter)
 	}
 	t.raiseBoundLocked(p)
 	slot.cur.Store(p)
@@ -261,7 +348,7 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 }
 
 func (t *Table) insertLocked(p *Peer) {
-	slot := &Slot{name: p.Name}
+	slot := &Slot{name: p.Name, limits: &t.limits}
 	slot.cur.Store(p)
 	slot.local.announced(&p.Figures)
 	t.slots[p.Name] = slot

@@ -181,3 +181,184 @@ func TestRenameLeavesNoOrphanSelf(t *testing.T) {
 		t.Errorf("view %v, want [me2] only", got)
 	}
 }
+
+// announceEvery feeds the table announcements of node a (incarnation inc)
+// received at each of the offsets from start, and returns the last
+// arrival.
+func announceEvery(t *testing.T, tab *Table, inc uint64, start time.Time, offsets ...time.Duration) time.Time {
+	t.Helper()
+	var at time.Time
+	for i, off := range offsets {
+		at = start.Add(off)
+		mustAccept(t, tab, annAt("a", inc, uint64(i+1), at), at)
+	}
+	return at
+}
+
+func TestTablePatience(t *testing.T) {
+	s := time.Second
+	steady := []time.Duration{0, 1 * s, 2 * s, 3 * s, 4 * s, 5 * s}
+	lossy := []time.Duration{0, 1 * s, 2 * s, 12 * s, 19 * s, 27 * s} // most announcements lost: gaps up to 10 s
+	tests := []struct {
+		name    string
+		offsets []time.Duration
+		age     time.Duration // silence since the last announcement
+		fresh   bool
+	}{
+		// A peer whose announcements arrive every interval still goes
+		// stale after max_age (3 s): a dead node leaves the lists in time.
+		{"steady, within max_age", steady, 3 * s, true},
+		{"steady, silent beyond max_age", steady, 3*s + 100*time.Millisecond, false},
+		// One whose announcements mostly get lost stays fresh between two
+		// that arrive (the old rule, max_age alone, took it for dead).
+		{"lossy, silent for 8 s", lossy, 8 * s, true},
+		{"lossy, silent for twice its longest gap", lossy, 20*s + 100*time.Millisecond, false},
+		// Never beyond evict_after (1 min), whatever the gaps.
+		{"gaps of 50 s, silent for 61 s", []time.Duration{0, 50 * s, 100 * s}, 61 * s, false},
+		{"gaps of 50 s, silent for 59 s", []time.Duration{0, 50 * s, 100 * s}, 59 * s, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			last := announceEvery(t, tab, 7, t0, tt.offsets...)
+			p := tab.Lookup("a").Peer()
+			if got := p.Fresh(last.Add(tt.age), 3*s); got != tt.fresh {
+				t.Errorf("Fresh after %v of silence = %v, want %v (patience %v)", tt.age, got, tt.fresh, p.Patience)
+			}
+			if got := p.Usable(last.Add(tt.age), 3*s); got != tt.fresh {
+				t.Errorf("Usable = %v, want %v", got, tt.fresh)
+			}
+		})
+	}
+}
+
+// A restart is no lost announcement: the silence before a new
+// incarnation's first announcement does not lengthen the patience.
+func TestTablePatienceIgnoresRestarts(t *testing.T) {
+	s := time.Second
+	tab := NewTable(testLimits())
+	announceEvery(t, tab, 7, t0, 0, 1*s, 2*s)
+	back := t0.Add(30 * s)
+	mustAccept(t, tab, annAt("a", 8, 1, back), back)
+	if p := tab.Lookup("a").Peer(); p.Fresh(back.Add(4*s), 3*s) {
+		t.Errorf("restarted peer fresh after 4 s of silence (patience %v), want stale after max_age", p.Patience)
+	}
+}
+
+// A response that spanned a silence in which the peer went stale (a
+// stopped process, a cut link) times the outage, not the peer: it is no
+// sample of its speed, whether it ends before or after the announcement
+// that ends the silence. One that did not is a sample.
+func TestTableNoSampleAcrossOutage(t *testing.T) {
+	s := time.Second
+	tests := []struct {
+		name          string
+		announceAgain bool          // the peer announces again at 10 s, before the response ends
+		took          time.Duration // the response time, ending at 10.01 s
+		sampled       bool
+	}{
+		{"ended while the peer was stale", false, 9 * s, false},
+		{"ended after the announcement that ended the silence", true, 9 * s, false},
+		{"began after the silence", true, 5 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			announceEvery(t, tab, 7, t0, 0, 1*s) // steady, then silent from 1 s
+			if tt.announceAgain {
+				back := t0.Add(10 * s)
+				mustAccept(t, tab, annAt("a", 7, 3, back), back)
+			}
+			slot := tab.Lookup("a")
+			slot.Begin()
+			slot.End(tt.took, t0.Add(10*s+10*time.Millisecond), true)
+			if _, got := slot.ObservedMicros(); got != tt.sampled {
+				t.Errorf("response of %v sampled: %v, want %v", tt.took, got, tt.sampled)
+			}
+			if slot.InFlight() != 0 {
+				t.Errorf("in flight %d after End, want 0", slot.InFlight())
+			}
+		})
+	}
+}
+
+// A request this node served across a stall of its own process (its
+// announcements stopped for longer than max_age: a SIGSTOP) timed the
+// stall: it is no sample of its own speed, whether it ends before or
+// after the first announcement after the stall. One served after it is.
+func TestTableNoSelfSampleAcrossStall(t *testing.T) {
+	s := time.Second
+	tests := []struct {
+		name      string
+		announced bool          // the first announcement after the stall came before the request ended
+		took      time.Duration // ending at 10.01 s
+		sampled   bool
+	}{
+		{"ended before the announcer ran again", false, 9 * s, false},
+		{"ended after it", true, 9 * s, false},
+		{"began after the stall", true, 5 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			for _, at := range []time.Duration{0, 1 * s} {
+				tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0.Add(at)})
+			}
+			if tt.announced {
+				tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0.Add(10 * s)})
+			}
+			end := t0.Add(10*s + 10*time.Millisecond)
+			if got := tab.Stalled(end.Add(-tt.took), end); got == tt.sampled {
+				t.Errorf("Stalled = %v, want %v", got, !tt.sampled)
+			}
+			for range 8 { // enough responses to learn from
+				tab.Served(tt.took, end)
+			}
+			if _, got := tab.Lookup("me").LearnedMicros(); got != tt.sampled {
+				t.Errorf("own speed learnt from a response of %v: %v, want %v", tt.took, got, tt.sampled)
+			}
+		})
+	}
+}
+
+// When most peers show long gaps (announcements lost on most links), a
+// peer not heard since the loss began gets their patience (the median)
+// before it has shown a long gap of its own; one peer's long gap does not
+// give it to the others, and a steady cluster keeps max_age alone.
+func TestTableClusterPatience(t *testing.T) {
+	s := time.Second
+	steady := []time.Duration{0, 1 * s, 2 * s, 3 * s}
+	lossy := []time.Duration{0, 1 * s, 2 * s, 12 * s} // a 10 s gap: patience 20 s
+	tests := []struct {
+		name   string
+		others [][]time.Duration // the gaps of the peers b, c, d
+		want   time.Duration
+	}{
+		{"steady cluster", [][]time.Duration{steady, steady, steady}, 2 * s},
+		{"one peer with a long gap", [][]time.Duration{lossy, steady, steady}, 2 * s},
+		{"most peers with long gaps", [][]time.Duration{lossy, lossy, steady}, 20 * s},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(testLimits())
+			tab.UpdateSelf(&Peer{Name: "me", Incarnation: 1, ReceivedAt: t0})
+			// a: heard steadily, then silent since 3 s: the loss began.
+			last := announceEvery(t, tab, 7, t0, steady...)
+			for i, gaps := range tt.others {
+				for j, off := range gaps {
+					at := t0.Add(off)
+					mustAccept(t, tab, annAt(string(rune('b'+i)), 7, uint64(j+1), at), at)
+				}
+			}
+			tab.UpdateReference(t0.Add(12 * s))
+			if got := tab.Patience(); got != tt.want {
+				t.Errorf("cluster patience %v, want %v", got, tt.want)
+			}
+			// a, silent for 8 s, is live under the cluster's patience only.
+			now := last.Add(8 * s)
+			if got := tab.Lookup("a").Peer().Usable(now, max(3*s, tab.Patience())); got != (tt.want > 8*s) {
+				t.Errorf("a usable after 8 s of silence: %v, want %v", got, tt.want > 8*s)
+			}
+		})
+	}
+}

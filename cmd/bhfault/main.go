@@ -28,7 +28,7 @@ func main() {
 	o := fault.DefaultOptions()
 	faults := flag.String("faults", strings.Join(o.Faults, ","), "faults to run, comma-separated:\n"+fault.FaultHelp())
 	deploy := flag.String("deploy", strings.Join(o.Deployments, ","), "deployments: directive, balancer")
-	quick := flag.Bool("quick", false, "the quick mode's settings (death, restart, drain, reload; short; directive)")
+	quick := flag.Bool("quick", false, "the quick mode's settings (death, restart, drain, reload, rotate; short; directive)")
 	flag.IntVar(&o.Nodes, "nodes", o.Nodes, "app nodes (the last is the faulty one)")
 	flag.IntVar(&o.Workers, "workers", o.Workers, "workers per application")
 	flag.DurationVar(&o.Mean, "mean", o.Mean, "mean service time (exponential)")
@@ -37,6 +37,9 @@ func main() {
 	flag.DurationVar(&o.Timeout, "timeout", o.Timeout, "client timeout")
 	flag.DurationVar(&o.MaxAge, "max-age", o.MaxAge, "backhand max_age")
 	flag.IntVar(&o.BalancerRetries, "balancer-retries", o.BalancerRetries, "lb_retries of the balancer")
+	flag.DurationVar(&o.ResponseHeaderTimeout, "response-header-timeout", 0, "response_header_timeout of the proxy to peers (directive block, balancer); hang-bounded: default 2s")
+	flag.BoolVar(&o.BrowserResend, "browser-resend", false, "clients resend any request once when a kept-alive connection broke before a response header (as browsers and curl do)")
+	flag.IntVar(&o.FailureDetails, "failure-details", o.FailureDetails, "failed requests described in the notes (error, log lines)")
 	flag.DurationVar(&o.Warmup, "warmup", o.Warmup, "load before the measured baseline")
 	flag.DurationVar(&o.Before, "before", o.Before, "baseline before each fault")
 	flag.DurationVar(&o.After, "after", o.After, "load after each fault")
@@ -58,7 +61,7 @@ func main() {
 	flag.Parse()
 	if *quick {
 		q := fault.QuickOptions()
-		q.Dir, q.KeepDir = o.Dir, o.KeepDir
+		q.Dir, q.KeepDir, q.BrowserResend, q.FailureDetails = o.Dir, o.KeepDir, o.BrowserResend, o.FailureDetails
 		o = q
 	} else {
 		o.Faults = split(*faults)

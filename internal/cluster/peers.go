@@ -41,6 +41,7 @@ type PeerView struct {
 	CPUs        float64  `json:"cpus"`
 	Busy        uint32   `json:"busy"`
 	Capacity    uint32   `json:"capacity"`
+	LatencyMS   float64  `json:"latency_ms"` // the peer's own response time, as announced
 	Forwarded   uint64   `json:"forwarded"`
 	Speed       uint32   `json:"speed"`
 	Draining    bool     `json:"draining"`
@@ -55,6 +56,11 @@ type PeerView struct {
 	// ObservedLatencyMS is the viewing node's estimate of this peer's
 	// response time; nil until it has sent the peer a request.
 	ObservedLatencyMS *float64 `json:"observed_latency_ms,omitempty"`
+
+	// LearnedLatencyMS is the typical response time byWait ranks this
+	// peer by, learned from the viewing node's requests to it; nil until
+	// there is enough evidence.
+	LearnedLatencyMS *float64 `json:"learned_latency_ms,omitempty"`
 }
 
 // Peer returns the row of the named peer.

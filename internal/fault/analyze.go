@@ -76,6 +76,7 @@ func (s *runState) analyze(results []Result) {
 	for _, n := range dupNotes {
 		r.note("served twice: %s", n)
 	}
+	s.describeFailures(results, served)
 
 	// Latencies by phase (by due time), failures included with their time.
 	var before, during, after []time.Duration
@@ -96,6 +97,9 @@ func (s *runState) analyze(results []Result) {
 		r.MaxLatency = max(r.MaxLatency, x.Lat)
 	}
 	r.P99Before, r.P99During, r.P99After = p99(before), p99(during), p99(after)
+	for _, w := range r.Windows {
+		r.note("%s", windowStats(w, results))
+	}
 
 	// The last time an observer routed a new request to the victim.
 	obss := s.observations()
@@ -137,7 +141,10 @@ func (s *runState) analyze(results []Result) {
 
 	// A recovered node: when every observer lists it live again (a new
 	// incarnation after a restart), and when it has its share.
-	if r.Recover > 0 {
+	if s.wide && r.Inject > 0 {
+		r.note("%s", s.spread(r.Inject, r.DuringEnd, 5*time.Second))
+	}
+	if r.Recover > 0 && !s.wide {
 		oldInc := ""
 		for _, n := range r.Notes {
 			if v, ok := strings.CutPrefix(n, "old incarnation "); ok {
@@ -167,7 +174,95 @@ func (s *runState) analyze(results []Result) {
 		}
 		r.ShareAfter = s.shareAfter(r.Recover)
 		r.note("node%d's share of the arrivals per 2 s from the recovery (fair: %.0f%%): %s", e.victim+1, 100/float64(len(e.apps)), s.shares(r.Recover, 2*time.Second))
+		for _, n := range s.latencyAfter(obss, r.Recover) {
+			r.note("%s", n)
+		}
 	}
+}
+
+// latencyAfter describes, per observer, its estimates of the victim's
+// response time (learned: byWait's typical time; observed: peak-EWMA) at
+// the recovery and every 2 s after it, against the other nodes' median.
+func (s *runState) latencyAfter(obss []obs, rec time.Duration) []string {
+	e := s.e
+	victim := "node" + fmt.Sprint(e.victim+1)
+	var out []string
+	for who, n := range e.observers() {
+		var parts []string
+		next := rec
+		for _, o := range obss {
+			if o.who != who || o.at < next || o.learned == nil || len(parts) >= 8 {
+				continue
+			}
+			var others []float64
+			for name, v := range o.learned {
+				if name != victim && v >= 0 {
+					others = append(others, v)
+				}
+			}
+			slices.Sort(others)
+			med := -1.0
+			if len(others) > 0 {
+				med = others[len(others)/2]
+			}
+			parts = append(parts, fmt.Sprintf("+%.0fs %s/%s, announces %s busy %d (others %s)", (o.at-rec).Seconds(),
+				fmtMS(o.learned[victim]), fmtMS(o.observed[victim]), fmtMS(o.announced[victim]), o.busyOf[victim], fmtMS(med)))
+			next += 2 * time.Second
+		}
+		out = append(out, fmt.Sprintf("%s's learned/observed latency of %s, and what it announces (latency_ms, busy), from the recovery: %s", n.Name(), victim, strings.Join(parts, ", ")))
+	}
+	return out
+}
+
+func fmtMS(v float64) string {
+	if v < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0fms", v)
+}
+
+// spread describes how the applications shared the arrivals from from to
+// to: each one's share of the whole, and the largest share one of them
+// had in each window of win (a herd shows as windows near 100%).
+func (s *runState) spread(from, to, win time.Duration) string {
+	e := s.e
+	tl := make([][]int64, len(e.apps))
+	for i, a := range e.apps {
+		tl[i] = a.Arrivals()
+	}
+	total := make([]int64, len(tl))
+	var all int64
+	var peaks []float64
+	w := int(win / bucket)
+	for b := int(from / bucket); b+w <= min(int(to/bucket), len(tl[0])); b += w {
+		var most, sum int64
+		for i := range tl {
+			var n int64
+			for k := b; k < b+w; k++ {
+				n += tl[i][k]
+			}
+			total[i] += n
+			sum += n
+			most = max(most, n)
+		}
+		all += sum
+		if sum > 0 {
+			peaks = append(peaks, 100*float64(most)/float64(sum))
+		}
+	}
+	var ps []string
+	for _, p := range peaks {
+		ps = append(ps, fmt.Sprintf("%.0f%%", p))
+	}
+	if len(peaks) > 24 {
+		slices.Sort(peaks)
+		ps = []string{fmt.Sprintf("median %.0f%%, max %.0f%% over %d windows", peaks[len(peaks)/2], peaks[len(peaks)-1], len(peaks))}
+	}
+	var parts []string
+	for i, a := range e.apps {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", a.name, 100*float64(total[i])/float64(max(all, 1))))
+	}
+	return fmt.Sprintf("arrivals during the fault: %s; the busiest node's share per %v: %s", strings.Join(parts, ", "), win, strings.Join(ps, " "))
 }
 
 // shares is the victim's share of the arrivals in consecutive windows of
@@ -227,6 +322,88 @@ func (s *runState) shareAfter(rec time.Duration) time.Duration {
 		}
 	}
 	return -1
+}
+
+// describeFailures notes the browser-like resends, and up to
+// FailureDetails failed requests: the client's error, whether its
+// connection was a kept-alive one, and the first log line of a node that
+// names it.
+func (s *runState) describeFailures(results []Result, served map[string]int) {
+	r, e := s.rep, s.e
+	var resent, resentPost, resentFailed int
+	for _, x := range results {
+		if x.Resent {
+			resent++
+			if x.Post {
+				resentPost++
+			}
+			if x.Failed() {
+				resentFailed++
+			}
+		}
+	}
+	if e.o.BrowserResend {
+		r.note("browser-like resends (a kept-alive connection broke before any response header): %d (%d POST), %d of them failed again", resent, resentPost, resentFailed)
+	}
+	shown := 0
+	for _, x := range results {
+		if !x.Failed() || x.Kind == KindDropped || shown >= e.o.FailureDetails {
+			continue
+		}
+		shown++
+		m := "GET"
+		if x.Post {
+			m = "POST"
+		}
+		entry := strings.TrimSuffix(strings.TrimPrefix(x.Entry, "http://"), "/")
+		line := fmt.Sprintf("failed: %s %s due %.2fs via %s (kept-alive %v, resent %v, served %d): %s %.160s after %v",
+			m, x.ID, x.Due.Seconds(), entry, x.Reused, x.Resent, served[x.ID], x.KindLabel(), x.Err, x.Lat.Round(time.Millisecond))
+		if logs := e.grepLogs(`"`+x.ID+`"`, 2); len(logs) > 0 {
+			for _, l := range logs {
+				line += "; log " + clipLog(l)
+			}
+		}
+		r.note("%s", line)
+	}
+}
+
+// clipLog keeps a log line's node, message and error.
+func clipLog(l string) string {
+	node, rest, _ := strings.Cut(l, ": ")
+	var v struct {
+		Logger string `json:"logger"`
+		Msg    string `json:"msg"`
+		Err    string `json:"error"`
+		Status int    `json:"status"`
+	}
+	if json.Unmarshal([]byte(rest), &v) != nil {
+		return node + ": " + rest[:min(len(rest), 200)]
+	}
+	return fmt.Sprintf("%s: %s %q status %d error %.200q", node, v.Logger, v.Msg, v.Status, v.Err)
+}
+
+// windowStats summarises the requests due within w: how many, their
+// failures by kind, p99 and longest.
+func windowStats(w Window, results []Result) string {
+	var lats []time.Duration
+	fails := map[string]int{}
+	var longest time.Duration
+	for _, x := range results {
+		if x.Due < w.From || x.Due >= w.To {
+			continue
+		}
+		if x.Failed() {
+			fails[x.KindLabel()]++
+		}
+		if x.Kind == KindDropped {
+			continue
+		}
+		lats = append(lats, x.Lat)
+		longest = max(longest, x.Lat)
+	}
+	f := (&Report{Failures: fails}).FailureSummary()
+	return fmt.Sprintf("%s (%.1fs-%.1fs): %d requests, failures %s, p99 %s, longest %s",
+		w.Name, w.From.Seconds(), w.To.Seconds(), len(lats), f, fmtDur(p99(lats)), fmtDur(longest))
 }
 
 func p99(xs []time.Duration) time.Duration {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,7 +44,11 @@ type env struct {
 	start  time.Time
 	key    string
 	extra  []string // extra lines of every node's backhand block
-	wrap   []string // command the victim's Caddy runs under
+	// keys and acceptKeys, when set, are Caddy i's key and accept_keys
+	// instead of key (the key rotation); under mu.
+	keys       []string
+	acceptKeys [][]string
+	wrap       []string // command the victim's Caddy runs under
 
 	apps []*App
 	udp  []*UDPRelay // per Caddy (balancer last)
@@ -76,6 +81,15 @@ func (e *env) nodeConfig(i int) cluster.NodeConfig {
 			peers = append(peers, hp(host(j), e.base+4))
 		}
 	}
+	key, extra := e.key, e.extra
+	e.mu.Lock()
+	if i < len(e.keys) {
+		key = e.keys[i]
+		if len(e.acceptKeys[i]) > 0 {
+			extra = append(slices.Clone(extra), "accept_keys "+strings.Join(e.acceptKeys[i], " "))
+		}
+	}
+	e.mu.Unlock()
 	c := cluster.NodeConfig{
 		Index:         i + 1,
 		HTTPPort:      e.base,
@@ -83,17 +97,17 @@ func (e *env) nodeConfig(i int) cluster.NodeConfig {
 		AdminPort:     e.base + 10 + i + 1,
 		Cluster:       "faults",
 		Peers:         peers,
-		Key:           e.key,
+		Key:           key,
 		Interval:      e.o.Interval,
 		MaxAge:        e.o.MaxAge,
-		ExtraBackhand: e.extra,
+		ExtraBackhand: extra,
 		GracePeriod:   e.o.GracePeriod,
 	}
 	if i == e.n { // the balancer
 		c.Name = "balancer"
 		c.Tags = []string{"balancer"}
-		c.ExtraSites = []string{fmt.Sprintf(":%d {\n\tbind %s\n\treverse_proxy {\n\t\tdynamic backhand {\n\t\t\ttags app\n\t\t}\n\t\tlb_policy backhand\n\t\tlb_retries %d\n\t}\n}\n",
-			e.base+5, host(i), e.o.BalancerRetries)}
+		c.ExtraSites = []string{fmt.Sprintf(":%d {\n\tbind %s\n\treverse_proxy {\n\t\tdynamic backhand {\n\t\t\ttags app\n\t\t}\n\t\tlb_policy backhand\n\t\tlb_retries %d\n%s\t}\n}\n",
+			e.base+5, host(i), e.o.BalancerRetries, e.transport("\t\t"))}
 		return c
 	}
 	c.Tags = []string{"app"}
@@ -101,11 +115,23 @@ func (e *env) nodeConfig(i int) cluster.NodeConfig {
 	c.AppUpstream = hp(host(i), e.base+1)
 	if e.deploy == Directive {
 		c.AppDirectives = []string{"backhand"}
+		if t := e.transport("\t\t"); t != "" {
+			c.AppDirectives = []string{"backhand {\n" + t + "\t}"}
+		}
 	}
 	if i == e.victim && len(e.wrap) > 0 {
 		c.Wrap = e.wrap
 	}
 	return c
+}
+
+// transport is the transport block of the proxy to peers, indented by
+// indent, or "" for Caddy's default transport.
+func (e *env) transport(indent string) string {
+	if e.o.ResponseHeaderTimeout <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("%stransport http {\n%s\tresponse_header_timeout %v\n%s}\n", indent, indent, e.o.ResponseHeaderTimeout, indent)
 }
 
 // urls are the clients' entry points.

@@ -7,12 +7,13 @@ import (
 	"time"
 )
 
-// TestQuick runs the quick mode (death, restart, drain, reload storm in the
-// directive deployment, short) on real processes and checks the issue's
-// targets coarsely: no GET fails, no POST is served twice (nor a GET but
-// after a death), none is answered
-// without an application, and a dead node gets no new request later than
-// max_age + 1 s after it died.
+// TestQuick runs the quick mode (death, restart, drain, reload storm, key
+// rotation in the directive deployment, short) on real processes and
+// checks the targets coarsely: no GET fails, no POST is served
+// twice (nor a GET but after a death), none is answered without an
+// application, a dead node gets no new request later than max_age + 1 s
+// after it died, and at every step of the key rotation every node heard
+// every other, with no announcement rejected.
 func TestQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs real Caddy processes for about a minute and a half")
@@ -49,6 +50,15 @@ func TestQuick(t *testing.T) {
 		}
 		if r.Lost != 0 {
 			t.Errorf("%s/%s: %d requests answered 2xx that no application served", r.Fault, r.Deploy, r.Lost)
+		}
+		// A rolling key rotation: at every step every node heard every
+		// other, and nothing was rejected.
+		if r.Fault == "rotate" {
+			for _, n := range r.Notes {
+				if strings.HasPrefix(n, "rotation step") {
+					t.Errorf("rotate/%s: %s", r.Deploy, n)
+				}
+			}
 		}
 		if r.Fault == "death" && (r.SentLate != 0 || r.StopAfter < 0 || r.StopAfter > o.MaxAge+time.Second) {
 			t.Errorf("death/%s: last new request to the dead node %v after the kill, %d later than max_age+1s; want within %v",

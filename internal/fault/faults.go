@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,8 +19,8 @@ import (
 
 // DefaultFaults are the faults of the default run, in order (soak only
 // when asked).
-var DefaultFaults = []string{"death", "hang", "partition-announce", "partition-http", "loss30", "loss90",
-	"reload", "restart", "drain", "skew"}
+var DefaultFaults = []string{"death", "hang", "hang-bounded", "partition-announce", "partition-http", "loss30", "loss90",
+	"reload", "restart", "drain", "skew", "rotate"}
 
 // faultSpec is one fault: its script runs at the fault's time, in the
 // middle of the load, and sets the report's marks.
@@ -39,6 +41,8 @@ var faults = []faultSpec{
 		length: func(o Options) time.Duration { return o.DeathFor }, run: runDeath},
 	{name: "hang", desc: "SIGSTOP of the node's Caddy, SIGCONT after -hang",
 		length: func(o Options) time.Duration { return o.HangFor }, run: runHang},
+	{name: "hang-bounded", desc: "hang, with response_header_timeout (-response-header-timeout, default 2s) on the proxy to peers",
+		length: func(o Options) time.Duration { return o.HangFor }, run: runHang, prepare: prepareHangBounded},
 	{name: "partition-announce", desc: "the node's announcements dropped on every link, HTTP working",
 		length: func(o Options) time.Duration { return o.PartitionFor }, run: runPartitionAnnounce},
 	{name: "partition-http", desc: "the node's advertised HTTP address cut (new connections refused, open ones black-holed), announcements working",
@@ -55,6 +59,8 @@ var faults = []faultSpec{
 		length: func(o Options) time.Duration { return o.DrainMax }, run: runDrain},
 	{name: "skew", desc: "the node's clock behind by -skew > replay_window (its announcements delayed by a relay)",
 		length: func(o Options) time.Duration { return o.SkewFor }, prepare: prepareSkew, run: runSkew},
+	{name: "rotate", clusterWide: true, desc: "a rolling key rotation (accept_keys <new>; key <new>, accept_keys <old>; accept_keys dropped), node by node via POST /load; then the node jumps to a new key without accept_keys (the split)",
+		length: func(o Options) time.Duration { return 40 * time.Second }, run: runRotate},
 	{name: "soak", clusterWide: true, desc: "load with a reload of every Caddy every -soak-reload; resources at start and end",
 		length: func(o Options) time.Duration { return o.SoakFor }, run: runSoak},
 }
@@ -116,6 +122,15 @@ func runHang(ctx context.Context, s *runState) error {
 	s.rep.Recover = s.now()
 	s.rep.DuringEnd = s.rep.Recover
 	return err
+}
+
+// prepareHangBounded bounds the requests to peers by a response header
+// timeout (2 s unless set).
+func prepareHangBounded(e *env) string {
+	if e.o.ResponseHeaderTimeout <= 0 {
+		e.o.ResponseHeaderTimeout = 2 * time.Second
+	}
+	return ""
 }
 
 func runPartitionAnnounce(ctx context.Context, s *runState) error {
@@ -426,17 +441,86 @@ func resources(ctx context.Context, n *cluster.Node) Resources {
 	return r
 }
 
+// goroutineGroups sums n's goroutines by the first function of their
+// stacks outside the runtime (pprof's debug=1 groups), the largest first,
+// at most max of them.
+func goroutineGroups(ctx context.Context, n *cluster.Node, max int) string {
+	_, body, err := n.AdminGet(ctx, "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return err.Error()
+	}
+	by := map[string]int{}
+	for _, group := range strings.Split(string(body), "\n\n") {
+		lines := strings.Split(group, "\n")
+		k, _, ok := strings.Cut(lines[0], " @ ")
+		count, cerr := strconv.Atoi(k)
+		if !ok || cerr != nil {
+			continue
+		}
+		fn := "?"
+		for _, l := range lines[1:] {
+			f := strings.Fields(l)
+			if len(f) >= 3 && f[0] == "#" && !strings.HasPrefix(f[2], "runtime.") && !strings.HasPrefix(f[2], "internal/poll.") {
+				fn, _, _ = strings.Cut(f[2], "+0x")
+				break
+			}
+		}
+		by[fn] += count
+	}
+	keys := slices.SortedFunc(maps.Keys(by), func(a, b string) int { return by[b] - by[a] })
+	var parts []string
+	for _, k := range keys[:min(max, len(keys))] {
+		parts = append(parts, fmt.Sprintf("%d %s", by[k], k))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func runSoak(ctx context.Context, s *runState) error {
 	e := s.e
 	s.rep.Inject = s.now()
-	start := map[string]Resources{}
-	for _, n := range e.allNodes() {
-		start[n.Name()] = resources(ctx, n)
+	nodes := e.allNodes()
+	// Every node's resources at the start and every soakSample, to tell
+	// growth from a plateau.
+	const soakSample = time.Minute
+	series := map[string][]Resources{}
+	sample := func() {
+		for _, n := range nodes {
+			series[n.Name()] = append(series[n.Name()], resources(ctx, n))
+		}
 	}
+	sample()
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(soakSample)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	}()
 	err := s.storm(ctx, e.o.SoakFor, e.o.SoakReload, false)
-	for _, n := range e.allNodes() {
-		end := resources(ctx, n)
-		s.rep.note("%s: start %v; end %v", n.Name(), start[n.Name()], end)
+	close(stop)
+	<-sampled
+	sample()
+	for _, n := range nodes {
+		rs := series[n.Name()]
+		var g, f, h []string
+		for _, r := range rs {
+			g = append(g, strconv.Itoa(r.Goroutines))
+			f = append(f, strconv.Itoa(r.FDs))
+			h = append(h, fmt.Sprintf("%.1f", float64(r.HeapAlloc)/1e6))
+		}
+		s.rep.note("%s: start %v; end %v; per minute: goroutines %s; fds %s; heap MB %s", n.Name(), rs[0], rs[len(rs)-1],
+			strings.Join(g, " "), strings.Join(f, " "), strings.Join(h, " "))
+		s.rep.note("%s: goroutines at the end by function: %s", n.Name(), goroutineGroups(ctx, n, 5))
 	}
 	s.rep.DuringEnd = s.now()
 	return err

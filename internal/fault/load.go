@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"strconv"
 	"strings"
@@ -33,6 +34,12 @@ type Result struct {
 	Kind   string        // KindOK, KindConn, KindTimeout, KindDropped, or "status"
 	Status int           // the HTTP status, if one came
 	Node   string        // the application that served it (X-Fault-Node)
+	Entry  string        // the URL it was sent to
+	Err    string        // the client's error, if any
+	// Reused says the (last) attempt went out on a kept-alive connection;
+	// Resent that it was sent again, as a browser does, after such a
+	// connection broke before any response header (BrowserResend).
+	Reused, Resent bool
 }
 
 // Failed reports whether the client saw a failure.
@@ -62,6 +69,13 @@ type Load struct {
 	Prefix         string // of the request ids
 	// Stop, when closed, ends the arrivals early.
 	Stop <-chan struct{}
+	// BrowserResend sends a request once more, whatever its method, when
+	// the kept-alive connection it went out on broke before any response
+	// header, as Chromium, Firefox and curl do (Chromium's
+	// HttpNetworkTransaction::ShouldResendRequest: a reused connection
+	// and no response headers). Go's client resends only idempotent
+	// requests.
+	BrowserResend bool
 }
 
 // Run runs the load; start is the run's start. It returns every request's
@@ -111,10 +125,15 @@ func (l Load) Run(ctx context.Context, start time.Time) []Result {
 			continue
 		}
 		url := l.URLs[rnd.IntN(len(l.URLs))]
+		res.Entry = url
 		outstanding.Add(1)
 		wg.Go(func() {
 			defer outstanding.Add(-1)
 			do(ctx, client, url, &res)
+			if l.BrowserResend && res.Reused && res.Kind == KindConn && res.Status == 0 && ctx.Err() == nil {
+				res.Resent = true
+				do(ctx, client, url, &res)
+			}
 			res.Lat = time.Since(start.Add(res.Due))
 			mu.Lock()
 			out = append(out, res)
@@ -146,9 +165,13 @@ func do(ctx context.Context, client *http.Client, url string, res *Result) {
 		return
 	}
 	req.Header.Set(idHeader, res.ID)
+	res.Reused, res.Err = false, ""
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(i httptrace.GotConnInfo) { res.Reused = i.Reused },
+	}))
 	resp, err := client.Do(req)
 	if err != nil {
-		res.Kind = errKind(err)
+		res.Kind, res.Err = errKind(err), err.Error()
 		return
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
@@ -157,7 +180,7 @@ func do(ctx context.Context, client *http.Client, url string, res *Result) {
 	res.Node = resp.Header.Get(nodeHeader)
 	switch {
 	case err != nil:
-		res.Kind = errKind(err)
+		res.Kind, res.Err = errKind(err), err.Error()
 	case resp.StatusCode/100 != 2:
 		res.Kind = "status"
 	default:

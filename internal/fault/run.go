@@ -28,10 +28,22 @@ type Options struct {
 	Timeout time.Duration // the clients' timeout
 
 	MaxOutstanding int // requests in flight at most; later arrivals are dropped (and counted)
+	// BrowserResend makes the clients resend a request, whatever its
+	// method, when a kept-alive connection broke before any response
+	// header, as browsers and curl do (Load.BrowserResend).
+	BrowserResend bool
+	// FailureDetails is how many failed requests the notes describe (the
+	// client's error and the nodes' log lines naming the request).
+	FailureDetails int
 
 	Interval, MaxAge time.Duration // announcement interval, max_age (0: plugin defaults)
 	GracePeriod      time.Duration // Caddy's grace_period
 	BalancerRetries  int           // lb_retries of the balancer
+	// ResponseHeaderTimeout, if set, is the response_header_timeout of
+	// the transport that forwards to peers (the directive's block, the
+	// balancer's reverse_proxy): what bounds a request sent to a node
+	// that hangs. The hang-bounded fault sets it (default 2s).
+	ResponseHeaderTimeout time.Duration
 
 	Warmup, Before, After time.Duration // phases around every fault
 
@@ -47,6 +59,9 @@ type Options struct {
 	ReplayWindow time.Duration // replay_window in the skew fault
 	SoakFor      time.Duration
 	SoakReload   time.Duration
+	// RotateSplit adds the rotate fault's negative check: a node jumping
+	// to a new key without accept_keys.
+	RotateSplit bool
 
 	Log     io.Writer // progress; nil: none
 	Dir     string    // work directory (default: a temporary one)
@@ -85,21 +100,25 @@ func DefaultOptions() Options {
 		ReplayWindow:   2 * time.Second,
 		SoakFor:        10 * time.Minute,
 		SoakReload:     10 * time.Second,
+		RotateSplit:    true,
 
 		BalancerRetries: 2,
+		FailureDetails:  6,
 	}
 }
 
-// QuickOptions are the quick mode's: death, restart, drain and a reload
-// storm, short, in about 60-90 s.
+// QuickOptions are the quick mode's: death, restart, drain, a reload
+// storm and a key rotation (without its split check), short, in about
+// 90 s.
 func QuickOptions() Options {
 	o := DefaultOptions()
-	o.Faults = []string{"death", "restart", "drain", "reload"}
+	o.Faults = []string{"death", "restart", "drain", "reload", "rotate"}
+	o.RotateSplit = false
 	o.Deployments = []string{Directive}
 	o.Load = 0.5
 	o.Warmup, o.Before, o.After = 2*time.Second, 3*time.Second, 4*time.Second
-	o.DeathFor = 5 * time.Second
-	o.ReloadFor = 8 * time.Second
+	o.DeathFor = 4 * time.Second
+	o.ReloadFor = 6 * time.Second
 	o.DrainMax = 10 * time.Second
 	return o
 }
@@ -138,8 +157,18 @@ type Report struct {
 	MaxLatency                     time.Duration
 	MaxLatencyDuring               time.Duration
 
+	// Windows are parts of the run whose requests are reported on their
+	// own (in the notes): e.g. the steps of a key rotation.
+	Windows []Window
+
 	Notes []string
 	Err   error
+}
+
+// Window is a named part of a run, by due time since the load's start.
+type Window struct {
+	Name     string
+	From, To time.Duration
 }
 
 func (r *Report) note(format string, args ...any) {
@@ -157,12 +186,18 @@ type obs struct {
 	busy        uint32
 	inflight    int64
 	rejected    map[string]int
+	// the observer's estimates of every peer's response time, ms (-1:
+	// none): observed (peak-EWMA) and learned (byWait's typical time)
+	observed, learned map[string]float64
+	announced         map[string]float64 // latency_ms: the peer's own response time, as it announces it
+	busyOf            map[string]uint32  // the peer's announced requests in flight
 }
 
 // runState is what a fault script and the analysis share.
 type runState struct {
-	e   *env
-	rep *Report
+	e    *env
+	rep  *Report
+	wide bool // a cluster-wide fault: no faulty node to follow
 
 	mu   sync.Mutex
 	obss []obs
@@ -200,6 +235,11 @@ func (s *runState) poll(ctx context.Context) {
 			o := obs{at: s.now(), who: i}
 			if err == nil {
 				o.rejected = v.Rejected
+				o.observed, o.learned, o.announced, o.busyOf = map[string]float64{}, map[string]float64{}, map[string]float64{}, map[string]uint32{}
+				for _, p := range v.Peers {
+					o.observed[p.Name], o.learned[p.Name] = msOr(p.ObservedLatencyMS), msOr(p.LearnedLatencyMS)
+					o.announced[p.Name], o.busyOf[p.Name] = p.LatencyMS, p.Busy
+				}
 				if p, ok := v.Peer(victim); ok {
 					o.ok, o.state, o.incarnation = true, p.State, p.Incarnation
 					o.sent, o.busy, o.inflight = p.SentByThisNode, p.Busy, p.InFlightFromThisNode
@@ -214,6 +254,13 @@ func (s *runState) poll(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+func msOr(p *float64) float64 {
+	if p == nil {
+		return -1
+	}
+	return *p
 }
 
 // observations returns a copy of the polls.
@@ -265,6 +312,20 @@ func Run(ctx context.Context, o Options) ([]*Report, error) {
 	return reps, nil
 }
 
+// loadAvg is the machine's 1-minute load average (Linux), or "?": the
+// harness shares the machine, and a busy one stretches every latency.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
 func logf(o Options, format string, args ...any) {
 	if o.Log != nil {
 		fmt.Fprintf(o.Log, format+"\n", args...)
@@ -293,7 +354,7 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 		rep.Err = err
 		return rep
 	}
-	s := &runState{e: e, rep: rep}
+	s := &runState{e: e, rep: rep, wide: f.clusterWide}
 	// The load and the timelines start now.
 	e.start = time.Now()
 	for _, a := range e.apps {
@@ -301,7 +362,8 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 	}
 	stop := make(chan struct{})
 	load := Load{URLs: e.urls(), Rate: o.Rate(), From: 0, To: horizon, PostShare: o.Post,
-		Timeout: o.Timeout, MaxOutstanding: o.MaxOutstanding, Seed: uint64(time.Now().UnixNano()), Prefix: f.name + "-", Stop: stop}
+		Timeout: o.Timeout, MaxOutstanding: o.MaxOutstanding, Seed: uint64(time.Now().UnixNano()), Prefix: f.name + "-", Stop: stop,
+		BrowserResend: o.BrowserResend}
 	var results []Result
 	done := make(chan struct{})
 	go func() { results = load.Run(ctx, e.start); close(done) }()
@@ -310,9 +372,11 @@ func runOne(ctx context.Context, o Options, bin, dir string, f faultSpec, deploy
 	go func() { s.poll(pctx); close(pdone) }()
 
 	err := s.sleepUntil(ctx, o.Warmup+o.Before)
+	loadBefore := loadAvg()
 	if err == nil {
 		err = f.run(ctx, s)
 	}
+	rep.note("machine load average (1 min) at the fault and at its end: %s / %s", loadBefore, loadAvg())
 	if err != nil {
 		rep.Err = err
 	}
