@@ -30,6 +30,8 @@ type peerLocal struct {
 	// only by the announcement's writer (under the table's lock).
 	othersAt   atomic.Uint64          // float64 bits
 	othersMean atomic.Uint64          // float64 bits
+	othersVar  atomic.Uint64          // float64 bits: their variance about othersMean
+	othersNow  atomic.Uint64          // float64 bits: their mean over the last few announcements
 	othersN    atomic.Uint64          // announcements in othersMean
 	logged     atomic.Pointer[string] // the state last logged, so each change is logged once
 }
@@ -45,11 +47,8 @@ func (l *peerLocal) announced(f *Figures) {
 	// requests that do not exist (which made every peer look busier than
 	// this node itself). The estimate is clipped instead.
 	others := float64(f.Busy) - float64(own)
-	mean := math.Float64frombits(l.othersMean.Load())
-	n := l.othersN.Add(1)
-	mean += max(othersMeanWeight, 1/float64(n)) * (others - mean)
 	l.othersAt.Store(math.Float64bits(others))
-	l.othersMean.Store(math.Float64bits(mean))
+	l.updateOthersMean(others)
 	for {
 		hwm := l.loadHWM.Load()
 		if f.Load1000 <= hwm || l.loadHWM.CompareAndSwap(hwm, f.Load1000) {
@@ -57,6 +56,50 @@ func (l *peerLocal) announced(f *Figures) {
 		}
 	}
 }
+
+// updateOthersMean takes the others' share one announcement showed into
+// their long-run mean. When the mean of the last few announcements has
+// moved from it beyond their noise (a shift: another entry point stopped
+// or started sending, the traffic moved), the long-run mean starts again
+// from the recent one: its two-hundred-announcement memory would
+// otherwise credit the peer with requests that stopped minutes ago (the
+// benchmark, switching from dedicated balancers to the directive: every
+// peer still counted the balancers' six requests, and the deciding node
+// served a third of four equal nodes' requests). The variance restarts
+// too, so the next shift is told from the noise seen since.
+func (l *peerLocal) updateOthersMean(others float64) {
+	mean, variance := loadFloat(&l.othersMean), loadFloat(&l.othersVar)
+	recent := loadFloat(&l.othersNow)
+	n := l.othersN.Add(1)
+	w := max(othersMeanWeight, 1/float64(n))
+	mean += w * (others - mean)
+	variance += w * ((others-mean)*(others-mean) - variance)
+	recent += max(othersRecentWeight, 1/float64(n)) * (others - recent)
+	if n > othersShiftAfter && math.Abs(recent-mean) > max(othersShiftMin, othersShiftZ*othersRecentSE*math.Sqrt(variance)) {
+		mean, recent, variance = others, others, 0
+		l.othersN.Store(1)
+	}
+	storeFloat(&l.othersMean, mean)
+	storeFloat(&l.othersVar, variance)
+	storeFloat(&l.othersNow, recent)
+}
+
+// How a shift in the others' share is told from noise: the recent mean
+// (weight othersRecentWeight, the last eight or so announcements) differs
+// from the long-run one by more than othersShiftZ of its standard errors,
+// and by at least othersShiftMin requests, once othersShiftAfter
+// announcements have come. After a shift both means restart from the
+// latest announcement, as plain averages of those since, as at the start.
+const (
+	othersRecentWeight = 1.0 / 8
+	othersShiftZ       = 3
+	othersShiftMin     = 1
+	othersShiftAfter   = 8
+)
+
+// othersRecentSE is the standard error of the recent mean in units of one
+// announcement's standard deviation.
+var othersRecentSE = math.Sqrt(othersRecentWeight / (2 - othersRecentWeight))
 
 // othersMeanWeight is the EWMA weight of one announcement in othersMean
 // once it has settled: about two hundred announcements, enough to average

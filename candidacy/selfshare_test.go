@@ -170,3 +170,23 @@ func TestRoundTripFactor(t *testing.T) {
 		t.Errorf("factor %v, want the median clamped to 2", got)
 	}
 }
+
+// The others' share at a peer follows a shift within a few announcements
+// (another entry point stopped sending), not the two hundred of its
+// long-run mean, yet a stationary share with noise does not move it.
+func TestOthersMeanFollowsAShift(t *testing.T) {
+	var l peerLocal
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 300 { // others keep about six requests there, with noise
+		l.announced(&Figures{Busy: uint32(4 + rng.IntN(5))})
+	}
+	if m := loadFloat(&l.othersMean); math.Abs(m-6) > 0.5 {
+		t.Fatalf("stationary: mean %.2f, want about 6", m)
+	}
+	for range 10 { // they stop
+		l.announced(&Figures{Busy: 0})
+	}
+	if m := loadFloat(&l.othersMean); m > 1.5 {
+		t.Errorf("10 announcements after the others stopped: mean %.2f, want under 1.5", m)
+	}
+}
