@@ -105,11 +105,7 @@ func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 	}
 	typical, current = x.slot.local.times.estimate(c.now, fb)
 	if !x.Peer.Self && x.Peer.Figures.LatencyMicros > 0 {
-		// The announced time, unless this node's own round trips to the
-		// peer are shorter: the announcement is a 5 s average that lags
-		// a peer back from a slow spell, and one it then sends little
-		// to would not correct it for seconds (BENCHMARKS.md).
-		typical, current = min(fb, typical), min(fb, typical)*current/typical
+		typical, current = fb, fb*current/typical
 	}
 	typical, current = alike(typical, current, ref)
 	return typical, recovering(typical, current, ref)

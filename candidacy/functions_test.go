@@ -715,22 +715,3 @@ func TestByWaitFollowsRecovery(t *testing.T) {
 		t.Errorf("a's fast burst: got %v, want b first (a no faster than usual)", got)
 	}
 }
-
-// A peer whose announced time lags (its 5 s average still holds a slow
-// spell) but that answers this node's requests at the usual pace is
-// ranked by those answers: otherwise it would get few requests, and its
-// announcement would take seconds to come down.
-func TestByWaitTrustsFasterObservationsOverALaggingAnnouncement(t *testing.T) {
-	lat := func(ms uint32) func(*Peer) { return func(p *Peer) { p.Figures.LatencyMicros = ms * 1000 } }
-	n := newTestNode(tp("a", 0, busy(1), lat(85)), tp("b", 0, busy(2), lat(40)))
-	wait := policy(n, &ByWait{})
-	at := now.Add(-time.Second)
-	for range 30 {
-		at = at.Add(20 * time.Millisecond)
-		n.table.Lookup("a").local.times.observe(40*time.Millisecond, at)
-		n.table.Lookup("b").local.times.observe(40*time.Millisecond, at)
-	}
-	if got := chainNamesAt(wait, at, 1); !slices.Equal(got, fig("a", "b")) {
-		t.Errorf("got %v, want a (1 in flight, answering in 40 ms though it announces 85) before b (2)", got)
-	}
-}
