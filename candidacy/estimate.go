@@ -19,11 +19,14 @@ func (c *Candidates) busy(x *Candidate) float64 {
 		// this node counts its requests to every peer (Little's law), or,
 		// if more, those that a reverse_proxy here sent to this node's
 		// own site and waits for, counted over the round trip already.
-		own := int64(0)
-		if x.slot != nil {
-			own = x.slot.local.inflight.Load()
+		// A node that reaches itself through its own site (a balancer
+		// whose upstreams include it) counts those over the round trip
+		// already: no factor then.
+		own, factor := int64(0), c.table.roundTripFactor()
+		if x.slot != nil && x.slot.local.sent.Load() > 0 {
+			own, factor = x.slot.local.inflight.Load(), 1
 		}
-		served := float64(max(c.liveBusy.Load()-c.selfCounted, 0)) * c.table.roundTripFactor()
+		served := float64(max(c.liveBusy.Load()-c.selfCounted, 0)) * factor
 		return max(served, float64(own))
 	case c.predict == PredictDecay && x.slot != nil && !x.Peer.Self:
 		return x.slot.local.decayed(x.Peer.Age(c.now), float64(x.Peer.Figures.LatencyMicros))
@@ -107,24 +110,7 @@ func (c *Candidates) responseTimes(x *Candidate) (typical, current float64) {
 	if !x.Peer.Self && x.Peer.Figures.LatencyMicros > 0 {
 		typical, current = fb, fb*current/typical
 	}
-	typical, current = alike(typical, current, ref)
-	return typical, recovering(typical, current, ref)
-}
-
-// recovering returns the current time, which counts below the typical one
-// only down to the reference (typical and current as alike returns them): a
-// candidate that was slow and answers at the cluster's usual pace again is
-// followed within a few responses instead of the seconds its typical time
-// takes to come down, while a fast recent time of a usual candidate
-// (queueing that has just drained) is not chased.
-func recovering(typical, current, reference float64) float64 {
-	switch {
-	case current >= typical:
-		return current
-	case reference <= 0:
-		return typical
-	}
-	return max(current, min(typical, reference))
+	return alike(typical, current, ref)
 }
 
 // alike ranks a candidate whose typical time lies within sameBand of the

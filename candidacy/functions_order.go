@@ -328,16 +328,15 @@ func (f *ByWeight) rank(c *Candidates, x *Candidate) float64 {
 // learned from evidence: what the peer announces for the requests it
 // serves (for this node: those it serves), raised to its last few
 // responses to this node when they are slower beyond noise, so a peer
-// that turns slow is shunned within a few responses, and lowered to them
-// (no further than the cluster's median) when it is back to the usual
-// pace; a peer that announces nothing is ranked by the response times
-// this node sees. Times within 1.25x of the cluster's median count as the
-// median, times below 1 ms as 1 ms. Without evidence, the cluster's
-// median counts (scaled by a configured `speed`). The application's
-// weight, when reported, stretches it by 1/weight. Ties are not broken in
-// this node's favour (that gave it more than its share); `byWait <bias>`
-// favours it by that many requests, to save the hop. Part of the
-// recommended default chain.
+// that turns slow is shunned within a few responses; a peer that
+// announces nothing is ranked by the response times this node sees.
+// Times within 1.25x of the cluster's median count as the median, times
+// below 1 ms as 1 ms. Without evidence, the cluster's median counts
+// (scaled by a configured `speed`). The application's weight, when
+// reported, stretches it by 1/weight. Ties are not broken in this node's
+// favour (that gave it more than its share); `byWait <bias>` favours it
+// by that many requests, to save the hop. Part of the recommended
+// default chain.
 type ByWait struct {
 	// Bias is how many requests in flight this node's own count is
 	// lowered by before comparing, to offset the cost of forwarding.

@@ -13,14 +13,12 @@ import (
 // the requests it served. Each candidate keeps two averages of them: a
 // typical one (time constant typicalTau) and a recent one (the last
 // sixteen or so responses). A ranking takes the typical time, or the
-// recent one when it differs from the typical by more than their noise: a
-// peer turning slow is shunned within a few responses. A recent time
-// below the typical one counts only down to the cluster's reference
-// (recovering): a peer that was slow and is back to the usual pace is
-// followed within a few dozen responses, but a usual peer's fast burst is
-// mostly queueing that has just drained, and chasing it, like chasing the
-// differences between equal nodes, made the balancing oscillate in
-// BENCHMARKS.md's checks.
+// recent one when it exceeds the typical by more than their noise: a peer
+// turning slow is shunned within a few responses; one that recovers is
+// followed by its typical time (a recent time below the typical one is
+// mostly queueing that has just drained, and chasing it, like chasing
+// the differences between equal nodes, made the balancing oscillate in
+// BENCHMARKS.md's checks).
 // Without fresh evidence the estimate returns, with forgetTau, to the
 // candidate's fallback: the response time the peer announces for the
 // requests it serves, else the cluster's reference (the median of what
@@ -83,7 +81,7 @@ func (r *responseTimes) observe(d time.Duration, now time.Time) {
 }
 
 // estimate returns the candidate's typical response time and its current
-// one (the recent time when it differs from the typical beyond noise), in
+// one (the recent time when it exceeds the typical beyond noise), in
 // µs and at least latencyFloor, each blended towards fallback as the last
 // response ages; both are fallback without enough evidence.
 func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, current float64) {
@@ -93,8 +91,8 @@ func (r *responseTimes) estimate(now time.Time, fallback float64) (typical, curr
 	typical = loadFloat(&r.typical)
 	current = typical
 	// changeMin first: it settles most calls without threshold's root.
-	if recent := loadFloat(&r.recent); typical > 0 && (recent > typical*changeMin || recent*changeMin < typical) {
-		if t := r.threshold(typical); recent > typical*t || recent*t < typical {
+	if recent := loadFloat(&r.recent); typical > 0 && recent > typical*changeMin {
+		if t := r.threshold(typical); recent > typical*t {
 			current = recent
 		}
 	}
