@@ -142,23 +142,6 @@ func othersTau(servedMicros, othersMean float64) time.Duration {
 // response time yet.
 const defaultTau = 100 * time.Millisecond
 
-// ownAtPeer is how many of own, this node's requests in flight to the
-// peer, the peer itself is serving. This node counts each from its choice
-// to the end of the response; the peer counts it (and this node its own
-// requests) only while serving it, for servedMicros on average, as it
-// announces. By Little's law, at equal rates the two counts stand in the
-// ratio of those times, so own is scaled by servedMicros over the round
-// trip this node sees. Unscaled, the hop's share of every round trip made
-// each peer look busier than this node itself, and the deciding node
-// served a third of four identical nodes' requests on a loaded machine
-// (BENCHMARKS.md). Without both times, own counts whole.
-func (l *peerLocal) ownAtPeer(own, servedMicros float64) float64 {
-	if rt, ok := l.times.typicalMicros(); ok && servedMicros > 0 && rt > servedMicros {
-		return own * servedMicros / rt
-	}
-	return own
-}
-
 // sentSinceAnnounce is how many more requests this node has in flight to
 // the peer than when its last announcement arrived: the part of the peer's
 // load that the announcement cannot know about yet. Never negative.
