@@ -40,10 +40,15 @@ var (
 	buildDir  string
 	caddyPath string
 	buildErr  error
+
+	lockOnce    sync.Once
+	lockRelease = func() {}
+	lockErr     error
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	lockRelease()
 	if buildDir != "" {
 		_ = os.RemoveAll(buildDir)
 	}
@@ -56,6 +61,7 @@ func caddyBin(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("integration test: runs real Caddy processes; skipped with -short")
 	}
+	holdClusterLock(t)
 	buildOnce.Do(func() {
 		if p := os.Getenv("BACKHAND_TEST_CADDY"); p != "" {
 			caddyPath = p
@@ -75,6 +81,27 @@ func caddyBin(t *testing.T) string {
 		t.Fatalf("building caddy: %v", buildErr)
 	}
 	return caddyPath
+}
+
+// holdClusterLock takes the machine's cluster lock (cluster.Exclusive) the
+// first time a test of this binary starts real processes, and holds it until
+// the binary ends, so that the other packages' real-process tests do not run
+// beside these.
+func holdClusterLock(t *testing.T) {
+	t.Helper()
+	lockOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		var waited time.Duration
+		lockRelease, waited, lockErr = cluster.Exclusive(ctx)
+		if lockRelease == nil {
+			lockRelease = func() {}
+		}
+		t.Logf("waited %v for the cluster lock", waited.Round(time.Millisecond))
+	})
+	if lockErr != nil {
+		t.Fatalf("cluster lock: %v", lockErr)
+	}
 }
 
 // itBlock is the number of ports from an itCluster's base: base to base+20.

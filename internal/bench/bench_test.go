@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +29,8 @@ func TestQuick(t *testing.T) {
 			t.Logf("contender %s will be skipped: %s", c.Name, why)
 		}
 	}
+	release := holdClusterLock(t)
+	defer release()
 	root := t.TempDir()
 	// Text outside the markers must survive.
 	md := filepath.Join(root, "BENCHMARKS.md")
@@ -98,11 +102,27 @@ func TestQuick(t *testing.T) {
 			t.Errorf("no result for %s", name)
 		}
 	}
-	head, okHead := res.Cell("heterogeneous", headlineName, 0.4)
-	least, okLeast := res.Cell("heterogeneous", "caddy-least_conn", 0.4)
-	if okHead && okLeast && head.P99 > 2*least.P99 {
-		t.Errorf("%s p99 %.1f ms is more than twice caddy-least_conn's %.1f ms: a herd? shares %s vs %s",
-			headlineName, head.P99, least.P99, fmtShare(head.Share), fmtShare(least.Share))
+	// The herd guard, measured again side by side once when it trips: a
+	// herd repeats, a burst of load from elsewhere on the machine does not.
+	noteOverload(t, res, scenarios[0])
+	if why := herdSuspect(res, scenarios[0]); why != "" {
+		t.Logf("herd guard tripped (%s); measuring the two again", why)
+		again := o
+		again.Contenders = nil
+		for _, c := range o.Contenders {
+			if c.Name == headlineName || c.Name == "caddy-least_conn" {
+				again.Contenders = append(again.Contenders, c)
+			}
+		}
+		again.WorkDir = t.TempDir()
+		res2, err := Run(ctx, again)
+		if err != nil {
+			t.Fatal(err)
+		}
+		noteOverload(t, res2, scenarios[0])
+		if why := herdSuspect(res2, scenarios[0]); why != "" {
+			t.Errorf("twice: %s", why)
+		}
 	}
 	if ran < 3 {
 		t.Errorf("only %d contenders ran", ran)
@@ -125,6 +145,56 @@ func TestQuick(t *testing.T) {
 	if strings.Contains(string(page), "\nold\n") {
 		t.Error("BENCHMARKS.md still has the old section")
 	}
+}
+
+// herdSuspect returns why the headline's cell looks like a herd (every
+// request to one node, in turns), or "" when it does not: its p99 more than
+// twice caddy-least_conn's. It judges only when least_conn kept up, its
+// p50 under twice the slowest node's mean service time; beyond that the
+// machine, not a balancer, set the times (a CI run with other processes
+// beside it had every contender's p50 above a second), and it says so.
+func herdSuspect(res *Results, sc Scenario) string {
+	head, okHead := res.Cell(sc.Name, headlineName, 0.4)
+	least, okLeast := res.Cell(sc.Name, "caddy-least_conn", 0.4)
+	if !okHead || !okLeast {
+		return ""
+	}
+	if least.P50 > keptUpBound(sc) {
+		return "" // logged by noteOverload
+	}
+	if head.P99 > 2*least.P99 {
+		return fmt.Sprintf("%s p99 %.1f ms is more than twice caddy-least_conn's %.1f ms: a herd? shares %s vs %s",
+			headlineName, head.P99, least.P99, fmtShare(head.Share), fmtShare(least.Share))
+	}
+	return ""
+}
+
+// keptUpBound is the p50 in ms under which caddy-least_conn kept up:
+// twice the slowest node's mean service time.
+func keptUpBound(sc Scenario) float64 {
+	return 2 * float64(sc.Mean.Milliseconds()) / slices.Min(sc.Speeds)
+}
+
+// noteOverload logs that herdSuspect did not judge, when it did not.
+func noteOverload(t *testing.T, res *Results, sc Scenario) {
+	least, ok := res.Cell(sc.Name, "caddy-least_conn", 0.4)
+	if bound := keptUpBound(sc); ok && least.P50 > bound {
+		t.Logf("herd guard not judged: caddy-least_conn's p50 %.1f ms is above %.0f ms, the machine did not keep up", least.P50, bound)
+	}
+}
+
+// holdClusterLock waits for the machine's cluster lock (cluster.Exclusive),
+// so that other packages' real-process tests do not run beside this one.
+func holdClusterLock(t *testing.T) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	release, waited, err := cluster.Exclusive(ctx)
+	if err != nil {
+		t.Fatalf("cluster lock: %v", err)
+	}
+	t.Logf("waited %v for the cluster lock", waited.Round(time.Millisecond))
+	return release
 }
 
 // TestReplaceSectionCreates checks that a missing BENCHMARKS.md is created

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-backhand/backhand/internal/cluster"
 )
 
 // TestQuick runs the quick mode (death, restart, drain, reload storm, key
@@ -18,6 +20,15 @@ func TestQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs real Caddy processes for about a minute and a half")
 	}
+	// Other packages' real-process tests must not run beside this one.
+	lockCtx, lockCancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	release, waited, err := cluster.Exclusive(lockCtx)
+	lockCancel()
+	if err != nil {
+		t.Fatalf("cluster lock: %v", err)
+	}
+	defer release()
+	t.Logf("waited %v for the cluster lock", waited.Round(time.Millisecond))
 	o := QuickOptions()
 	dir := t.TempDir()
 	o.Dir = dir
