@@ -697,7 +697,10 @@ func (e *env) logCell(c Cell) {
 func fmtMillis(ms []float64) string {
 	out := make([]string, len(ms))
 	for i, x := range ms {
-		out[i] = strconv.FormatFloat(x, 'f', 1, 64)
+		out[i] = "-" // served none
+		if x > 0 {
+			out[i] = strconv.FormatFloat(x, 'f', 1, 64)
+		}
 	}
 	return strings.Join(out, "/")
 }

@@ -38,7 +38,8 @@ type Cell struct {
 	Share []float64 `json:"share"`
 
 	// NodeP50 is the median latency of the requests each node served, in
-	// milliseconds: where a cell's median comes from.
+	// milliseconds: where a cell's median comes from; 0 for a node that
+	// served none (JSON has no NaN).
 	NodeP50 []float64 `json:"node_p50_ms,omitempty"`
 
 	// CDF is the latency distribution at tail-spaced points, for plots.
@@ -77,8 +78,10 @@ func summarize(samples []Sample, nodes int, measure time.Duration) Cell {
 	slices.Sort(lat)
 	c.NodeP50 = make([]float64, nodes)
 	for i, l := range byNode {
-		slices.Sort(l)
-		c.NodeP50[i] = quantile(l, 0.5)
+		if len(l) > 0 {
+			slices.Sort(l)
+			c.NodeP50[i] = quantile(l, 0.5)
+		}
 	}
 	c.Throughput = float64(len(lat)) / measure.Seconds()
 	c.P50, c.P90, c.P99, c.P999 = quantile(lat, 0.5), quantile(lat, 0.9), quantile(lat, 0.99), quantile(lat, 0.999)

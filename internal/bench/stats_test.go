@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 	"time"
@@ -191,4 +192,24 @@ func expCell(scenario, contender string, p99 float64, n int) Cell {
 	c := summarize(s, 1, time.Second)
 	c.Scenario, c.Contender, c.Load = scenario, contender, headlineLoad
 	return c
+}
+
+// A node that served nothing (at low load the chain may leave the slow
+// nodes idle) has no median: the cell still encodes as JSON, and prints
+// "-" for it.
+func TestSummarizeIdleNode(t *testing.T) {
+	s := []Sample{
+		{At: time.Millisecond, Latency: 10 * time.Millisecond, OK: true, Node: 1},
+		{At: 2 * time.Millisecond, Latency: 30 * time.Millisecond, OK: true, Node: 1},
+	}
+	c := summarize(s, 2, time.Second)
+	if c.NodeP50[0] != 0 || c.NodeP50[1] != 10 {
+		t.Errorf("node medians %v, want [0 10]", c.NodeP50)
+	}
+	if _, err := json.Marshal(c); err != nil {
+		t.Errorf("the cell does not encode: %v", err)
+	}
+	if got := fmtMillis(c.NodeP50); got != "-/10.0" {
+		t.Errorf("printed %q, want -/10.0", got)
+	}
 }
