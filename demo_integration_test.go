@@ -25,18 +25,18 @@ const (
 	demoTolerance = 0.10
 	// demoEntryTolerance and demoPeersTolerance are what the test asserts:
 	// guards against a skew, not the issue's +-10% (which is logged).
-	// Alone on the machine, ten runs gave 94-107 of 300 per node in peers
-	// mode, and 95-118 in entry mode in nine of ten (once 75/107/118). In
-	// CI, `go test -race ./...` runs this beside the benchmark's quick
-	// mode on two cores, and peers mode once gave 106/115/79.
-	demoEntryTolerance = 0.35
-	demoPeersTolerance = 0.30
+	// Alone on the machine, twenty runs gave 94-105 of 300 per node in
+	// both modes, since a node announces its latency only after 200
+	// requests (before, one node in five to ten runs got half the entry's
+	// requests, ranked faster by a mean of a few dozen); the other
+	// packages' real-process tests wait for this one (cluster.Exclusive).
+	demoEntryTolerance = 0.25
+	demoPeersTolerance = 0.25
 	// demoLoadTime bounds the requests of one mode.
 	demoLoadTime = time.Minute
 	// demoWarmup requests come first, uncounted, as a person's first
-	// curls would: until a node has announced how long the requests it
-	// serves take (once per interval), its peers know only the round trip
-	// to it, hop included, and the node deciding favours itself.
+	// curls would, so that each node has seen a few dozen responses of
+	// every peer before the counted ones.
 	demoWarmup = 100
 )
 
@@ -197,8 +197,12 @@ func demoCounters(t *testing.T, node string, before, after *cluster.PeersView) m
 		if p.ObservedLatencyMS != nil {
 			latency = fmt.Sprintf("%.2fms", *p.ObservedLatencyMS)
 		}
-		rows = append(rows, fmt.Sprintf("%s(%s): sent %d, observed latency %s, speed %d",
-			p.Name, p.State, sent[p.Name], latency, p.Speed))
+		learned := "-"
+		if p.LearnedLatencyMS != nil {
+			learned = fmt.Sprintf("%.2fms", *p.LearnedLatencyMS)
+		}
+		rows = append(rows, fmt.Sprintf("%s(%s): sent %d, announced latency %.2fms, learned %s, observed %s, busy %d, speed %d",
+			p.Name, p.State, sent[p.Name], p.LatencyMS, learned, latency, p.Busy, p.Speed))
 	}
 	t.Logf("%s's view over the requests: decisions %s; %s", node, strings.Join(decisions, " "), strings.Join(rows, "; "))
 	return sent

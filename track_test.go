@@ -172,8 +172,9 @@ func TestTrackCountsServedRequests(t *testing.T) {
 	}
 }
 
-// The announced latency follows the mean response time of each interval,
-// smoothed; an interval without requests leaves it.
+// The announced latency is the mean over the requests served, recent ones
+// weighing more; nothing before latencyMinRequests; an interval without
+// requests leaves it.
 func TestLatencyEWMA(t *testing.T) {
 	var st localStats
 	var e latencyEWMA
@@ -181,18 +182,25 @@ func TestLatencyEWMA(t *testing.T) {
 	if got := e.update(&st, at); got != 0 {
 		t.Fatalf("first update %d, want 0", got)
 	}
-	st.done.Add(2)
-	st.latencyMicros.Add(2000)
-	if got := e.update(&st, at.Add(time.Second)); got != 1000 {
-		t.Errorf("after two requests of 1ms: %dµs, want 1000", got)
-	}
-	if got := e.update(&st, at.Add(2*time.Second)); got != 1000 {
-		t.Errorf("after an idle interval: %dµs, want 1000", got)
+	st.done.Add(latencyMinRequests - 1)
+	st.latencyMicros.Add(1000 * (latencyMinRequests - 1))
+	if got := e.update(&st, at.Add(time.Second)); got != 0 {
+		t.Errorf("after %d requests: %dµs, want 0 (too few to tell)", latencyMinRequests-1, got)
 	}
 	st.done.Add(1)
+	st.latencyMicros.Add(1000)
+	if got := e.update(&st, at.Add(2*time.Second)); got != 1000 {
+		t.Errorf("after %d requests of 1ms: %dµs, want 1000", latencyMinRequests, got)
+	}
+	if got := e.update(&st, at.Add(3*time.Second)); got != 1000 {
+		t.Errorf("after an idle interval: %dµs, want 1000", got)
+	}
+	// One slow request among two hundred moves the mean a little, as one
+	// request: not as an interval's mean would.
+	st.done.Add(1)
 	st.latencyMicros.Add(11000)
-	if got := e.update(&st, at.Add(3*time.Second)); got <= 1000 || got >= 11000 {
-		t.Errorf("after one slow request: %dµs, want between 1000 and 11000", got)
+	if got := e.update(&st, at.Add(4*time.Second)); got <= 1000 || got >= 1200 {
+		t.Errorf("after one slow request: %dµs, want between 1000 and 1200", got)
 	}
 }
 

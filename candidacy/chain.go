@@ -150,14 +150,15 @@ func ParsePredict(s string) (Predict, error) {
 }
 
 // DefaultChain is the chain used when none is configured: drop peers heard
-// from too long ago, sample three at random, and take the one whose
+// from too long ago, shuffle, keep a sample of three when other deciders
+// crowd the peers (else all; see BySample), and take the one whose
 // estimated wait is shortest (requests in flight, estimated as the
 // prediction mode says, relative to capacity, speed, weight and pace). A
-// small random sample rather than log2(n) or all keeps stale figures from
-// herding traffic onto one peer, and keeps the cost per request flat; with
-// the decay estimate, three choices beat two in the simulator at every
-// staleness and entry-point count tried, and in the real-process benchmark
-// (BENCHMARKS.md).
+// small random sample rather than log2(n) or all keeps stale figures read
+// by many deciders from herding traffic onto one peer; a node that decides
+// most of what its peers serve counts its own requests exactly and
+// compares them all, as Caddy's least_conn does (the simulator's sweep in
+// BENCHMARKS.md).
 func DefaultChain() []Function {
 	return []Function{&ByAge{}, &ByRandom{}, &ByWindow{N: 3}, &ByWait{}}
 }

@@ -40,6 +40,10 @@ var expTable = func() (t [40*expSteps + 1]float64) {
 	return t
 }()
 
+// Remaining is the weight that a value seen elapsed ago keeps:
+// exp(-elapsed/tau).
+func (d Decay) Remaining(elapsed time.Duration) float64 { return d.remaining(elapsed) }
+
 // Alpha is the weight of a new sample that comes elapsed after the
 // previous one, in an average that decays with tau: 1 - remaining.
 func (d Decay) Alpha(elapsed time.Duration) float64 { return 1 - d.remaining(elapsed) }

@@ -211,3 +211,41 @@ func roundTripFactor(view peerView, now time.Time, maxAge time.Duration) float64
 // answer it in more than twice the time they take to serve is far away,
 // and is better served by its own requests than by forwarding them.
 const maxRoundTripFactor = 2
+
+// crowding is how many requests the other deciders send this node's live
+// peers per request of this node's own (the others' share of what the
+// peers announce against this node's own, both averaged over the last
+// eight or so announcements), times how many of a peer's request times
+// pass between two of its announcements (the median gap over the
+// reference time): roughly (deciders - 1) x staleness. It says how much
+// traffic acts on the same stale announcements as this node; see
+// BySample. +Inf while this node has sent its peers nothing; 0 when it
+// sends (nearly) all they serve.
+func crowding(view peerView, now time.Time, maxAge time.Duration, reference float64) float64 {
+	var own, others float64
+	gaps := make([]time.Duration, 0, len(view))
+	for _, s := range view {
+		p := s.cur.Load()
+		if p.Self || p.Age(now) > maxAge {
+			continue
+		}
+		own += loadFloat(&s.local.ownNow)
+		others += loadFloat(&s.local.othersNow)
+		if g := s.local.gap.Load(); g > 0 {
+			gaps = append(gaps, time.Duration(g))
+		}
+	}
+	if own <= 0 {
+		return math.Inf(1)
+	}
+	others = max(others, 0)
+	if others == 0 {
+		return 0
+	}
+	if len(gaps) == 0 || reference <= 0 {
+		return math.Inf(1)
+	}
+	slices.Sort(gaps)
+	staleness := float64(gaps[len(gaps)/2].Microseconds()) / reference
+	return others / own * staleness
+}

@@ -33,6 +33,8 @@ type peerLocal struct {
 	othersVar  atomic.Uint64          // float64 bits: their variance about othersMean
 	othersNow  atomic.Uint64          // float64 bits: their mean over the last few announcements
 	othersN    atomic.Uint64          // announcements in othersMean
+	ownNow     atomic.Uint64          // float64 bits: this node's own share, averaged as othersNow
+	gap        atomic.Int64           // the silence before the peer's last announcement, ns
 	logged     atomic.Pointer[string] // the state last logged, so each change is logged once
 }
 
@@ -49,6 +51,7 @@ func (l *peerLocal) announced(f *Figures) {
 	others := float64(f.Busy) - float64(own)
 	l.othersAt.Store(math.Float64bits(others))
 	l.updateOthersMean(others)
+	storeFloat(&l.ownNow, ewma(loadFloat(&l.ownNow), float64(own), max(othersRecentWeight, 1/float64(l.othersN.Load()))))
 	for {
 		hwm := l.loadHWM.Load()
 		if f.Load1000 <= hwm || l.loadHWM.CompareAndSwap(hwm, f.Load1000) {

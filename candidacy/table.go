@@ -117,6 +117,7 @@ type Table struct {
 	// request path, which must not search for them.
 	reference atomic.Uint64
 	roundTrip atomic.Uint64 // float64 bits: see roundTripFactor
+	crowd     atomic.Uint64 // float64 bits: see crowding
 	self      atomic.Pointer[Slot]
 
 	// patience is the cluster's (ns; see Patience), recomputed with the
@@ -134,6 +135,7 @@ func NewTable(l Limits) *Table {
 	t := &Table{slots: make(map[string]*Slot)}
 	t.limits.Store(&l)
 	t.view.Store(&peerView{})
+	storeFloat(&t.crowd, math.Inf(1)) // unknown until UpdateReference: crowded
 	return t
 }
 
@@ -159,6 +161,12 @@ func (t *Table) referenceMicros() float64 { return loadFloat(&t.reference) }
 // a peer than the peer counts it (see roundTripFactor), at least 1.
 func (t *Table) roundTripFactor() float64 { return max(loadFloat(&t.roundTrip), 1) }
 
+// Crowding is how many requests other deciders send this node's peers,
+// per request of this node's own, in the time between two announcements
+// over the time a peer takes per request, as last computed by
+// UpdateReference (see crowding): +Inf while this node sends none.
+func (t *Table) Crowding() float64 { return loadFloat(&t.crowd) }
+
 // RoundTripFactor is how much longer this node counts a request it sends
 // a peer than the peer counts it, as last computed by UpdateReference: 1
 // to 2, 1 without evidence. byWait raises this node's own count by it.
@@ -176,6 +184,7 @@ func (t *Table) UpdateReference(now time.Time) {
 	view, maxAge := t.peers(), t.limits.Load().MaxAge
 	storeFloat(&t.reference, referenceTime(view, now, maxAge))
 	storeFloat(&t.roundTrip, roundTripFactor(view, now, maxAge))
+	storeFloat(&t.crowd, crowding(view, now, maxAge, loadFloat(&t.reference)))
 	t.patience.Store(int64(medianPatience(view)))
 }
 
@@ -337,6 +346,7 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 		}
 		if !p.Self {
 			p.Patience = slot.recordGap(gap, l.EvictAfter)
+			slot.local.gap.Store(int64(gap))
 		}
 	} else if !p.Self {
 		p.Patience = slot.patience(t.limits.Load().EvictAfter)

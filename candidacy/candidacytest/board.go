@@ -37,16 +37,18 @@ func (b *Board) Announce(p candidacy.Peer) error {
 }
 
 // Refresh updates peer's announced busy figure and, unless 0, its
-// latency (the mean time it serves a request, as it counts busy) in place,
-// as a new announcement received at `at` would, without allocating: for
-// simulators that refresh thousands of entries per simulated second.
-// Unlike Announce it must not run while a chain runs over the board.
+// latency (the mean time it serves a request, as it counts busy), as a new
+// announcement received at `at` would: for simulators that refresh
+// thousands of entries per simulated second. Unlike Announce it must not
+// run while a chain runs over the board.
 func (b *Board) Refresh(peer string, busy uint32, latency time.Duration, at time.Time) {
 	s := b.table.Lookup(peer)
 	if s == nil {
 		return
 	}
-	p := s.Peer()
+	// A copy: the table measures the gap since the record it holds.
+	p := new(candidacy.Peer)
+	*p = *s.Peer()
 	p.Figures.Busy, p.ReceivedAt = busy, at
 	if latency > 0 {
 		p.Figures.LatencyMicros = uint32(min(latency.Microseconds(), math.MaxUint32))
