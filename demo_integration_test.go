@@ -25,7 +25,7 @@ const (
 	demoTolerance = 0.10
 	// demoEntryTolerance and demoPeersTolerance are what the test asserts:
 	// guards against a skew, not the issue's +-10% (which is logged).
-	// Alone on the machine, twenty runs gave 94-105 of 300 per node in
+	// Alone on the machine, ten runs gave 94-105 of 300 per node in
 	// both modes, since a node announces its latency only after 200
 	// requests (before, one node in five to ten runs got half the entry's
 	// requests, ranked faster by a mean of a few dozen); the other
