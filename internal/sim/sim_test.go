@@ -75,8 +75,7 @@ func TestOldInformationHerds(t *testing.T) {
 // (the full sweep is in BENCHMARKS.md). 5% allows for simulation noise.
 func TestDefaultAgainstP2C(t *testing.T) {
 	skipLong(t)
-	board, local := Contenders[1], Contenders[2]
-	def := Contenders[len(Contenders)-1]
+	board, local, def := contender(t, "board P2C"), contender(t, "local P2C"), contender(t, "default")
 	for _, pt := range []struct {
 		k int
 		t float64
@@ -88,6 +87,32 @@ func TestDefaultAgainstP2C(t *testing.T) {
 			t.Errorf("K=%d T=%g: default %.2f is worse than the better P2C %.2f", pt.k, pt.t, d, best)
 		}
 	}
+}
+
+// A node that decides alone counts every request its peers serve: the
+// default chain then compares every peer (bySample), as Caddy's
+// least_conn does, instead of a random three; the sample of three, the
+// default until then, took 40% longer here.
+func TestSoleDeciderComparesAll(t *testing.T) {
+	skipLong(t)
+	pts := Sweep([]Contender{contender(t, "default"), contender(t, "sample of 3"), contender(t, "all")}, []int{1}, []float64{20}, 16, 0.9, 200_000, 5)
+	d, three, all := pts[0].Result.MeanTime, pts[1].Result.MeanTime, pts[2].Result.MeanTime
+	t.Logf("n=16 K=1 T=20: default %.2f, sample of 3 %.2f, all %.2f", d, three, all)
+	if d > all*1.05 || d > three*0.9 {
+		t.Errorf("default %.2f: want within 5%% of all (%.2f) and 10%% below the sample of three (%.2f)", d, all, three)
+	}
+}
+
+// contender returns the sweep's contender of that name.
+func contender(t *testing.T, name string) Contender {
+	t.Helper()
+	for _, c := range Contenders {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no contender %q", name)
+	return Contender{}
 }
 
 // A short run of every contender, cheap enough for the race detector: the

@@ -16,7 +16,9 @@ type Contender struct {
 
 // Contenders are the chains the sweep compares: the policies of the
 // anchors (random, announced-only and local-only power of two), the
-// prediction modes, mod_backhand's classic chain, and the default chain.
+// prediction modes, mod_backhand's classic chain, the default chain, and
+// the default's two limits: always a sample of three (the default until
+// bySample) and always every peer.
 var Contenders = []Contender{
 	{"random", "byRandom; predict off", false},
 	{"board P2C", "byRandom; byWindow 2; byBusyChildren; predict off", false},
@@ -25,6 +27,8 @@ var Contenders = []Contender{
 	{"decay P2C", "byRandom; byWindow 2; byBusyChildren; predict decay", false},
 	{"classic (log2 n)", "byRandom; byLogWindow; byBusyChildren; predict off", false},
 	{"default", "", false},
+	{"sample of 3", "byAge; byRandom; byWindow 3; byWait", false},
+	{"all", "byAge; byRandom; byWait", false},
 }
 
 // Point is one cell of a sweep.
