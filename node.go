@@ -41,7 +41,7 @@ func (n *node) served(d time.Duration, now time.Time) {
 // times is off by 15-20%, beyond the 1.25x band within which peers count
 // as equal, and the peer that drew short ones was ranked faster than the
 // others until its figure caught up (the demo's entry gave one of three
-// identical nodes half its requests in about one run of ten). Until then
+// identical nodes half its requests in 5 of 30 runs). Until then
 // peers rank this node by their own observations of it.
 type latencyEWMA struct {
 	prevDone, prevSum uint64

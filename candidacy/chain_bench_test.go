@@ -2,9 +2,12 @@ package candidacy
 
 import (
 	"fmt"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 var benchSizes = []int{4, 64, 1024}
@@ -69,13 +72,20 @@ func benchPick(b *testing.B, s *testPolicy) {
 
 // BenchmarkSelect runs the default chain and its byPower variant over
 // peers of mixed speeds (1-4) whose response times this node has seen, and
-// picks the winner: both sample only their window, whatever the cluster
-// size, and rank by the learned times.
+// picks the winner. "default" is the default chain where other deciders
+// crowd the peers (bySample keeps three: the cost per request is flat
+// whatever the cluster size); "default-sole" the same chain on a node that
+// decides alone (bySample keeps up to its cap, see BySample).
 func BenchmarkSelect(b *testing.B) {
 	for _, chain := range []struct {
-		name    string
-		sampler Function
-	}{{"default", &ByRandom{}}, {"byPower", &ByPower{}}} {
+		name  string
+		fns   func() []Function
+		crowd float64
+	}{
+		{"default", DefaultChain, math.Inf(1)},
+		{"default-sole", DefaultChain, 0},
+		{"byPower", func() []Function { return []Function{&ByAge{}, &ByPower{}, &ByWindow{N: 3}, &ByWait{}} }, math.Inf(1)},
+	} {
 		for _, size := range benchSizes {
 			b.Run(fmt.Sprintf("%s/%d", chain.name, size), func(b *testing.B) {
 				n := benchNode(size)
@@ -90,7 +100,16 @@ func BenchmarkSelect(b *testing.B) {
 				n.table.publishLocked() // the bound follows the speeds set above
 				n.table.mu.Unlock()
 				n.table.UpdateReference(at)
-				s := benchPolicy(n, &ByAge{}, chain.sampler, &ByWindow{N: 3}, &ByWait{})
+				storeFloat(&n.table.crowd, chain.crowd)
+				fns := chain.fns()
+				for _, f := range fns {
+					if p, ok := f.(interface{ Provision(caddy.Context) error }); ok {
+						if err := p.Provision(caddy.Context{}); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				s := benchPolicy(n, fns...)
 				s.Predict = PredictDecay
 				benchPick(b, s)
 			})
