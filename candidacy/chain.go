@@ -160,5 +160,5 @@ func ParsePredict(s string) (Predict, error) {
 // compares them all, as Caddy's least_conn does (the simulator's sweep in
 // BENCHMARKS.md).
 func DefaultChain() []Function {
-	return []Function{&ByAge{}, &ByRandom{}, &BySample{N: 3}, &ByWait{}}
+	return []Function{&ByAge{}, &ByRandom{}, &BySample{N: 3, Max: 16}, &ByWait{}}
 }
