@@ -1,6 +1,7 @@
 package backhand
 
 import (
+	"math"
 	"strconv"
 	"time"
 
@@ -50,6 +51,13 @@ type PeersView struct {
 	// sends a peer than the peer counts it (the hop; 1 to 2), by which
 	// byWait raises this node's own count of the requests it serves.
 	RoundTripFactor float64 `json:"round_trip_factor"`
+
+	// Crowding is how much traffic other deciders send this node's peers
+	// on the same announcements, per request of this node's own (about
+	// (deciders - 1) x staleness; see bySample): above 60 the default
+	// chain samples three peers, else it compares up to sixteen. Null
+	// while this node has sent its peers nothing.
+	Crowding *float64 `json:"crowding"`
 
 	// VIP is the vip option's state: each virtual address, who holds it
 	// and who should, and this process's moves; omitted without the
@@ -138,6 +146,9 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 
 		ReferenceLatencyMS: n.table.ReferenceMicros() / 1000,
 		RoundTripFactor:    n.table.RoundTripFactor(),
+	}
+	if c := n.table.Crowding(); !math.IsInf(c, 0) && !math.IsNaN(c) {
+		v.Crowding = &c
 	}
 	for r := range numRejectReasons {
 		v.Rejected[r.String()] = int(n.received.rejects[r].Load())

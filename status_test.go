@@ -173,7 +173,8 @@ const scriptedJSON = `{
 	"admin_drain": false,
 	"decisions": {"failed_over": 0, "fallback": 1, "forwarded": 3, "local": 2, "redirected": 0},
 	"reference_latency_ms": 0,
-	"round_trip_factor": 1
+	"round_trip_factor": 1,
+	"crowding": null
 }`
 
 // decodeJSON decodes b into generic values, failing the test on error.
