@@ -31,11 +31,7 @@ func TestAnnouncementCPU(t *testing.T) {
 		seconds = 10
 		key     = "measure-key-0123456789abcdef"
 	)
-	release, _, err := cluster.Exclusive(t.Context()) // no other real-process test beside it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer release()
+	defer cluster.LockForTest(t)() // no other real-process test beside it
 	dir := t.TempDir()
 	bin, err := cluster.Build(t.Context(), dir)
 	if err != nil {

@@ -43,7 +43,6 @@ var (
 
 	lockOnce    sync.Once
 	lockRelease = func() {}
-	lockErr     error
 )
 
 func TestMain(m *testing.M) {
@@ -89,19 +88,7 @@ func caddyBin(t *testing.T) string {
 // beside these.
 func holdClusterLock(t *testing.T) {
 	t.Helper()
-	lockOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		defer cancel()
-		var waited time.Duration
-		lockRelease, waited, lockErr = cluster.Exclusive(ctx)
-		if lockRelease == nil {
-			lockRelease = func() {}
-		}
-		t.Logf("waited %v for the cluster lock", waited.Round(time.Millisecond))
-	})
-	if lockErr != nil {
-		t.Fatalf("cluster lock: %v", lockErr)
-	}
+	lockOnce.Do(func() { lockRelease = cluster.LockForTest(t) })
 }
 
 // itBlock is the number of ports from an itCluster's base: base to base+20.

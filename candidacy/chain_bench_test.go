@@ -103,7 +103,7 @@ func BenchmarkSelect(b *testing.B) {
 				storeFloat(&n.table.crowd, chain.crowd)
 				fns := chain.fns()
 				for _, f := range fns {
-					if p, ok := f.(interface{ Provision(caddy.Context) error }); ok {
+					if p, ok := f.(caddy.Provisioner); ok {
 						if err := p.Provision(caddy.Context{}); err != nil {
 							b.Fatal(err)
 						}

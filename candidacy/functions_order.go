@@ -129,26 +129,29 @@ func (f *ByWindow) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // BySample keeps the first N candidates (default 3) when other deciders
 // crowd this node's peers, else the first Max (default 16): `bySample [n
-// [max]]`. After byRandom it samples N, or Max, peers at random. Comparing every peer is best when the
-// figures compared are exact, as this node's own requests in flight are:
-// a node that decides most of what its peers serve (a dedicated balancer,
-// the one entry point of a cluster) keeps them all. Where other deciders
-// send much of the traffic and announcements are many request times old,
-// they all read the same stale figures, and comparing every peer sends
-// them all to the one that looked idle: a random sample of three keeps
-// them apart. Crowding (Table.Crowding) is the others' requests per
-// request of this node's own times the announcement gap over the time
-// per request, about (deciders - 1) x staleness; above 60 the sample is
-// kept. In the simulator (4 to 100 servers, 1 to 10 deciders, staleness 2
-// to 50, loads 0.7 and 0.9) comparing all beat a sample of three in all
-// but the most crowded cells (10 deciders at staleness 50: 5.2 against
-// 2.8 mean service times); with one decider it matched Caddy's
-// least_conn, which a sample of three lost to by 5-35% (4 to 100
-// servers). Max bounds the cost of a decision in large clusters: ranking
-// 64 peers took 6.8 µs against 0.27 µs for three (BenchmarkSelect), and
-// sixteen of a hundred gave most of the gain (1.02 against 1.37 and 1.01
-// for all at 0.7 load, one decider; 1.26 against 2.10 and 1.13 at 0.9).
-// Part of the recommended default chain.
+// [max]]`. After byRandom it samples N, or Max, peers at random.
+// Comparing every peer is best when the figures compared are exact, as
+// this node's own requests in flight are: a node that decides most of
+// what its peers serve (a dedicated balancer, the one entry point of a
+// cluster) keeps them all, up to Max. Where other deciders send much of
+// the traffic and announcements are many request times old, they all read
+// the same stale figures, and comparing every peer sends them all to the
+// one that looked idle: a random sample of three keeps them apart.
+// Crowding (Table.Crowding) is the others' requests per request of this
+// node's own times the announcement gap over the time per request, about
+// (deciders - 1) x staleness; above 60 the sample is kept. In the
+// simulator (4 to 100 servers, 1 to 10 deciders, staleness 2 to 50, loads
+// 0.7 and 0.9) comparing all beat a sample of three in most cells; it
+// lost badly only in the most crowded (10 deciders at staleness 50: 5.2
+// against 2.8 mean service times), and by about 10% at most in a few
+// cells of four servers at 0.9 load. With one decider comparing all
+// matched least_conn's exact counts (4 and 8 servers), which a sample of
+// three lost to by 5-35% (4 to 100 servers). Max bounds the cost of a
+// decision in large clusters: ranking 64 peers took 6.8 µs against 0.27
+// µs for three (BenchmarkSelect), and sixteen of a hundred gave most of
+// the gain (1.02 against 1.37 and 1.01 for all at 0.7 load, one decider;
+// 1.26 against 2.10 and 1.13 at 0.9). Part of the recommended default
+// chain.
 type BySample struct {
 	// N is how many candidates to keep when crowded, at least 1.
 	// Default: 3.

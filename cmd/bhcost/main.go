@@ -130,7 +130,7 @@ func startNodes(bin, dir string) ([]*cluster.Node, *cluster.Node, error) {
 		} else {
 			cfg.ExtraSites = []string{
 				fmt.Sprintf(":%d {\n\tbind %s\n\treverse_proxy %s {\n\t\tlb_policy random\n\t}\n}", base+2, cfg.Host(), join(ups)),
-				fmt.Sprintf(":%d {\n\tbind %s\n\tbackhand {\n\t\tremoveSelf\n\t\tbyAge\n\t\tbyRandom\n\t\tbyWindow 3\n\t\tbyWait\n\t}\n\trespond \"entry\"\n}", base+3, cfg.Host()),
+				fmt.Sprintf(":%d {\n\tbind %s\n\tbackhand {\n\t\tremoveSelf\n\t\tbyAge\n\t\tbyRandom\n\t\tbySample\n\t\tbyWait\n\t}\n\trespond \"entry\"\n}", base+3, cfg.Host()),
 			}
 		}
 		if err := cfg.CheckFree(); err != nil {

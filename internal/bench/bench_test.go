@@ -29,8 +29,7 @@ func TestQuick(t *testing.T) {
 			t.Logf("contender %s will be skipped: %s", c.Name, why)
 		}
 	}
-	release := holdClusterLock(t)
-	defer release()
+	defer cluster.LockForTest(t)()
 	root := t.TempDir()
 	// Text outside the markers must survive.
 	md := filepath.Join(root, "BENCHMARKS.md")
@@ -181,20 +180,6 @@ func noteOverload(t *testing.T, res *Results, sc Scenario) {
 	if bound := keptUpBound(sc); ok && least.P50 > bound {
 		t.Logf("herd guard not judged: caddy-least_conn's p50 %.1f ms is above %.0f ms, the machine did not keep up", least.P50, bound)
 	}
-}
-
-// holdClusterLock waits for the machine's cluster lock (cluster.Exclusive),
-// so that other packages' real-process tests do not run beside this one.
-func holdClusterLock(t *testing.T) (release func()) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	release, waited, err := cluster.Exclusive(ctx)
-	if err != nil {
-		t.Fatalf("cluster lock: %v", err)
-	}
-	t.Logf("waited %v for the cluster lock", waited.Round(time.Millisecond))
-	return release
 }
 
 // TestReplaceSectionCreates checks that a missing BENCHMARKS.md is created

@@ -20,15 +20,7 @@ func TestQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs real Caddy processes for about a minute and a half")
 	}
-	// Other packages' real-process tests must not run beside this one.
-	lockCtx, lockCancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	release, waited, err := cluster.Exclusive(lockCtx)
-	lockCancel()
-	if err != nil {
-		t.Fatalf("cluster lock: %v", err)
-	}
-	defer release()
-	t.Logf("waited %v for the cluster lock", waited.Round(time.Millisecond))
+	defer cluster.LockForTest(t)() // no other real-process test beside it
 	o := QuickOptions()
 	dir := t.TempDir()
 	o.Dir = dir
