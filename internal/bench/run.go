@@ -527,9 +527,11 @@ func (e *env) runLoad(ctx context.Context, load float64, o Options, seed *uint64
 func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options, seed uint64) ([]Sample, error) {
 	measure := o.measureFor(load)
 	rate := load * e.sc.Capacity()
-	if err := e.readyFor(ctx, c); err != nil {
+	settle, err := e.readyFor(ctx, c)
+	if err != nil {
 		return nil, err
 	}
+	warmup := o.Warmup + settle
 	stop, err := e.startEntries(ctx, c)
 	if err != nil {
 		return nil, err
@@ -547,18 +549,18 @@ func (e *env) runOnce(ctx context.Context, c Contender, load float64, o Options,
 		nodes[nodeName(i)] = i - 1
 	}
 	start := time.Now().Add(20 * time.Millisecond)
-	measureStart := start.Add(o.Warmup)
+	measureStart := start.Add(warmup)
 
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	var evErr error
 	wg.Go(func() { evErr = e.events(cctx, measureStart, measure) })
-	for _, spec := range e.sideLoads(o, measure, seed) {
+	for _, spec := range e.sideLoads(o, warmup, measure, seed) {
 		wg.Go(func() { Generate(cctx, spec, nodes, start) })
 	}
 	spec := LoadSpec{
-		URLs: urls, Rate: rate, Warmup: o.Warmup, Measure: measure,
+		URLs: urls, Rate: rate, Warmup: warmup, Measure: measure,
 		MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout, Seed: seed, Record: true,
 	}
 	samples := Generate(cctx, spec, nodes, start)
@@ -592,12 +594,12 @@ func (e *env) clientURLs(c Contender) []string {
 // traffic to a node's site and hidden traffic to a node's app server,
 // unrecorded. Both carry the bypass header, so that the oracle counts them
 // in the app's queue, as it counts everything it did not send itself.
-func (e *env) sideLoads(o Options, measure time.Duration, seed uint64) []LoadSpec {
+func (e *env) sideLoads(o Options, warmup, measure time.Duration, seed uint64) []LoadSpec {
 	var specs []LoadSpec
 	side := func(url string, rate float64, seed uint64) {
 		specs = append(specs, LoadSpec{
 			URLs: []string{url}, Rate: rate,
-			Warmup: o.Warmup, Measure: measure, MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout,
+			Warmup: warmup, Measure: measure, MaxOutstanding: o.MaxOutstanding, Timeout: o.Timeout,
 			Header: http.Header{bypassHeader: {"1"}}, Seed: seed,
 		})
 	}
