@@ -258,7 +258,7 @@ func (s *runState) storm(ctx context.Context, d, every time.Duration, invalid bo
 			return err
 		}
 	}
-	s.rep.note("%d reloads succeeded, %d failed", okLoads, failLoads)
+	s.rep.note("%d reloads succeeded, %d failed; net.ipv4.tcp_migrate_req = %s", okLoads, failLoads, migrateReq())
 	if firstErr != "" {
 		s.rep.note("first failed reload: %.200s", firstErr)
 	}
@@ -524,4 +524,16 @@ func runSoak(ctx context.Context, s *runState) error {
 	}
 	s.rep.DuringEnd = s.now()
 	return err
+}
+
+// migrateReq reads net.ipv4.tcp_migrate_req (Linux 5.14 and later): at 1
+// the kernel hands connections queued on a closing listener to another
+// listener of its SO_REUSEPORT group, which is what a Caddy reload needs so
+// that none is reset (README, "A reload under load"). "?" where unknown.
+func migrateReq() string {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
 }
