@@ -268,10 +268,10 @@ func (s *Slot) End(d time.Duration, now time.Time, sample bool) {
 // announcements stopped for longer than max_age meanwhile.
 func (s *Slot) staleDuring(from, now time.Time) bool {
 	p := s.cur.Load()
-	if s.limits == nil || s.limits.Load().MaxAge <= 0 {
+	maxAge := s.table.limits.Load().MaxAge
+	if maxAge <= 0 {
 		return false // a table without an age limit (tests, boards)
 	}
-	maxAge := s.limits.Load().MaxAge
 	// For this node's own slot, stale means its announcer stopped: the
 	// process stalled (Table.Stalled).
 	silent := p.Age(now) > maxAge

@@ -54,7 +54,7 @@ type Slot struct {
 
 	// limits are the table's, for the max_age that tells a silence from
 	// an outage.
-	limits *atomic.Pointer[Limits]
+	table *Table
 }
 
 // How a peer's Patience is learned. An announcement lost on the way (UDP,
@@ -358,7 +358,7 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 }
 
 func (t *Table) insertLocked(p *Peer) {
-	slot := &Slot{name: p.Name, limits: &t.limits}
+	slot := &Slot{name: p.Name, table: t}
 	slot.cur.Store(p)
 	slot.local.announced(&p.Figures)
 	t.slots[p.Name] = slot
