@@ -390,10 +390,10 @@ func (an *announcer) evict(now time.Time) {
 	for _, p := range an.node.table.Sweep(now) {
 		an.logger.Info("peer evicted", zap.String("peer", p.Name), zap.Duration("silent", p.Age(now)))
 	}
-	maxAge := max(time.Duration(an.app.MaxAge), an.node.table.Patience())
+	maxAge := time.Duration(an.app.MaxAge)
 	for _, s := range an.node.table.Peers() {
 		p := s.Peer()
-		state := peerState(p, now, maxAge)
+		state := peerState(s, now, maxAge)
 		prev, changed := s.MarkState(state)
 		if !changed {
 			continue // unchanged, logged by another announcer, or just joined (logged on receipt)
