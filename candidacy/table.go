@@ -52,8 +52,8 @@ type Slot struct {
 	gaps   [patienceGaps]time.Duration
 	gapsAt int
 
-	// limits are the table's, for the max_age that tells a silence from
-	// an outage.
+	// table is the slot's, for the max_age that tells a silence from an
+	// outage, the cluster's patience and its silence (see Slot.Fresh).
 	table *Table
 }
 
