@@ -60,6 +60,9 @@ func TestTableSilenceKeepsAnsweringPeers(t *testing.T) {
 			if got := slot.Usable(now, 3*s); got != tt.usable {
 				t.Errorf("a usable: %v, want %v", got, tt.usable)
 			}
+			if got := tab.Usable(slot.Peer(), now, 3*s); got != tt.usable { // dynamic backhand's own max_age
+				t.Errorf("a usable by its record (Table.Usable): %v, want %v", got, tt.usable)
+			}
 			// The chain's starting list follows the same rule, and still
 			// holds out a peer that failed until its next announcement.
 			c := (&Chain{MaxAge: 3 * s}).Evaluate(tab, &Run{Now: now})
