@@ -140,11 +140,11 @@ func TestAdminDrainAnnounced(t *testing.T) {
 	a, b := mk("a", pa), mk("b", pb)
 	withRunning(t, a)
 	state := func() string {
-		p := lookupPeer(b.node.table, "a")
-		if p == nil {
+		sl := b.node.table.Lookup("a")
+		if sl == nil {
 			return "absent"
 		}
-		return peerState(p, time.Now(), time.Duration(b.MaxAge))
+		return peerState(sl, time.Now(), time.Duration(b.MaxAge))
 	}
 	waitFor(t, 2*time.Second, "b sees a live", func() bool { return state() == "live" })
 	if w := adminDo(t, http.MethodPost, "/backhand/drain"); w.Code != http.StatusOK {

@@ -384,16 +384,25 @@ func (an *announcer) gather(ctx context.Context, now time.Time) Figures {
 	return f
 }
 
-// evict removes peers silent for too long, and logs them and every change
-// of a peer's state (stale, back, draining).
+// evict removes peers silent for too long, and logs them, every change
+// of a peer's state (stale, back, draining) and the start and end of a
+// cluster-wide silence, through which peers that answer this node's
+// requests stay live (see candidacy.Table.Silent).
 func (an *announcer) evict(now time.Time) {
 	for _, p := range an.node.table.Sweep(now) {
 		an.logger.Info("peer evicted", zap.String("peer", p.Name), zap.Duration("silent", p.Age(now)))
 	}
-	maxAge := max(time.Duration(an.app.MaxAge), an.node.table.Patience())
+	if silent := an.node.table.Silent(now); an.node.silent.Swap(silent) != silent {
+		if silent {
+			an.logger.Warn("most peers silent for longer than max_age: announcements are likely lost on this node's side; peers that answer its requests stay live")
+		} else {
+			an.logger.Info("peers heard again: the cluster-wide silence ended")
+		}
+	}
+	maxAge := time.Duration(an.app.MaxAge)
 	for _, s := range an.node.table.Peers() {
 		p := s.Peer()
-		state := peerState(p, now, maxAge)
+		state := peerState(s, now, maxAge)
 		prev, changed := s.MarkState(state)
 		if !changed {
 			continue // unchanged, logged by another announcer, or just joined (logged on receipt)

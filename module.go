@@ -334,6 +334,7 @@ type node struct {
 	received    receivedCounts
 	decisions   decisions
 	draining    atomic.Bool // set through the admin API
+	silent      atomic.Bool // a cluster-wide silence (Table.Silent) as last logged
 	keys        atomic.Pointer[derivedKeys]
 	kick        chan struct{} // asks the send loop to announce now (the vip option's moves)
 }

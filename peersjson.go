@@ -157,7 +157,7 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 		v.Decisions[o.String()] = n.decisions.outcomes[o].Load()
 	}
 	for _, s := range n.table.Peers() {
-		row := slotRow(s, now, max(time.Duration(app.MaxAge), app.node.table.Patience()), opts)
+		row := slotRow(s, now, time.Duration(app.MaxAge), opts)
 		row.Holds = heldBy(app, row.Tags)
 		row.Tags = withoutVIPTags(row.Tags)
 		v.Peers = append(v.Peers, row)
@@ -167,11 +167,12 @@ func peersViewWith(app *App, now time.Time, opts viewOptions) PeersView {
 }
 
 // slotRow is the row of one slot: the peer's announced record plus this
-// node's own counters for it.
+// node's own counters for it, and its state under maxAge (the app's; the
+// patience and this node's evidence apply as on the candidate lists).
 func slotRow(s *candidacy.Slot, now time.Time, maxAge time.Duration, opts viewOptions) PeerView {
 	p := s.Peer()
-	pv := rowOf(p, now, maxAge)
-	pv.State = viewState(p, now, maxAge, opts.slowStart)
+	pv := rowOf(p, now)
+	pv.State = viewState(s, now, maxAge, opts.slowStart)
 	pv.SentByThisNode = s.Sent()
 	pv.InFlightFromThisNode = s.InFlight()
 	if us, ok := s.ObservedMicros(); ok {
@@ -185,13 +186,12 @@ func slotRow(s *candidacy.Slot, now time.Time, maxAge time.Duration, opts viewOp
 	return pv
 }
 
-func rowOf(p *candidacy.Peer, now time.Time, maxAge time.Duration) PeerView {
+func rowOf(p *candidacy.Peer, now time.Time) PeerView {
 	f := &p.Figures
 	pv := PeerView{
 		Name:        p.Name,
 		Advertise:   p.Advertise,
 		Tags:        p.Tags,
-		State:       peerState(p, now, maxAge),
 		AgeMS:       p.Age(now).Milliseconds(),
 		Incarnation: strconv.FormatUint(p.Incarnation, 16),
 		Seq:         p.Seq,
@@ -224,13 +224,16 @@ func rowOf(p *candidacy.Peer, now time.Time, maxAge time.Duration) PeerView {
 	return pv
 }
 
-// peerState names where a peer stands: self, live, stale (silent for longer
-// than maxAge) or draining.
-func peerState(p *candidacy.Peer, now time.Time, maxAge time.Duration) string {
+// peerState names where the peer of slot s stands: self, live, stale
+// (silent for longer than maxAge and its patience, and not answering this
+// node through a cluster-wide silence: see candidacy.Slot.Usable) or
+// draining.
+func peerState(s *candidacy.Slot, now time.Time, maxAge time.Duration) string {
+	p := s.Peer()
 	switch {
 	case p.Self:
 		return "self"
-	case !p.Fresh(now, maxAge):
+	case !s.Fresh(now, maxAge):
 		return "stale"
 	case p.Figures.Draining:
 		return "draining"
@@ -242,10 +245,10 @@ func peerState(p *candidacy.Peer, now time.Time, maxAge time.Duration) string {
 // incarnation was first heard less than slowStart ago (a node that just
 // joined or restarted, which a slowStart candidacy function with the same
 // window is still ramping up). Stale and draining take precedence.
-func viewState(p *candidacy.Peer, now time.Time, maxAge, slowStart time.Duration) string {
-	s := peerState(p, now, maxAge)
-	if s == "live" && slowStart > 0 && now.Sub(p.FirstSeen) < slowStart {
+func viewState(s *candidacy.Slot, now time.Time, maxAge, slowStart time.Duration) string {
+	st := peerState(s, now, maxAge)
+	if st == "live" && slowStart > 0 && now.Sub(s.Peer().FirstSeen) < slowStart {
 		return "slow-start"
 	}
-	return s
+	return st
 }

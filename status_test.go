@@ -236,11 +236,15 @@ func TestStatusViewState(t *testing.T) {
 		{"self is self", p(0, 0, self), "self"},
 	}
 	for _, tt := range tests {
-		if got := viewState(tt.p, now, 3*time.Second, 5*time.Second); got != tt.want {
+		tt.p.Name = "peer"
+		tab := candidacy.NewTable(candidacy.Limits{MaxPeers: 8, MaxAge: 3 * time.Second, EvictAfter: time.Minute, SelfName: "me"})
+		tab.Store(tt.p)
+		sl := tab.Lookup("peer")
+		if got := viewState(sl, now, 3*time.Second, 5*time.Second); got != tt.want {
 			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
 		}
-		if got := viewState(tt.p, now, 3*time.Second, 0); got != peerState(tt.p, now, 3*time.Second) {
-			t.Errorf("%s: without a window %s, want peerState's %s", tt.name, got, peerState(tt.p, now, 3*time.Second))
+		if got := viewState(sl, now, 3*time.Second, 0); got != peerState(sl, now, 3*time.Second) {
+			t.Errorf("%s: without a window %s, want peerState's %s", tt.name, got, peerState(sl, now, 3*time.Second))
 		}
 	}
 }

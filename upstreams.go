@@ -221,10 +221,11 @@ func (s *sourceScope) Admits(p *candidacy.Peer, now time.Time) bool {
 	return u.keepWithin(p, now, u.maxAge)
 }
 
-// keepWithin reports whether p, heard within maxAge, is a candidate under
-// this source's filters.
+// keepWithin reports whether p, usable under maxAge (Table.Usable: heard
+// within it or a patience, or answering through a cluster-wide silence),
+// is a candidate under this source's filters.
 func (u *Upstreams) keepWithin(p *candidacy.Peer, now time.Time, maxAge time.Duration) bool {
-	return p.Usable(now, max(maxAge, u.table.Patience())) && u.passes(p)
+	return u.passes(p) && u.table.Usable(p, now, maxAge)
 }
 
 // passes applies the source's own filters.

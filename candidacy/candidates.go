@@ -130,7 +130,7 @@ func (c *Candidates) filter(f peerFilter) {
 // passes reports whether the peer of slot s, p, survives the live-peer rule
 // and the pending filters.
 func (c *Candidates) passes(s *Slot, p *Peer) bool {
-	if !c.live(p) || (len(c.tried) > 0 && slices.Contains(c.tried, s)) || (!p.Self && s.local.shunned(p, c.now, c.maxAge)) {
+	if !c.live(s, p) || (len(c.tried) > 0 && slices.Contains(c.tried, s)) || (!p.Self && s.local.shunned(p, c.now, c.maxAge)) {
 		return false
 	}
 	if c.scope != nil && !c.scope.Admits(p, c.now) {
@@ -144,10 +144,13 @@ func (c *Candidates) passes(s *Slot, p *Peer) bool {
 	return true
 }
 
-// live is the starting rule: usable under the chain's max_age, or the
-// cluster's patience when that is longer (Table.Patience). (passes also
-// drops a peer this node failed to reach since its last announcement.)
-func (c *Candidates) live(p *Peer) bool { return p.Usable(c.now, max(c.maxAge, c.table.Patience())) }
+// live is the starting rule: Slot.Usable under the chain's max_age
+// (heard within it or a patience, or answering through a cluster-wide
+// silence). (passes also drops a peer this node failed to reach since its
+// last announcement.)
+func (c *Candidates) live(s *Slot, p *Peer) bool {
+	return p.takesRequests() && s.fresh(p, c.now, c.maxAge)
+}
 
 // shuffle puts the list in uniformly random order.
 func (c *Candidates) shuffle() {

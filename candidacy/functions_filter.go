@@ -224,7 +224,7 @@ func (f *AddSelf) Candidates(c *Candidates) {
 			return
 		}
 	}
-	if p := c.self.cur.Load(); c.live(p) {
+	if p := c.self.cur.Load(); c.live(c.self, p) {
 		c.list = append(c.list, Candidate{Peer: p, slot: c.self})
 	}
 }

@@ -171,7 +171,7 @@ func simulate(n *testNode, s *testPolicy, spec simSpec) map[string]int {
 		keep := pending[:0]
 		for _, d := range pending {
 			if !d.at.After(at) {
-				d.slot.local.end(d.took, d.at, true)
+				d.slot.local.end(d.took, d.at, true, true)
 			} else {
 				keep = append(keep, d)
 			}

@@ -41,6 +41,8 @@ func (p *Peer) Age(now time.Time) time.Duration { return now.Sub(p.ReceivedAt) }
 
 // Fresh reports whether the peer was heard from within maxAge at now, or
 // within its Patience when that is longer; this node itself always is.
+// This is what the announcements alone say: Slot.Fresh adds the
+// cluster's patience and this node's own evidence.
 func (p *Peer) Fresh(now time.Time, maxAge time.Duration) bool {
 	return p.Self || p.Age(now) <= max(maxAge, p.Patience)
 }
@@ -51,9 +53,10 @@ func (p *Peer) takesRequests() bool {
 	return p.Advertise != "" && !p.Figures.Draining
 }
 
-// Usable is the one rule for a peer that may serve a new request: fresh
-// and taking requests (it advertises an address and is not draining).
-// Candidate lists, the upstream source and the status page all apply it.
+// Usable reports whether the peer may serve a new request by its record
+// alone: fresh and taking requests (it advertises an address and is not
+// draining). Candidate lists, the upstream source and the status page
+// apply Slot.Usable, which adds what this node knows besides.
 func (p *Peer) Usable(now time.Time, maxAge time.Duration) bool {
 	return p.takesRequests() && p.Fresh(now, maxAge)
 }

@@ -19,6 +19,7 @@ type peerLocal struct {
 	latency    peakEWMA
 	times      responseTimes
 	failedAt   atomic.Int64  // when an attempt from this node to the peer last failed, Unix ns
+	answeredAt atomic.Int64  // when a request from this node to the peer last ended answered, Unix ns
 	failedInc  atomic.Uint64 // the peer's incarnation then
 	repeatAt   atomic.Int64  // when it last failed again after being taken back, Unix ns
 	repeatGap  atomic.Int64  // how long after the failure before it, ns
@@ -197,10 +198,14 @@ func (l *peerLocal) begin() {
 	l.sent.Add(1)
 }
 
-// end records that a request to the peer ended after d; sample says
-// whether its time counts towards what this node learns of the peer.
-func (l *peerLocal) end(d time.Duration, now time.Time, sample bool) {
+// end records that a request to the peer ended after d; answered says
+// whether the peer answered it, sample whether its time counts towards
+// what this node learns of the peer.
+func (l *peerLocal) end(d time.Duration, now time.Time, answered, sample bool) {
 	l.inflight.Add(-1)
+	if answered {
+		l.answeredAt.Store(now.UnixNano())
+	}
 	if sample {
 		l.latency.observe(d, now)
 		l.times.observe(d, now)
@@ -257,9 +262,10 @@ func (s *Slot) Begin() { s.local.begin() }
 // the request (silent beyond max_age: stopped, cut off): such a time
 // measures the outage, not the peer's speed, and a node that hung for
 // ten seconds would otherwise be ranked last long after it recovered,
-// when no request goes there to correct it.
+// when no request goes there to correct it. A sample, stale or not, is
+// also this node's evidence that the peer answers (see silentQuorum).
 func (s *Slot) End(d time.Duration, now time.Time, sample bool) {
-	s.local.end(d, now, sample && !s.staleDuring(now.Add(-d), now))
+	s.local.end(d, now, sample, sample && !s.staleDuring(now.Add(-d), now))
 }
 
 // staleDuring reports whether the peer was stale at some time between
@@ -268,10 +274,10 @@ func (s *Slot) End(d time.Duration, now time.Time, sample bool) {
 // announcements stopped for longer than max_age meanwhile.
 func (s *Slot) staleDuring(from, now time.Time) bool {
 	p := s.cur.Load()
-	if s.limits == nil || s.limits.Load().MaxAge <= 0 {
+	maxAge := s.table.limits.Load().MaxAge
+	if maxAge <= 0 {
 		return false // a table without an age limit (tests, boards)
 	}
-	maxAge := s.limits.Load().MaxAge
 	// For this node's own slot, stale means its announcer stopped: the
 	// process stalled (Table.Stalled).
 	silent := p.Age(now) > maxAge

@@ -52,9 +52,9 @@ type Slot struct {
 	gaps   [patienceGaps]time.Duration
 	gapsAt int
 
-	// limits are the table's, for the max_age that tells a silence from
-	// an outage.
-	limits *atomic.Pointer[Limits]
+	// table is the slot's, for the max_age that tells a silence from an
+	// outage, the cluster's patience and its silence (see Slot.Fresh).
+	table *Table
 }
 
 // How a peer's Patience is learned. An announcement lost on the way (UDP,
@@ -124,6 +124,11 @@ type Table struct {
 	// reference once per interval.
 	patience atomic.Int64
 
+	// silentFrom is when this node stops hearing most of its peers if
+	// none is heard again (Unix ns; see clusterSilence), recomputed with
+	// the patience.
+	silentFrom atomic.Int64
+
 	// noStaleUntil is when the oldest entry of the last full scan turns
 	// stale: until then a full table has nothing to evict, so a flood of
 	// new names costs O(1) each instead of a scan of the table.
@@ -136,6 +141,7 @@ func NewTable(l Limits) *Table {
 	t.limits.Store(&l)
 	t.view.Store(&peerView{})
 	storeFloat(&t.crowd, math.Inf(1)) // unknown until UpdateReference: crowded
+	t.silentFrom.Store(math.MaxInt64)
 	return t
 }
 
@@ -177,8 +183,9 @@ func (t *Table) RoundTripFactor() float64 { return t.roundTripFactor() }
 func (t *Table) ReferenceMicros() float64 { return t.referenceMicros() }
 
 // UpdateReference recomputes the cluster's reference response time (the
-// median of the live peers' typical ones), the round-trip factor and the
-// cluster's patience from the view; the announcer calls it once per
+// median of the live peers' typical ones), the round-trip factor, the
+// cluster's patience and when most peers will have fallen silent
+// (clusterSilence) from the view; the announcer calls it once per
 // interval.
 func (t *Table) UpdateReference(now time.Time) {
 	view, maxAge := t.peers(), t.limits.Load().MaxAge
@@ -186,6 +193,7 @@ func (t *Table) UpdateReference(now time.Time) {
 	storeFloat(&t.roundTrip, roundTripFactor(view, now, maxAge))
 	storeFloat(&t.crowd, crowding(view, now, maxAge, loadFloat(&t.reference)))
 	t.patience.Store(int64(medianPatience(view)))
+	t.silentFrom.Store(clusterSilence(view, maxAge))
 }
 
 // Patience is the silence every peer is allowed, whatever its own gaps:
@@ -358,7 +366,7 @@ func (t *Table) storeLocked(p *Peer) (slot *Slot, joined bool) {
 }
 
 func (t *Table) insertLocked(p *Peer) {
-	slot := &Slot{name: p.Name, limits: &t.limits}
+	slot := &Slot{name: p.Name, table: t}
 	slot.cur.Store(p)
 	slot.local.announced(&p.Figures)
 	t.slots[p.Name] = slot
