@@ -22,6 +22,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -561,11 +562,19 @@ func TestIntegrationReadmeAdminAPI(t *testing.T) {
 	base := itBase(t, 1)
 	loc := &localizer{base: base, ports: map[string]int{}, admin: fmt.Sprintf("127.0.0.1:%d", base+itBlock-1)}
 	n := startReadmeNode(t, bin, loc.localize(t, raw))
+	// The node answers /backhand/peers before its announcer has put its
+	// own row in the table: wait for that row.
 	var self string
-	for _, p := range n.peers(t).Peers {
-		if p.State == "self" {
-			self = p.Name
+	if err := cluster.Poll(t.Context(), 10*time.Second, itPoll, func() error {
+		for _, p := range n.peers(t).Peers {
+			if p.State == "self" {
+				self = p.Name
+				return nil
+			}
 		}
+		return errors.New("no self row in /backhand/peers yet")
+	}); err != nil {
+		t.Fatal(err)
 	}
 	seen := map[string]bool{}
 	for _, c := range cmds {
