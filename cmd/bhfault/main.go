@@ -38,6 +38,7 @@ func main() {
 	flag.DurationVar(&o.MaxAge, "max-age", o.MaxAge, "backhand max_age")
 	flag.IntVar(&o.BalancerRetries, "balancer-retries", o.BalancerRetries, "lb_retries of the balancer")
 	flag.DurationVar(&o.ResponseHeaderTimeout, "response-header-timeout", 0, "response_header_timeout of the proxy to peers (directive block, balancer); hang-bounded: default 2s")
+	flag.BoolVar(&o.Handoff, "handoff", false, "every Caddy's servers get the backhand_handoff listener wrapper (a reload answers what the old server read unanswered)")
 	flag.BoolVar(&o.BrowserResend, "browser-resend", false, "clients resend any request once when a kept-alive connection broke before a response header (as browsers and curl do)")
 	flag.IntVar(&o.FailureDetails, "failure-details", o.FailureDetails, "failed requests described in the notes (error, log lines)")
 	flag.DurationVar(&o.Warmup, "warmup", o.Warmup, "load before the measured baseline")

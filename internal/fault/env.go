@@ -103,6 +103,9 @@ func (e *env) nodeConfig(i int) cluster.NodeConfig {
 		ExtraBackhand: extra,
 		GracePeriod:   e.o.GracePeriod,
 	}
+	if e.o.Handoff {
+		c.ExtraGlobal = append(c.ExtraGlobal, "servers {\n\t\tlistener_wrappers {\n\t\t\tbackhand_handoff\n\t\t}\n\t}")
+	}
 	if i == e.n { // the balancer
 		c.Name = "balancer"
 		c.Tags = []string{"balancer"}

@@ -38,7 +38,11 @@ type Options struct {
 
 	Interval, MaxAge time.Duration // announcement interval, max_age (0: plugin defaults)
 	GracePeriod      time.Duration // Caddy's grace_period
-	BalancerRetries  int           // lb_retries of the balancer
+	// Handoff puts the backhand_handoff listener wrapper on every Caddy's
+	// servers, so that a reload answers the requests the old server read
+	// unanswered (README, "A reload under load").
+	Handoff         bool
+	BalancerRetries int // lb_retries of the balancer
 	// ResponseHeaderTimeout, if set, is the response_header_timeout of
 	// the transport that forwards to peers (the directive's block, the
 	// balancer's reverse_proxy): what bounds a request sent to a node
