@@ -179,10 +179,10 @@ type Conn struct {
 
 	mu      sync.Mutex
 	reading int    // Reads in progress
-	keeping bool      // kept holds everything read since the last write
-	kept    []byte    // read since the last write
-	replay  []byte    // read again first, after a handoff
-	moved   bool      // handed to another Listener: this value is done
+	keeping bool   // kept holds everything read since the last write
+	kept    []byte // read since the last write
+	replay  []byte // read again first, after a handoff
+	moved   bool   // handed to another Listener: this value is done
 }
 
 func newConn(c net.Conn, from *Listener, replay []byte) *Conn {
