@@ -171,16 +171,17 @@ func next(from *Listener) *Listener {
 	return nil
 }
 
-// Conn is a connection that keeps what it read since it last wrote, so
-// that a request its server will not answer can be read again by another.
+// Conn is a connection that keeps what it reads until it first writes, so
+// that a first request its server will not answer can be read again by
+// another.
 type Conn struct {
 	net.Conn
 	from *Listener
 
 	mu      sync.Mutex
 	reading int    // Reads in progress
-	keeping bool   // kept holds everything read since the last write
-	kept    []byte // read since the last write
+	keeping bool   // kept holds everything read so far
+	kept    []byte // read before the first write
 	replay  []byte // read again first, after a handoff
 	written bool   // anything written: never moved
 	moved   bool   // handed to another Listener: this value is done
@@ -214,8 +215,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// keep records b as read since the last write; past maxReplay it gives
-// up until the next write. Called with mu held.
+// keep records b as read before the first write; past maxReplay it gives
+// up. Called with mu held.
 func (c *Conn) keep(b []byte) {
 	if !c.keeping || len(b) == 0 {
 		return
@@ -227,14 +228,15 @@ func (c *Conn) keep(b []byte) {
 	c.kept = append(c.kept, b...)
 }
 
-// Write answers what was read: the record starts again.
+// Write answers what was read: the connection will never move, and the
+// record ends.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	if c.moved {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	c.keeping, c.kept, c.written = true, c.kept[:0], true
+	c.keeping, c.kept, c.written = false, nil, true
 	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
