@@ -180,10 +180,9 @@ type Conn struct {
 
 	mu      sync.Mutex
 	reading int    // Reads in progress
-	keeping bool   // kept holds everything read so far
+	keeping bool   // kept holds everything read so far: nothing written, under maxReplay
 	kept    []byte // read before the first write
 	replay  []byte // read again first, after a handoff
-	written bool   // anything written: never moved
 	moved   bool   // handed to another Listener: this value is done
 }
 
@@ -236,7 +235,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	c.keeping, c.kept, c.written = false, nil, true
+	c.keeping, c.kept = false, nil
 	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
@@ -283,7 +282,7 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	var to *Listener
-	if c.from.closed.Load() && !c.written && c.reading == 0 && c.keeping && isRequestStart(c.kept) {
+	if c.from.closed.Load() && c.reading == 0 && c.keeping && isRequestStart(c.kept) {
 		to = next(c.from)
 	}
 	if to == nil {

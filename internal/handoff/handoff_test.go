@@ -202,19 +202,26 @@ func (c *closeNoting) Close() error {
 
 type nopConn struct{ net.Conn }
 
+// shutDown returns a closed Listener (its server shutting down) and the
+// newest one on the same address, whose handed connections the test reads.
+func shutDown(t *testing.T) (from, to *Listener) {
+	from = &Listener{key: t.Name(), done: make(chan struct{})}
+	from.closed.Store(true)
+	to = &Listener{key: t.Name(), handed: make(chan net.Conn), done: make(chan struct{})}
+	mu.Lock()
+	newest[to.key] = to
+	mu.Unlock()
+	t.Cleanup(func() { mu.Lock(); delete(newest, to.key); mu.Unlock() })
+	return from, to
+}
+
 // A connection that has answered before is closed, not moved, when its
 // shutting-down server closes it with a request half read (a kept-alive
 // connection closed as idle while the request arrives): moving it from
 // under the old server's Read served requests whose clients then saw the
 // connection close (the fault harness, branch handoff-idle).
 func TestAnsweredConnectionIsNotMoved(t *testing.T) {
-	from := &Listener{key: t.Name(), done: make(chan struct{})}
-	from.closed.Store(true)
-	to := &Listener{key: t.Name(), handed: make(chan net.Conn), done: make(chan struct{})}
-	mu.Lock()
-	newest[to.key] = to
-	mu.Unlock()
-	t.Cleanup(func() { mu.Lock(); delete(newest, to.key); mu.Unlock() })
+	from, to := shutDown(t)
 
 	client, srv := net.Pipe()
 	c := newConn(srv, from, nil)
@@ -241,13 +248,7 @@ func TestAnsweredConnectionIsNotMoved(t *testing.T) {
 // An idle connection with nothing arriving closes when its server shuts
 // down, as without the wrapper.
 func TestIdleCloseWithNothingArriving(t *testing.T) {
-	from := &Listener{key: t.Name(), done: make(chan struct{})}
-	from.closed.Store(true)
-	to := &Listener{key: t.Name(), handed: make(chan net.Conn), done: make(chan struct{})}
-	mu.Lock()
-	newest[to.key] = to
-	mu.Unlock()
-	t.Cleanup(func() { mu.Lock(); delete(newest, to.key); mu.Unlock() })
+	from, _ := shutDown(t)
 
 	client, srv := net.Pipe()
 	c := newConn(srv, from, nil)
