@@ -3,7 +3,6 @@ package backhand
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"net/http"
 	"time"
 
@@ -198,7 +197,14 @@ func (s *Selection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w ht
 	now := time.Now()
 	c := s.evaluate(candidacy.Run{Request: r, Now: now, Tried: st.triedSlots()})
 	defer c.Release()
-	for _, x := range c.Head(math.MaxInt) { // every candidate, none after off
+	// Every candidate in order (none after off), ordered only as far as
+	// read: the winner is mostly in the pool.
+	for i := 0; ; i++ {
+		head := c.Head(i + 1)
+		if i >= len(head) {
+			break
+		}
+		x := head[i]
 		for _, up := range pool {
 			if up.Dial == x.Peer.Advertise && up.Available() {
 				s.chose(r, st, x.Slot(), now)

@@ -40,7 +40,6 @@ func (x *Candidate) Slot() *Slot { return x.slot }
 type Candidates struct {
 	req      *http.Request
 	now      time.Time
-	self     *Slot
 	liveBusy *atomic.Int64 // this node's live count in flight, fresher than its own announcement
 	// selfCounted is 1 when liveBusy already counts the request being decided,
 	// which must not weigh against serving it here.
@@ -57,6 +56,12 @@ type Candidates struct {
 	weighted bool         // the pending shuffle is byPower's, weighted by power
 	done     bool         // list holds the whole (remaining) candidate list
 	list     []Candidate
+	// keyed says an ordering is pending: the keys are set, but only the
+	// first ordered candidates are in key order yet (callers mostly read
+	// just the winner: see orderHead).
+	keyed   bool
+	ordered int
+	drawn   []uint64 // sample's bitmap of the view's indices drawn
 
 	tried   []*Slot // peers this request already tried are not candidates again
 	predict Predict // how estimates account for the age of announcements
@@ -87,7 +92,6 @@ func newCandidates(t *Table, run *Run, maxAge time.Duration, predict Predict) *C
 	c := candidatesPool.Get().(*Candidates)
 	c.req, c.now, c.maxAge, c.predict = run.Request, run.Now, maxAge, predict
 	c.view, c.table = t.peers(), t
-	c.self = t.selfSlot(c.view)
 	c.liveBusy, c.cookies, c.scope, c.tried = run.Busy, run.Cookies, run.Scope, run.Tried
 	if run.SelfCounted {
 		c.selfCounted = 1
@@ -102,10 +106,9 @@ func newCandidates(t *Table, run *Run, maxAge time.Duration, predict Predict) *C
 // Release returns the list to a pool for reuse, once the caller of
 // Chain.Evaluate is done with it; it must not be used after.
 func (c *Candidates) Release() {
-	pending := c.pending[:0]
-	list := c.list[:0]
+	pending, list, drawn := c.pending[:0], c.list[:0], c.drawn
 	clear(c.list[:cap(c.list)]) // drop peer pointers so the pool keeps no old records
-	*c = Candidates{pending: pending, list: list}
+	*c = Candidates{pending: pending, list: list, drawn: drawn}
 	candidatesPool.Put(c)
 }
 
@@ -121,6 +124,7 @@ func (c *Candidates) Intn(n int) int { return c.rnd(n) }
 // filter adds a lazily applied filter.
 func (c *Candidates) filter(f peerFilter) {
 	if c.done {
+		c.orderAll()
 		c.list = slices.DeleteFunc(c.list, func(x Candidate) bool { return !f.admits(c, x.Peer) })
 		return
 	}
@@ -162,6 +166,7 @@ func (c *Candidates) shuffle() {
 		j := c.rnd(i + 1)
 		c.list[i], c.list[j] = c.list[j], c.list[i]
 	}
+	c.keyed = false // a pending ordering no longer matters
 }
 
 // shuffleByPower puts the list in a random order in which each candidate
@@ -210,6 +215,7 @@ func (c *Candidates) weightedKey(w float64) float64 { return -math.Log(c.uniform
 // truncate keeps at most the first n candidates.
 func (c *Candidates) truncate(n int) {
 	if c.done {
+		c.orderHead(n)
 		if len(c.list) > n {
 			c.list = c.list[:n]
 		}
@@ -268,16 +274,18 @@ func (c *Candidates) sample(k int) bool {
 		bound = c.table.powerBound()
 		budget *= 2
 	}
+	drawn := c.drawnBits(n)
 	for len(c.list) < k {
 		if budget == 0 {
 			c.list = c.list[:0]
 			return false
 		}
 		budget--
-		s := c.view[c.rnd(n)]
-		if slices.ContainsFunc(c.list, func(x Candidate) bool { return x.slot == s }) {
+		i := c.rnd(n)
+		if drawn[i/64]&(1<<(i%64)) != 0 {
 			continue
 		}
+		s := c.view[i]
 		p := s.cur.Load()
 		if !c.passes(s, p) {
 			continue
@@ -286,20 +294,34 @@ func (c *Candidates) sample(k int) bool {
 		if c.weighted && c.uniform()*bound > c.power(&x) {
 			continue
 		}
+		drawn[i/64] |= 1 << (i % 64)
 		c.list = append(c.list, x)
 	}
 	return true
 }
 
+// drawnBits returns a cleared bitmap of n bits.
+func (c *Candidates) drawnBits(n int) []uint64 {
+	words := (n + 63) / 64
+	if cap(c.drawn) < words {
+		c.drawn = make([]uint64, words)
+	}
+	c.drawn = c.drawn[:words]
+	clear(c.drawn)
+	return c.drawn
+}
+
 // All evaluates the list and returns it; functions may reorder it in place.
 func (c *Candidates) All() []Candidate {
 	c.materialize(-1)
+	c.orderAll()
 	return c.list
 }
 
 // Filter keeps the candidates for which keep returns true, in order.
 func (c *Candidates) Filter(keep func(*Candidate) bool) {
 	c.materialize(-1)
+	c.orderAll()
 	c.list = slices.DeleteFunc(c.list, func(x Candidate) bool { return !keep(&x) })
 }
 
@@ -316,18 +338,62 @@ func (c *Candidates) Sort(key func(*Candidate) float64) {
 	c.sortByKey()
 }
 
-// sortByKey is a stable sort on the precomputed keys: insertion sort for
-// the short lists that windows leave, the library's otherwise.
-func (c *Candidates) sortByKey() {
-	if len(c.list) <= 12 {
-		for i := 1; i < len(c.list); i++ {
-			for j := i; j > 0 && c.list[j].key < c.list[j-1].key; j-- {
-				c.list[j], c.list[j-1] = c.list[j-1], c.list[j]
+// sortByKey orders the list by the precomputed keys, ascending, ties in
+// their order (a stable sort), as far as it is read: the work is done by
+// orderHead or orderAll when the list is read.
+func (c *Candidates) sortByKey() { c.keyed, c.ordered = true, 0 }
+
+// orderHead puts the first k candidates in key order, if an ordering is
+// pending: by picking the smallest of the rest k times for a short head
+// (a caller that wants the winner, or the few that reverse_proxy may try,
+// need not sort the whole list), else by sorting.
+func (c *Candidates) orderHead(k int) {
+	if !c.keyed {
+		return
+	}
+	if k > headPicks {
+		c.orderAll()
+		return
+	}
+	k = min(k, len(c.list))
+	for ; c.ordered < k; c.ordered++ {
+		i, m := c.ordered, c.ordered
+		for j := i + 1; j < len(c.list); j++ {
+			if c.list[j].key < c.list[m].key { // the first of equals: stable
+				m = j
+			}
+		}
+		if m != i {
+			x := c.list[m]
+			copy(c.list[i+1:m+1], c.list[i:m]) // the rest keep their order
+			c.list[i] = x
+		}
+	}
+	c.keyed = c.ordered < len(c.list)-1
+}
+
+// headPicks is the longest head that orderHead picks rather than sorts.
+const headPicks = 4
+
+// orderAll puts the whole list in key order, if an ordering is pending:
+// a stable sort of what orderHead has not placed yet (insertion sort for
+// the short lists that windows and samples leave, the library's
+// otherwise).
+func (c *Candidates) orderAll() {
+	if !c.keyed {
+		return
+	}
+	c.keyed = false
+	rest := c.list[min(c.ordered, len(c.list)):]
+	if len(rest) <= 24 {
+		for i := 1; i < len(rest); i++ {
+			for j := i; j > 0 && rest[j].key < rest[j-1].key; j-- {
+				rest[j], rest[j-1] = rest[j-1], rest[j]
 			}
 		}
 		return
 	}
-	slices.SortStableFunc(c.list, func(a, b Candidate) int {
+	slices.SortStableFunc(rest, func(a, b Candidate) int {
 		switch {
 		case a.key < b.key:
 			return -1
@@ -354,6 +420,7 @@ func (c *Candidates) Head(k int) []Candidate {
 		return nil
 	}
 	c.materialize(k)
+	c.orderHead(k)
 	return c.list[:min(k, len(c.list))]
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 
@@ -215,17 +216,12 @@ func (AddSelf) CaddyModule() caddy.ModuleInfo {
 
 // Candidates applies the function.
 func (f *AddSelf) Candidates(c *Candidates) {
-	c.materialize(-1)
-	if c.self == nil {
+	self := c.table.selfSlot(c.view)
+	if self == nil || slices.ContainsFunc(c.All(), func(x Candidate) bool { return x.slot == self }) {
 		return
 	}
-	for _, x := range c.list {
-		if x.slot == c.self {
-			return
-		}
-	}
-	if p := c.self.cur.Load(); c.live(c.self, p) {
-		c.list = append(c.list, Candidate{Peer: p, slot: c.self})
+	if p := self.cur.Load(); c.live(self, p) {
+		c.list = append(c.list, Candidate{Peer: p, slot: self})
 	}
 }
 
