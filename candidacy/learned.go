@@ -14,11 +14,14 @@ import (
 // typical one (time constant typicalTau) and a recent one (the last
 // sixteen or so responses). A ranking takes the typical time, or the
 // recent one when it exceeds the typical by more than their noise: a peer
-// turning slow is shunned within a few responses; one that recovers is
-// followed by its typical time (a recent time below the typical one is
-// mostly queueing that has just drained, and chasing it, like chasing
-// the differences between equal nodes, made the balancing oscillate in
-// BENCHMARKS.md's checks).
+// turning slow is shunned within a few responses. When the recent time
+// falls below the typical one by recoverMin, the peer has recovered from a
+// slowdown, and the typical time starts again from the recent one: it is
+// followed within a few dozen responses too (waiting for the typical time
+// to fade, seconds, kept requests off it and queued them on the others:
+// BENCHMARKS.md, slowdowns). A smaller drop is mostly queueing that has
+// just drained, and chasing it, like chasing the differences between
+// equal nodes, made the balancing oscillate in BENCHMARKS.md's checks.
 // Without fresh evidence the estimate returns, with forgetTau, to the
 // candidate's fallback: the response time the peer announces for the
 // requests it serves, else the cluster's reference (the median of what
@@ -53,6 +56,9 @@ const (
 	// alone mistakes noise for change (BENCHMARKS.md, pace).
 	changeZ   = 3
 	changeMin = 1.25
+	// recoverMin is how many times shorter than the typical time the
+	// recent one must be for the typical one to start again from it.
+	recoverMin = 2
 	// latencyFloor is the shortest response time a ranking tells apart.
 	latencyFloor = time.Millisecond
 )
@@ -74,10 +80,19 @@ func (r *responseTimes) observe(d time.Duration, now time.Time) {
 	n := r.n.Add(1)
 	prev := r.last.Swap(now.UnixNano())
 	first := 1 / float64(n) // until there are enough, a plain mean
-	storeFloat(&r.recent, ewma(loadFloat(&r.recent), sample, max(recentWeight, first)))
+	recent := ewma(loadFloat(&r.recent), sample, max(recentWeight, first))
+	storeFloat(&r.recent, recent)
 	alpha := max(min(typicalTau.Alpha(time.Duration(now.UnixNano()-prev)), typicalMaxWeight), first)
-	storeFloat(&r.typical, ewma(loadFloat(&r.typical), sample, alpha))
-	storeFloat(&r.typicalSq, ewma(loadFloat(&r.typicalSq), sample*sample, alpha))
+	typical := ewma(loadFloat(&r.typical), sample, alpha)
+	typicalSq := ewma(loadFloat(&r.typicalSq), sample*sample, alpha)
+	if n > minResponses && recent*recoverMin < typical {
+		// Recovered: start again from the recent time, keeping the
+		// relative spread (threshold's noise band).
+		typicalSq *= (recent / typical) * (recent / typical)
+		typical = recent
+	}
+	storeFloat(&r.typical, typical)
+	storeFloat(&r.typicalSq, typicalSq)
 }
 
 // estimate returns the candidate's typical response time and its current

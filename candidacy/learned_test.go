@@ -72,6 +72,38 @@ func TestResponseTimesIgnoreNoise(t *testing.T) {
 	}
 }
 
+// A peer that recovers from a long slowdown is followed within a few
+// dozen responses: waiting for the typical time to fade (typicalTau) kept
+// requests off it for seconds.
+func TestResponseTimesFollowRecovery(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	sample := func() time.Duration { return time.Duration(40e3*math.Exp(rng.NormFloat64()-0.5)) * time.Microsecond }
+	var r responseTimes
+	at := now.Add(-time.Hour)
+	step := func(n int, slow float64) {
+		for range n {
+			at = at.Add(10 * time.Millisecond)
+			r.observe(time.Duration(slow*float64(sample())), at)
+		}
+	}
+	step(1000, 1)
+	step(1000, 3) // 3x slower for 10 s
+	if typ, cur := r.estimate(at, 40e3); cur < 2.5*40e3 || typ < 2*40e3 {
+		t.Fatalf("after 10 s 3x slower: typical %.0f, current %.0f, want both about 3 x 40000", typ, cur)
+	}
+	step(30, 1) // recovered: 0.3 s
+	followed := 0
+	for range 70 { // and the next 0.7 s
+		step(1, 1)
+		if _, cur := r.estimate(at, 40e3); cur < 1.5*40e3 {
+			followed++
+		}
+	}
+	if followed < 65 {
+		t.Errorf("0.3-1 s after recovering: current below 1.5 x 40000 on %d of 70 decisions, want at least 65", followed)
+	}
+}
+
 // A peer quiet for a while counts as what it announces: a peer shunned
 // once for being slow gets its chance again.
 func TestResponseTimesForget(t *testing.T) {
