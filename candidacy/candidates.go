@@ -331,7 +331,7 @@ func (c *Candidates) Truncate(n int) { c.truncate(max(n, 0)) }
 // Sort orders the candidates by ascending key; ties keep their order (so a
 // shuffle before a sort breaks ties at random).
 func (c *Candidates) Sort(key func(*Candidate) float64) {
-	c.materialize(-1)
+	c.All() // an earlier ordering decides the ties
 	for i := range c.list {
 		c.list[i].key = key(&c.list[i])
 	}

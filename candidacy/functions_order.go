@@ -29,7 +29,7 @@ type ranker interface {
 
 // orderBy sorts the list by r's keys.
 func (c *Candidates) orderBy(r ranker) {
-	c.materialize(-1)
+	c.All() // an earlier ordering decides the ties
 	for i := range c.list {
 		c.list[i].key = r.rank(c, &c.list[i])
 	}

@@ -52,6 +52,45 @@ func TestPendingOrderIsAStableSort(t *testing.T) {
 	}
 }
 
+// A second ordering keeps the first's order among its ties, though the
+// first was never read: `byLoad; byBusyChildren` breaks busy ties by load.
+func TestSecondOrderingKeepsTheFirstAmongTies(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for trial := range 200 {
+		n := 2 + rnd.IntN(20)
+		list := make([]Candidate, n)
+		first, second := map[*Peer]float64{}, map[*Peer]float64{}
+		for i := range list {
+			p := &Peer{Name: string(rune('a' + i))}
+			list[i] = Candidate{Peer: p}
+			first[p], second[p] = float64(rnd.IntN(n)), float64(rnd.IntN(3))
+		}
+		byKey := func(k map[*Peer]float64) func(a, b Candidate) int {
+			return func(a, b Candidate) int {
+				switch {
+				case k[a.Peer] < k[b.Peer]:
+					return -1
+				case k[a.Peer] > k[b.Peer]:
+					return 1
+				}
+				return 0
+			}
+		}
+		want := slices.Clone(list)
+		slices.SortStableFunc(want, byKey(first))
+		slices.SortStableFunc(want, byKey(second))
+		c := &Candidates{list: slices.Clone(list), done: true}
+		c.Sort(func(x *Candidate) float64 { return first[x.Peer] })
+		c.Sort(func(x *Candidate) float64 { return second[x.Peer] })
+		if got := c.Head(1); got[0].Peer != want[0].Peer {
+			t.Fatalf("trial %d: winner %s, want %s", trial, got[0].Peer.Name, want[0].Peer.Name)
+		}
+		if got := c.All(); !slices.EqualFunc(got, want, func(a, b Candidate) bool { return a.Peer == b.Peer }) {
+			t.Fatalf("trial %d: order %v, want %v", trial, candidateNames(got), candidateNames(want))
+		}
+	}
+}
+
 func candidateNames(l []Candidate) []string {
 	out := make([]string, len(l))
 	for i, x := range l {

@@ -44,7 +44,16 @@ func (e *env) nodeCaddyfile(i int, p Profile) string {
 // are ready for it.
 func (e *env) readyFor(ctx context.Context, c Contender) (settle time.Duration, err error) {
 	if e.currentProfile() != c.Nodes {
+		e.fresh = false
 		return profileSettle, e.useProfile(ctx, c.Nodes)
+	}
+	if e.fresh {
+		// Nodes just started have learnt nothing of each other yet (no
+		// response times, no announced latency before 200 requests): the
+		// first cell of a scenario, always the first contender's in the
+		// first round, would measure their start-up.
+		e.fresh = false
+		return profileSettle, nil
 	}
 	if c.Kind != KindPeers {
 		return 0, nil
@@ -61,7 +70,7 @@ func (e *env) readyFor(ctx context.Context, c Contender) (settle time.Duration, 
 }
 
 // profileSettle is the warm-up added to the first cell after the nodes
-// switch profile. A deciding node remembers what its peers served for
+// switch profile, and to the first cell on nodes just started. A deciding node remembers what its peers served for
 // others (the dedicated balancer of the cells before) for a few
 // announcements after that traffic stops: polled at 70% load, the first
 // node of the peers profile kept 30% of four equal nodes' requests for

@@ -275,7 +275,7 @@ func markdown(r *Results, plots map[string]string) string {
 	p("Load is a share of the capacity left for proxied traffic (the nodes' nominal rates less bypass and hidden ")
 	p("traffic and what a CPU hog takes; transient trouble is not subtracted). Each cell: %s warm-up (discarded; %s more "+
 		"in the first cell after the nodes switch profile, since a deciding node's memory of the traffic other entry points "+
-		"sent its peers fades over a few announcements), then %s measured",
+		"sent its peers fades over a few announcements, and in a scenario's first cell, whose nodes have just started), then %s measured",
 		r.Warmup, profileSettle, r.Measure)
 	if r.MeasureMid > 0 && r.MeasureMid != r.Measure {
 		p(" (%s at 70%%)", r.MeasureMid)

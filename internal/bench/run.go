@@ -195,6 +195,7 @@ type env struct {
 	mu      sync.Mutex
 	nodes   []*proc // index 0 = node1
 	profile Profile // the nodes' current configuration
+	fresh   bool    // the nodes have just started: no cell has run on them
 	seq     int     // for unique process directories
 }
 
@@ -221,7 +222,7 @@ func (e *env) start(ctx context.Context) error {
 	fmt.Fprintf(e.log, "== scenario %s: %s; capacity for proxied traffic %.0f req/s\n", e.sc.Name, e.sc.Desc, e.sc.Capacity())
 	n := e.sc.Nodes()
 	e.nodes = make([]*proc, n)
-	e.profile = ProfileMinimal
+	e.profile, e.fresh = ProfileMinimal, true
 	for i := 1; i <= n; i++ {
 		a := NewApp(e.appConfig(i))
 		if e.sc.HogNode == i {
