@@ -1,6 +1,7 @@
 package candidacy
 
 import (
+	"cmp"
 	"math"
 	"math/bits"
 	"math/rand/v2"
@@ -393,15 +394,7 @@ func (c *Candidates) orderAll() {
 		}
 		return
 	}
-	slices.SortStableFunc(rest, func(a, b Candidate) int {
-		switch {
-		case a.key < b.key:
-			return -1
-		case a.key > b.key:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(rest, func(a, b Candidate) int { return cmp.Compare(a.key, b.key) })
 }
 
 // First is the winner: the first candidate, or nil to serve locally.

@@ -1,6 +1,7 @@
 package candidacy
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -20,15 +21,7 @@ func TestPendingOrderIsAStableSort(t *testing.T) {
 			list[i] = Candidate{Peer: &Peer{Name: string(rune('a' + i))}, key: float64(rnd.IntN(5))}
 		}
 		want := slices.Clone(list)
-		slices.SortStableFunc(want, func(a, b Candidate) int {
-			switch {
-			case a.key < b.key:
-				return -1
-			case a.key > b.key:
-				return 1
-			}
-			return 0
-		})
+		slices.SortStableFunc(want, func(a, b Candidate) int { return cmp.Compare(a.key, b.key) })
 		c := &Candidates{list: slices.Clone(list), done: true}
 		c.sortByKey()
 		var got []Candidate
@@ -66,15 +59,7 @@ func TestSecondOrderingKeepsTheFirstAmongTies(t *testing.T) {
 			first[p], second[p] = float64(rnd.IntN(n)), float64(rnd.IntN(3))
 		}
 		byKey := func(k map[*Peer]float64) func(a, b Candidate) int {
-			return func(a, b Candidate) int {
-				switch {
-				case k[a.Peer] < k[b.Peer]:
-					return -1
-				case k[a.Peer] > k[b.Peer]:
-					return 1
-				}
-				return 0
-			}
+			return func(a, b Candidate) int { return cmp.Compare(k[a.Peer], k[b.Peer]) }
 		}
 		want := slices.Clone(list)
 		slices.SortStableFunc(want, byKey(first))
